@@ -1,0 +1,83 @@
+/*
+ * CPR (checkpoint and restart): live update of QEMU by execve
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * This is the interface other subsystems use.  A subsystem that owns a
+ * descriptor which must stay open across the execve of a new QEMU binary
+ * registers it under a name and an id; the new process looks the
+ * descriptor up under the same name and id instead of opening a new one.
+ */
+
+#ifndef MIGRATION_CPR_H
+#define MIGRATION_CPR_H
+
+#include "exec/cpu-common.h"
+
+/* Environment variable naming the inherited descriptor of the CPR state */
+#define CPR_STATE_ENV "QEMU_CPR_STATE"
+
+/* cpr-state.c: the registry of descriptors that cross execve */
+
+/*
+ * cpr_init: record how this process was started and, if it was started by
+ * "cprsave restart", read the CPR state its predecessor left behind.
+ * Called once, early in qemu_init(), before any backend is created.
+ */
+void cpr_init(int argc, char **argv, Error **errp);
+
+/*
+ * cpr_is_incoming: true from the start of a process created by
+ * "cprsave restart" until its cprload succeeds.
+ */
+bool cpr_is_incoming(void);
+
+/* Keep @fd open across the next execve under @name and @id. */
+void cpr_save_fd(const char *name, int id, int fd);
+
+/* Stop keeping the descriptor registered under @name and @id. */
+void cpr_delete_fd(const char *name, int id);
+
+/*
+ * cpr_find_fd: the descriptor inherited under @name and @id, or -1.
+ * The caller owns the descriptor from then on.
+ */
+int cpr_find_fd(const char *name, int id);
+
+/*
+ * cpr_state_exec_prepare: write the registry into an inheritable memfd,
+ * name it in CPR_STATE_ENV, clear FD_CLOEXEC on the registered
+ * descriptors and set it on every other descriptor above stderr.
+ * cpr_state_exec_abort() undoes all of it when execve fails.
+ */
+bool cpr_state_exec_prepare(Error **errp);
+void cpr_state_exec_abort(void);
+
+/* Close inherited descriptors that nobody claimed; end incoming state. */
+void cpr_state_incoming_done(void);
+
+/* The argument vector and binary this process was started with */
+char **cpr_get_argv(void);
+const char *cpr_get_exec_path(void);
+
+/* cpr-ram.c: guest RAM kept in shared memory across execve */
+
+/* Whether -machine memfd-alloc=on asks for memfd-backed RAM */
+bool cpr_memfd_alloc_enabled(void);
+
+/*
+ * cpr_ram_alloc_memfd: back @rb with a new memfd mapped shared; returns
+ * the host address or NULL.  Sets @rb->fd and RAM_SHARED.
+ */
+void *cpr_ram_alloc_memfd(RAMBlock *rb, Error **errp);
+
+/*
+ * cpr_ram_adopt: called when @rb gets its migration name.  In a process
+ * started by cprsave, map the memfd the previous process left for this
+ * block over @rb's memory, at the same host address.
+ */
+void cpr_ram_adopt(RAMBlock *rb);
+
+#endif

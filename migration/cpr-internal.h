@@ -1,0 +1,51 @@
+/*
+ * CPR: declarations shared by the files of migration/cpr*.c
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef MIGRATION_CPR_INTERNAL_H
+#define MIGRATION_CPR_INTERNAL_H
+
+#include "qapi/qapi-types-cpr.h"
+
+/* One RAM block as recorded in a state file */
+typedef struct CprRamEntry {
+    char *idstr;
+    uint64_t used_length;
+    uint64_t max_length;
+} CprRamEntry;
+
+/* A state file read into memory and checked (cpr-file.c) */
+typedef struct CprFile {
+    CprMode mode;
+    char *machine;
+    GArray *ram;                /* CprRamEntry */
+    uint8_t *data;              /* whole file */
+    size_t devices_offset;      /* device state stream within data */
+    size_t devices_len;
+} CprFile;
+
+bool cpr_file_write(const char *path, CprMode mode, Error **errp);
+CprFile *cpr_file_read(const char *path, Error **errp);
+bool cpr_file_load_devices(CprFile *cf, Error **errp);
+void cpr_file_free(CprFile *cf);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
+
+/* cpr-ram.c */
+GArray *cpr_ram_table_new(void);
+GArray *cpr_ram_table(void);
+void cpr_ram_table_free(GArray *table);
+bool cpr_ram_check(GArray *table, Error **errp);
+bool cpr_ram_apply(GArray *table, Error **errp);
+void cpr_ram_add_blockers(CprBlockerList ***tail);
+void cpr_ram_register_fds(void);
+void cpr_ram_unregister_fds(void);
+
+/* cpr.c */
+void cpr_add_blocker(CprBlockerList ***tail, const char *object,
+                     const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
+#endif

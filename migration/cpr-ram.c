@@ -1,0 +1,315 @@
+/*
+ * CPR: guest RAM kept in shared memory across execve
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * With -machine memfd-alloc=on every RAM block that would otherwise be
+ * anonymous memory is a memfd mapped MAP_SHARED.  cprsave registers the
+ * descriptor of every migratable block under the block's migration name.
+ * The new process allocates its blocks as usual; when a block receives
+ * its migration name, the inherited memfd is mapped over it at the same
+ * host address, so nothing that already holds the address has to change
+ * and no page is copied or cleared.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/madvise.h"
+#include "qemu/memfd.h"
+#include "qemu/mmap-alloc.h"
+#include "qapi/error.h"
+#include "exec/ramblock.h"
+#include "exec/ram_addr.h"
+#include "hw/boards.h"
+#include "migration/cpr.h"
+#include "cpr-internal.h"
+#include "trace.h"
+
+/* Inherited blocks: idstr -> "" when adopted, else why not */
+static GHashTable *cpr_ram_adopted;
+
+static char *cpr_ram_fd_name(RAMBlock *rb)
+{
+    return g_strdup_printf("ram:%s", rb->idstr);
+}
+
+bool cpr_memfd_alloc_enabled(void)
+{
+    return current_machine && current_machine->memfd_alloc;
+}
+
+void *cpr_ram_alloc_memfd(RAMBlock *rb, Error **errp)
+{
+    uint32_t map_flags = QEMU_MAP_SHARED;
+    void *host;
+    int fd;
+
+    fd = qemu_memfd_create(memory_region_name(rb->mr), rb->max_length,
+                           false, 0, 0, errp);
+    if (fd < 0) {
+        return NULL;
+    }
+    if (rb->flags & RAM_NORESERVE) {
+        map_flags |= QEMU_MAP_NORESERVE;
+    }
+    rb->mr->align = QEMU_VMALLOC_ALIGN;
+    host = qemu_ram_mmap(fd, rb->max_length, rb->mr->align, map_flags, 0);
+    if (host == MAP_FAILED) {
+        error_setg_errno(errp, errno, "cannot map memfd for guest memory '%s'",
+                         memory_region_name(rb->mr));
+        close(fd);
+        return NULL;
+    }
+    rb->fd = fd;
+    rb->flags |= RAM_SHARED;
+    trace_cpr_ram_alloc_memfd(memory_region_name(rb->mr), rb->max_length, fd);
+    return host;
+}
+
+static void cpr_ram_adopt_status(RAMBlock *rb, const char *why)
+{
+    if (!cpr_ram_adopted) {
+        cpr_ram_adopted = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                                g_free, g_free);
+    }
+    g_hash_table_insert(cpr_ram_adopted, g_strdup(rb->idstr), g_strdup(why));
+}
+
+void cpr_ram_adopt(RAMBlock *rb)
+{
+    g_autofree char *name = NULL;
+    struct stat st;
+    void *addr;
+    int flags = MAP_SHARED | MAP_FIXED;
+    int fd;
+
+    if (!cpr_is_incoming()) {
+        return;
+    }
+    name = cpr_ram_fd_name(rb);
+    fd = cpr_find_fd(name, 0);
+    if (fd < 0) {
+        return;
+    }
+    if (!rb->host || (rb->flags & RAM_PREALLOC)) {
+        cpr_ram_adopt_status(rb, "its memory is provided by a device");
+        goto fail;
+    }
+    if (fstat(fd, &st) < 0 || st.st_size < rb->max_length) {
+        cpr_ram_adopt_status(rb, "the kept memory is smaller than the block");
+        goto fail;
+    }
+    if (rb->flags & RAM_NORESERVE) {
+        flags |= MAP_NORESERVE;
+    }
+    addr = mmap(rb->host, rb->max_length, PROT_READ | PROT_WRITE, flags,
+                fd, 0);
+    if (addr == MAP_FAILED) {
+        cpr_ram_adopt_status(rb, "the kept memory cannot be mapped");
+        goto fail;
+    }
+    if (rb->fd >= 0) {
+        close(rb->fd);
+    }
+    rb->fd = fd;
+    rb->flags |= RAM_SHARED;
+    if (!machine_dump_guest_core(current_machine)) {
+        qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTDUMP);
+    }
+    qemu_madvise(rb->host, rb->max_length, QEMU_MADV_HUGEPAGE);
+    qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTFORK);
+    cpr_ram_adopt_status(rb, "");
+    trace_cpr_ram_adopt(rb->idstr, rb->max_length, fd);
+    return;
+
+fail:
+    close(fd);
+}
+
+static int cpr_ram_table_add(RAMBlock *rb, void *opaque)
+{
+    GArray *table = opaque;
+    CprRamEntry e;
+
+    if (!qemu_ram_is_migratable(rb)) {
+        return 0;
+    }
+    e.idstr = g_strdup(rb->idstr);
+    e.used_length = rb->used_length;
+    e.max_length = rb->max_length;
+    g_array_append_val(table, e);
+    return 0;
+}
+
+static void cpr_ram_entry_clear(gpointer p)
+{
+    CprRamEntry *e = p;
+
+    g_free(e->idstr);
+}
+
+GArray *cpr_ram_table_new(void)
+{
+    GArray *table = g_array_new(false, false, sizeof(CprRamEntry));
+
+    g_array_set_clear_func(table, cpr_ram_entry_clear);
+    return table;
+}
+
+GArray *cpr_ram_table(void)
+{
+    GArray *table = cpr_ram_table_new();
+
+    qemu_ram_foreach_block(cpr_ram_table_add, table);
+    return table;
+}
+
+void cpr_ram_table_free(GArray *table)
+{
+    if (table) {
+        g_array_free(table, true);
+    }
+}
+
+static CprRamEntry *cpr_ram_table_find(GArray *table, const char *idstr)
+{
+    guint i;
+
+    for (i = 0; i < table->len; i++) {
+        CprRamEntry *e = &g_array_index(table, CprRamEntry, i);
+
+        if (!strcmp(e->idstr, idstr)) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+typedef struct CprRamCheck {
+    GArray *table;
+    Error **errp;
+} CprRamCheck;
+
+static int cpr_ram_check_one(RAMBlock *rb, void *opaque)
+{
+    CprRamCheck *c = opaque;
+    const char *why;
+
+    if (!qemu_ram_is_migratable(rb)) {
+        return 0;
+    }
+    if (!cpr_ram_table_find(c->table, rb->idstr)) {
+        error_setg(c->errp, "RAM block '%s' is not in the state file",
+                   rb->idstr);
+        return -1;
+    }
+    why = cpr_ram_adopted ? g_hash_table_lookup(cpr_ram_adopted, rb->idstr)
+                          : NULL;
+    if (!why) {
+        error_setg(c->errp, "RAM block '%s' was not kept across exec",
+                   rb->idstr);
+        return -1;
+    }
+    if (*why) {
+        error_setg(c->errp, "RAM block '%s' was not kept across exec: %s",
+                   rb->idstr, why);
+        return -1;
+    }
+    return 0;
+}
+
+bool cpr_ram_check(GArray *table, Error **errp)
+{
+    CprRamCheck c = { table, errp };
+    guint i;
+
+    for (i = 0; i < table->len; i++) {
+        CprRamEntry *e = &g_array_index(table, CprRamEntry, i);
+        RAMBlock *rb = qemu_ram_block_by_name(e->idstr);
+
+        if (!rb) {
+            error_setg(errp, "state file has RAM block '%s', which this "
+                       "VM does not have", e->idstr);
+            return false;
+        }
+        if (rb->max_length != e->max_length) {
+            error_setg(errp, "RAM block '%s' has size 0x%" PRIx64
+                       " in the state file but 0x" RAM_ADDR_FMT " here",
+                       e->idstr, e->max_length, rb->max_length);
+            return false;
+        }
+        if (e->used_length > rb->max_length) {
+            error_setg(errp, "RAM block '%s' uses 0x%" PRIx64 " bytes in the "
+                       "state file, more than its size", e->idstr,
+                       e->used_length);
+            return false;
+        }
+    }
+    return !qemu_ram_foreach_block(cpr_ram_check_one, &c);
+}
+
+bool cpr_ram_apply(GArray *table, Error **errp)
+{
+    guint i;
+
+    for (i = 0; i < table->len; i++) {
+        CprRamEntry *e = &g_array_index(table, CprRamEntry, i);
+        RAMBlock *rb = qemu_ram_block_by_name(e->idstr);
+
+        if (rb->used_length != e->used_length &&
+            qemu_ram_resize(rb, e->used_length, errp) < 0) {
+            return false;
+        }
+    }
+    g_clear_pointer(&cpr_ram_adopted, g_hash_table_destroy);
+    return true;
+}
+
+static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
+{
+    CprBlockerList ***tail = opaque;
+
+    if (!qemu_ram_is_migratable(rb)) {
+        return 0;
+    }
+    if (rb->fd < 0) {
+        cpr_add_blocker(tail, rb->idstr, "guest RAM is anonymous memory, "
+                        "which exec discards; start QEMU with "
+                        "-machine memfd-alloc=on or use memory-backend-memfd");
+    } else if (!qemu_ram_is_shared(rb)) {
+        cpr_add_blocker(tail, rb->idstr, "guest RAM is a private mapping, "
+                        "which exec discards; use share=on on its backend");
+    }
+    return 0;
+}
+
+void cpr_ram_add_blockers(CprBlockerList ***tail)
+{
+    qemu_ram_foreach_block(cpr_ram_blocker_one, tail);
+}
+
+static int cpr_ram_register_one(RAMBlock *rb, void *opaque)
+{
+    g_autofree char *name = NULL;
+
+    if (qemu_ram_is_migratable(rb) && rb->fd >= 0) {
+        name = cpr_ram_fd_name(rb);
+        if (opaque) {
+            cpr_save_fd(name, 0, rb->fd);
+        } else {
+            cpr_delete_fd(name, 0);
+        }
+    }
+    return 0;
+}
+
+void cpr_ram_register_fds(void)
+{
+    qemu_ram_foreach_block(cpr_ram_register_one, (void *)1);
+}
+
+void cpr_ram_unregister_fds(void)
+{
+    qemu_ram_foreach_block(cpr_ram_register_one, NULL);
+}

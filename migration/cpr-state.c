@@ -1,0 +1,408 @@
+/*
+ * CPR state: the registry of descriptors that cross execve
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Before execve the registry is written into a memfd whose number is
+ * passed to the new process in the environment variable CPR_STATE_ENV.
+ * Layout (integers big-endian):
+ *
+ *   "QEMUCPRS"  be32 version  be32 count
+ *   count x { be32 id  be32 fd  be16 name-length  name bytes }
+ *
+ * Only registered descriptors and the state memfd itself lose
+ * FD_CLOEXEC; every other descriptor above stderr gets it.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bswap.h"
+#include "qemu/cutils.h"
+#include "qemu/memfd.h"
+#include "qapi/error.h"
+#include "migration/cpr.h"
+#include "trace.h"
+
+#define CPR_STATE_MAGIC "QEMUCPRS"
+#define CPR_STATE_VERSION 1
+
+typedef struct CprFd {
+    char *name;
+    int id;
+    int fd;
+} CprFd;
+
+/* A descriptor whose FD_CLOEXEC flag was changed for execve */
+typedef struct CprFdFlags {
+    int fd;
+    int flags;
+} CprFdFlags;
+
+static GPtrArray *cpr_outgoing;     /* registered: kept across next exec */
+static GPtrArray *cpr_incoming;     /* inherited from the previous process */
+static bool cpr_incoming_pending;
+static char **cpr_argv;
+static char *cpr_exec_path;
+
+static int cpr_state_fd = -1;       /* while an execve is being attempted */
+static GArray *cpr_changed_flags;
+
+static void cpr_fd_free(gpointer p)
+{
+    CprFd *elem = p;
+
+    g_free(elem->name);
+    g_free(elem);
+}
+
+static GPtrArray *cpr_fd_list(GPtrArray **list)
+{
+    if (!*list) {
+        *list = g_ptr_array_new_with_free_func(cpr_fd_free);
+    }
+    return *list;
+}
+
+static int cpr_fd_index(GPtrArray *list, const char *name, int id)
+{
+    guint i;
+
+    for (i = 0; list && i < list->len; i++) {
+        CprFd *elem = g_ptr_array_index(list, i);
+
+        if (elem->id == id && !strcmp(elem->name, name)) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+void cpr_save_fd(const char *name, int id, int fd)
+{
+    GPtrArray *list = cpr_fd_list(&cpr_outgoing);
+    int i = cpr_fd_index(list, name, id);
+    CprFd *elem;
+
+    trace_cpr_save_fd(name, id, fd);
+    if (i >= 0) {
+        elem = g_ptr_array_index(list, i);
+        elem->fd = fd;
+        return;
+    }
+    elem = g_new0(CprFd, 1);
+    elem->name = g_strdup(name);
+    elem->id = id;
+    elem->fd = fd;
+    g_ptr_array_add(list, elem);
+}
+
+void cpr_delete_fd(const char *name, int id)
+{
+    int i = cpr_fd_index(cpr_outgoing, name, id);
+
+    trace_cpr_delete_fd(name, id);
+    if (i >= 0) {
+        g_ptr_array_remove_index(cpr_outgoing, i);
+    }
+}
+
+int cpr_find_fd(const char *name, int id)
+{
+    int i = cpr_fd_index(cpr_incoming, name, id);
+    int fd = -1;
+
+    if (i >= 0) {
+        CprFd *elem = g_ptr_array_index(cpr_incoming, i);
+
+        fd = elem->fd;
+        g_ptr_array_remove_index(cpr_incoming, i);
+    }
+    trace_cpr_find_fd(name, id, fd);
+    return fd;
+}
+
+bool cpr_is_incoming(void)
+{
+    return cpr_incoming_pending;
+}
+
+char **cpr_get_argv(void)
+{
+    return cpr_argv;
+}
+
+const char *cpr_get_exec_path(void)
+{
+    return cpr_exec_path;
+}
+
+/* Serialization */
+
+static GByteArray *cpr_state_serialize(void)
+{
+    GByteArray *buf = g_byte_array_new();
+    GPtrArray *list = cpr_fd_list(&cpr_outgoing);
+    uint32_t be32;
+    uint16_t be16;
+    guint i;
+
+    g_byte_array_append(buf, (const guint8 *)CPR_STATE_MAGIC, 8);
+    be32 = cpu_to_be32(CPR_STATE_VERSION);
+    g_byte_array_append(buf, (guint8 *)&be32, 4);
+    be32 = cpu_to_be32(list->len);
+    g_byte_array_append(buf, (guint8 *)&be32, 4);
+    for (i = 0; i < list->len; i++) {
+        CprFd *elem = g_ptr_array_index(list, i);
+        size_t len = strlen(elem->name);
+
+        be32 = cpu_to_be32(elem->id);
+        g_byte_array_append(buf, (guint8 *)&be32, 4);
+        be32 = cpu_to_be32(elem->fd);
+        g_byte_array_append(buf, (guint8 *)&be32, 4);
+        be16 = cpu_to_be16(len);
+        g_byte_array_append(buf, (guint8 *)&be16, 2);
+        g_byte_array_append(buf, (const guint8 *)elem->name, len);
+    }
+    return buf;
+}
+
+static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
+{
+    const uint8_t *end = p + size;
+    uint32_t version, count, i;
+
+    if (size < 16 || memcmp(p, CPR_STATE_MAGIC, 8)) {
+        error_setg(errp, "inherited CPR state has no valid header");
+        return false;
+    }
+    version = ldl_be_p(p + 8);
+    count = ldl_be_p(p + 12);
+    if (version != CPR_STATE_VERSION) {
+        error_setg(errp, "inherited CPR state has version %u, expected %u",
+                   version, CPR_STATE_VERSION);
+        return false;
+    }
+    p += 16;
+    for (i = 0; i < count; i++) {
+        CprFd *elem;
+        uint16_t len;
+
+        if (end - p < 10) {
+            goto truncated;
+        }
+        len = lduw_be_p(p + 8);
+        if (end - p < 10 + len) {
+            goto truncated;
+        }
+        elem = g_new0(CprFd, 1);
+        elem->id = (int32_t)ldl_be_p(p);
+        elem->fd = (int32_t)ldl_be_p(p + 4);
+        elem->name = g_strndup((const char *)p + 10, len);
+        g_ptr_array_add(cpr_fd_list(&cpr_incoming), elem);
+        trace_cpr_state_inherit(elem->name, elem->id, elem->fd);
+        p += 10 + len;
+    }
+    return true;
+
+truncated:
+    error_setg(errp, "inherited CPR state is truncated at entry %u of %u",
+               i, count);
+    return false;
+}
+
+static bool cpr_state_read(int fd, Error **errp)
+{
+    g_autofree uint8_t *buf = NULL;
+    struct stat st;
+    ssize_t n;
+
+    if (fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "cannot inspect inherited CPR state");
+        return false;
+    }
+    buf = g_malloc(st.st_size + 1);
+    n = pread(fd, buf, st.st_size, 0);
+    if (n != st.st_size) {
+        error_setg_errno(errp, n < 0 ? errno : EIO,
+                         "cannot read inherited CPR state");
+        return false;
+    }
+    return cpr_state_parse(buf, n, errp);
+}
+
+void cpr_init(int argc, char **argv, Error **errp)
+{
+    const char *env = getenv(CPR_STATE_ENV);
+    int i, fd;
+
+    cpr_argv = g_new0(char *, argc + 1);
+    for (i = 0; i < argc; i++) {
+        cpr_argv[i] = g_strdup(argv[i]);
+    }
+    /* The path, not the inode: an operator may have replaced the file. */
+    cpr_exec_path = g_file_read_link("/proc/self/exe", NULL);
+    if (!cpr_exec_path) {
+        cpr_exec_path = g_strdup(argv[0]);
+    }
+
+    if (!env) {
+        return;
+    }
+    if (qemu_strtoi(env, NULL, 10, &fd) || fd < 0) {
+        error_setg(errp, "%s='%s' does not name a descriptor",
+                   CPR_STATE_ENV, env);
+        return;
+    }
+    g_unsetenv(CPR_STATE_ENV);
+    if (!cpr_state_read(fd, errp)) {
+        close(fd);
+        return;
+    }
+    close(fd);
+    cpr_incoming_pending = true;
+    trace_cpr_init_incoming(cpr_incoming ? cpr_incoming->len : 0);
+}
+
+void cpr_state_incoming_done(void)
+{
+    guint i;
+
+    for (i = 0; cpr_incoming && i < cpr_incoming->len; i++) {
+        CprFd *elem = g_ptr_array_index(cpr_incoming, i);
+
+        trace_cpr_state_close_unclaimed(elem->name, elem->id, elem->fd);
+        close(elem->fd);
+    }
+    if (cpr_incoming) {
+        g_ptr_array_set_size(cpr_incoming, 0);
+    }
+    cpr_incoming_pending = false;
+}
+
+/* execve preparation */
+
+static bool cpr_fd_is_registered(int fd)
+{
+    guint i;
+
+    for (i = 0; cpr_outgoing && i < cpr_outgoing->len; i++) {
+        CprFd *elem = g_ptr_array_index(cpr_outgoing, i);
+
+        if (elem->fd == fd) {
+            return true;
+        }
+    }
+    return fd == cpr_state_fd;
+}
+
+static bool cpr_fd_set_cloexec(int fd, bool cloexec, Error **errp)
+{
+    int flags = fcntl(fd, F_GETFD);
+    int want;
+
+    if (flags < 0) {
+        error_setg_errno(errp, errno, "cannot read flags of descriptor %d",
+                         fd);
+        return false;
+    }
+    want = cloexec ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
+    if (want == flags) {
+        return true;
+    }
+    if (fcntl(fd, F_SETFD, want) < 0) {
+        error_setg_errno(errp, errno, "cannot set flags of descriptor %d",
+                         fd);
+        return false;
+    }
+    g_array_append_val(cpr_changed_flags, ((CprFdFlags){ fd, flags }));
+    return true;
+}
+
+static bool cpr_fds_set_cloexec(Error **errp)
+{
+    g_autoptr(GError) gerr = NULL;
+    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, &gerr);
+    g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
+    const char *name;
+    guint i;
+
+    if (!dir) {
+        error_setg(errp, "cannot list open descriptors: %s", gerr->message);
+        return false;
+    }
+    /* Collect first: the directory's own descriptor is in the listing. */
+    while ((name = g_dir_read_name(dir))) {
+        int fd;
+
+        if (!qemu_strtoi(name, NULL, 10, &fd) && fd > STDERR_FILENO) {
+            g_array_append_val(fds, fd);
+        }
+    }
+    g_clear_pointer(&dir, g_dir_close);
+
+    for (i = 0; i < fds->len; i++) {
+        int fd = g_array_index(fds, int, i);
+
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+            continue;           /* the listing's own descriptor */
+        }
+        if (!cpr_fd_set_cloexec(fd, !cpr_fd_is_registered(fd), errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool cpr_state_exec_prepare(Error **errp)
+{
+    g_autoptr(GByteArray) buf = cpr_state_serialize();
+    g_autofree char *num = NULL;
+
+    assert(cpr_state_fd < 0);
+    cpr_changed_flags = g_array_new(false, false, sizeof(CprFdFlags));
+
+    cpr_state_fd = qemu_memfd_create("qemu-cpr-state", buf->len, false, 0, 0,
+                                     errp);
+    if (cpr_state_fd < 0) {
+        goto fail;
+    }
+    if (pwrite(cpr_state_fd, buf->data, buf->len, 0) != buf->len) {
+        error_setg_errno(errp, errno, "cannot write CPR state");
+        goto fail;
+    }
+    if (!cpr_fds_set_cloexec(errp)) {
+        goto fail;
+    }
+    num = g_strdup_printf("%d", cpr_state_fd);
+    g_setenv(CPR_STATE_ENV, num, true);
+    trace_cpr_state_exec_prepare(cpr_outgoing ? cpr_outgoing->len : 0,
+                                 cpr_state_fd);
+    return true;
+
+fail:
+    cpr_state_exec_abort();
+    return false;
+}
+
+void cpr_state_exec_abort(void)
+{
+    guint i;
+
+    g_unsetenv(CPR_STATE_ENV);
+    for (i = 0; cpr_changed_flags && i < cpr_changed_flags->len; i++) {
+        CprFdFlags *f = &g_array_index(cpr_changed_flags, CprFdFlags, i);
+
+        if (f->fd != cpr_state_fd) {
+            fcntl(f->fd, F_SETFD, f->flags);
+        }
+    }
+    if (cpr_changed_flags) {
+        g_array_free(cpr_changed_flags, true);
+        cpr_changed_flags = NULL;
+    }
+    if (cpr_state_fd >= 0) {
+        close(cpr_state_fd);
+        cpr_state_fd = -1;
+    }
+}

@@ -1,0 +1,216 @@
+/*
+ * CPR (checkpoint and restart): the cprsave, cprload and query-cpr commands
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * cprsave restart: refuse if anything blocks it, stop the vCPUs, write
+ * the state file, register guest RAM in the CPR state, and execve the
+ * QEMU binary with the same arguments.  Guest RAM stays in its memfds and
+ * is never copied.  If anything fails before the new binary runs, the VM
+ * resumes in this process as if nothing had happened.
+ *
+ * The new process comes up paused in the "inmigrate" run state; cprload
+ * checks the state file, loads device and CPU state and restores the run
+ * state the VM had when it was saved.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qapi/qapi-commands-cpr.h"
+#include "block/block.h"
+#include "hw/boards.h"
+#include "migration/cpr.h"
+#include "migration/global_state.h"
+#include "migration/misc.h"
+#include "migration/migration.h"
+#include "migration/savevm.h"
+#include "sysemu/runstate.h"
+#include "sysemu/sysemu.h"
+#include "cpr-internal.h"
+#include "trace.h"
+
+void cpr_add_blocker(CprBlockerList ***tail, const char *object,
+                     const char *fmt, ...)
+{
+    CprBlocker *b = g_new0(CprBlocker, 1);
+    va_list ap;
+
+    va_start(ap, fmt);
+    b->mode = CPR_MODE_RESTART;
+    b->object = g_strdup(object);
+    b->reason = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    QAPI_LIST_APPEND(*tail, b);
+}
+
+static void cpr_add_migration_blocker(Error *err, void *opaque)
+{
+    cpr_add_blocker(opaque, "migration", "%s", error_get_pretty(err));
+}
+
+static void cpr_add_unmigratable(const char *idstr, void *opaque)
+{
+    cpr_add_blocker(opaque, idstr, "device state cannot be saved");
+}
+
+static CprBlockerList *cpr_blockers(void)
+{
+    CprBlockerList *list = NULL, **tail = &list;
+
+    cpr_ram_add_blockers(&tail);
+    qemu_savevm_foreach_unmigratable(cpr_add_unmigratable, &tail);
+    migration_foreach_blocker(cpr_add_migration_blocker, &tail);
+    return list;
+}
+
+CprInfo *qmp_query_cpr(Error **errp)
+{
+    CprInfo *info = g_new0(CprInfo, 1);
+
+    QAPI_LIST_PREPEND(info->modes, CPR_MODE_RESTART);
+    info->blockers = cpr_blockers();
+    info->load_pending = cpr_is_incoming();
+    return info;
+}
+
+/* Everything that can be checked before the VM is touched */
+static bool cpr_save_allowed(const char *exec_path, Error **errp)
+{
+    g_autoptr(CprBlockerList) blockers = NULL;
+    char state[64];
+
+    if (cpr_is_incoming()) {
+        error_setg(errp, "this process is waiting for cprload; "
+                   "load the state before saving it again");
+        return false;
+    }
+    if (!runstate_check(RUN_STATE_RUNNING) &&
+        !runstate_check(RUN_STATE_PAUSED) &&
+        !runstate_check(RUN_STATE_SUSPENDED)) {
+        runstate_store(state, sizeof(state));
+        error_setg(errp, "cannot save a VM in run state '%s'", state);
+        return false;
+    }
+    if (!migration_is_idle()) {
+        error_setg(errp, "a migration is in progress");
+        return false;
+    }
+    blockers = cpr_blockers();
+    if (blockers) {
+        error_setg(errp, "cprsave is blocked by '%s': %s",
+                   blockers->value->object, blockers->value->reason);
+        if (blockers->next) {
+            error_append_hint(errp, "query-cpr lists all blockers\n");
+        }
+        return false;
+    }
+    if (access(exec_path, X_OK) < 0) {
+        error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
+        return false;
+    }
+    return true;
+}
+
+static void cpr_exec(const char *exec_path, Error **errp)
+{
+    Error *err = NULL;
+
+    cpr_ram_register_fds();
+    if (!cpr_state_exec_prepare(errp)) {
+        goto out;
+    }
+    if (bdrv_inactivate_all() < 0) {
+        error_setg(errp, "cannot hand over block devices");
+        goto abort;
+    }
+    trace_cpr_exec(exec_path);
+    execv(exec_path, cpr_get_argv());
+    error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
+    bdrv_activate_all(&err);
+    if (err) {
+        warn_report_err(err);
+    }
+abort:
+    cpr_state_exec_abort();
+out:
+    cpr_ram_unregister_fds();
+}
+
+void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
+                 const char *binary, Error **errp)
+{
+    ERRP_GUARD();
+    const char *exec_path = has_binary ? binary : cpr_get_exec_path();
+    bool was_running = runstate_is_running();
+
+    if (!cpr_save_allowed(exec_path, errp)) {
+        return;
+    }
+    trace_cpr_save_start(file, CprMode_str(mode));
+
+    global_state_store();
+    if (vm_stop(RUN_STATE_SAVE_VM)) {
+        error_setg(errp, "cannot flush block devices before saving");
+        goto resume;
+    }
+    if (!cpr_file_write(file, mode, errp)) {
+        goto resume;
+    }
+    cpr_exec(exec_path, errp);
+    unlink(file);
+
+resume:
+    /* Still here: leave the VM as it was before the command. */
+    trace_cpr_save_failed(error_get_pretty(*errp));
+    if (was_running) {
+        vm_start();
+    }
+}
+
+void qmp_cprload(const char *file, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(CprFile) cf = NULL;
+    const char *machine = MACHINE_GET_CLASS(current_machine)->name;
+    RunState state;
+
+    if (!cpr_is_incoming()) {
+        error_setg(errp, "no CPR restart is waiting to be loaded");
+        return;
+    }
+    cf = cpr_file_read(file, errp);
+    if (!cf) {
+        return;
+    }
+    if (strcmp(cf->machine, machine)) {
+        error_setg(errp, "'%s' was saved by machine type '%s'; this VM is "
+                   "'%s'", file, cf->machine, machine);
+        return;
+    }
+    if (!cpr_ram_check(cf->ram, errp)) {
+        return;
+    }
+    trace_cpr_load_start(file);
+
+    if (!cpr_ram_apply(cf->ram, errp) ||
+        !cpr_file_load_devices(cf, errp)) {
+        return;
+    }
+    bdrv_activate_all(errp);
+    if (*errp) {
+        return;
+    }
+    cpr_state_incoming_done();
+
+    state = global_state_received() ? global_state_get_runstate()
+                                    : RUN_STATE_RUNNING;
+    trace_cpr_load_done(RunState_str(state));
+    if (state == RUN_STATE_RUNNING) {
+        vm_start();
+    } else {
+        runstate_set(state);
+    }
+}

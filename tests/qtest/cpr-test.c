@@ -1,0 +1,708 @@
+/*
+ * Tests of cprsave/cprload (live update of QEMU by execve)
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The guest (tests/guest/cpr-guest.S, path in CPR_GUEST_IMG) adds one to
+ * a counter in every page of its RAM, pass after pass, and writes a
+ * character to the serial port after each pass.  QEMU is started and
+ * driven here directly over a QMP socket, because the process must be
+ * able to execve itself: the QMP connection drops at cprsave and the
+ * test connects again to the new process, which has the same PID.
+ *
+ * Environment: QTEST_QEMU_BINARY (QEMU), CPR_GUEST_IMG (guest image),
+ * CPR_TEST_ACCEL (accelerator, default tcg).
+ */
+
+#include "qemu/osdep.h"
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include "qemu/bswap.h"
+#include "qemu/cutils.h"
+#include "qemu/units.h"
+#include "qapi/error.h"
+#include "qapi/qmp/json-parser.h"
+#include "qapi/qmp/qdict.h"
+#include "qapi/qmp/qjson.h"
+#include "qapi/qmp/qlist.h"
+#include "qapi/qmp/qobject.h"
+#include "qapi/qmp/qstring.h"
+
+#define GUEST_RAM_MB    128
+#define COUNTER_START   (2 * MiB)       /* first page the guest counts in */
+#define COUNTER_PAGES   ((32 * MiB - COUNTER_START) / 4096)
+#define WAIT_SECONDS    60
+
+typedef struct CprVm {
+    char *dir;
+    char *qmp_path;
+    char *serial_path;
+    char *state_path;
+    pid_t pid;
+    int qmp_fd;
+    JSONMessageParser parser;
+    GQueue msgs;
+} CprVm;
+
+static const char *accel(void)
+{
+    return getenv("CPR_TEST_ACCEL") ?: "tcg";
+}
+
+/* QMP client */
+
+static void vm_emit(void *opaque, QObject *json, Error *err)
+{
+    CprVm *vm = opaque;
+
+    g_assert(!err);
+    g_queue_push_tail(&vm->msgs, json);
+}
+
+/* Next message from QEMU, or NULL at end of file. */
+static QDict *vm_receive(CprVm *vm)
+{
+    while (g_queue_is_empty(&vm->msgs)) {
+        char buf[4096];
+        ssize_t n = read(vm->qmp_fd, buf, sizeof(buf));
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return NULL;
+        }
+        json_message_parser_feed(&vm->parser, buf, n);
+    }
+    return qobject_to(QDict, g_queue_pop_head(&vm->msgs));
+}
+
+static void vm_disconnect(CprVm *vm)
+{
+    QObject *obj;
+
+    if (vm->qmp_fd >= 0) {
+        close(vm->qmp_fd);
+        vm->qmp_fd = -1;
+        json_message_parser_destroy(&vm->parser);
+    }
+    while ((obj = g_queue_pop_head(&vm->msgs))) {
+        qobject_unref(obj);
+    }
+}
+
+static void vm_send(CprVm *vm, QDict *cmd)
+{
+    g_autoptr(GString) s = qobject_to_json(QOBJECT(cmd));
+    size_t off = 0;
+
+    g_string_append_c(s, '\n');
+    while (off < s->len) {
+        ssize_t n = write(vm->qmp_fd, s->str + off, s->len - off);
+
+        g_assert(n > 0);
+        off += n;
+    }
+}
+
+/* Send a command; return its reply ("return" or "error"), NULL at EOF. */
+static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
+{
+    QDict *cmd = qobject_to(QDict, qobject_from_vjsonf_nofail(fmt, ap));
+    QDict *resp;
+
+    vm_send(vm, cmd);
+    qobject_unref(cmd);
+    while ((resp = vm_receive(vm))) {
+        if (!qdict_haskey(resp, "event")) {
+            return resp;
+        }
+        qobject_unref(resp);
+    }
+    return NULL;
+}
+
+static QDict *vm_qmp(CprVm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static QDict *vm_qmp(CprVm *vm, const char *fmt, ...)
+{
+    va_list ap;
+    QDict *resp;
+
+    va_start(ap, fmt);
+    resp = vm_vqmp(vm, fmt, ap);
+    va_end(ap);
+    return resp;
+}
+
+/* A command that must succeed; returns the "return" member (owned). */
+static QObject *vm_ok(CprVm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static QObject *vm_ok(CprVm *vm, const char *fmt, ...)
+{
+    va_list ap;
+    QDict *resp;
+    QObject *ret;
+
+    va_start(ap, fmt);
+    resp = vm_vqmp(vm, fmt, ap);
+    va_end(ap);
+    g_assert(resp);
+    if (!qdict_haskey(resp, "return")) {
+        g_autoptr(GString) s = qobject_to_json(QOBJECT(resp));
+
+        g_error("%s failed: %s", fmt, s->str);
+    }
+    ret = qdict_get(resp, "return");
+    qobject_ref(ret);
+    qobject_unref(resp);
+    return ret;
+}
+
+/* A command that must fail; returns the error's description. */
+static char *vm_error(QDict *resp)
+{
+    char *desc;
+
+    g_assert(resp);
+    g_assert(qdict_haskey(resp, "error"));
+    desc = g_strdup(qdict_get_str(qdict_get_qdict(resp, "error"), "desc"));
+    qobject_unref(resp);
+    return desc;
+}
+
+static void vm_connect(CprVm *vm)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+    QDict *greeting;
+
+    g_assert(vm->qmp_fd < 0);
+    pstrcpy(addr.sun_path, sizeof(addr.sun_path), vm->qmp_path);
+    for (;;) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        g_assert(fd >= 0);
+        if (!connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+            vm->qmp_fd = fd;
+            break;
+        }
+        close(fd);
+        g_assert(waitpid(vm->pid, NULL, WNOHANG) == 0);
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(1000);
+    }
+    json_message_parser_init(&vm->parser, vm_emit, vm, NULL);
+    greeting = vm_receive(vm);
+    g_assert(greeting && qdict_haskey(greeting, "QMP"));
+    qobject_unref(greeting);
+    qobject_unref(vm_ok(vm, "{'execute': 'qmp_capabilities'}"));
+}
+
+/*
+ * Start QEMU on the guest image.  @machine: -machine value; @keep_fd: a
+ * descriptor the child inherits (not close-on-exec), or -1.
+ */
+static CprVm *vm_start(const char *machine, int keep_fd)
+{
+    CprVm *vm = g_new0(CprVm, 1);
+    const char *qemu = getenv("QTEST_QEMU_BINARY");
+    const char *img = getenv("CPR_GUEST_IMG");
+    g_autofree char *drive = NULL, *serial = NULL, *qmp = NULL, *mem = NULL;
+    g_autofree char *disk = NULL, *contents = NULL;
+    gsize len;
+    g_autofree char *acc = g_strdup_printf("%s", accel());
+
+    g_assert(qemu && img);
+    vm->dir = g_dir_make_tmp("cpr-test-XXXXXX", NULL);
+    g_assert(vm->dir);
+    vm->qmp_path = g_build_filename(vm->dir, "qmp.sock", NULL);
+    vm->serial_path = g_build_filename(vm->dir, "serial.log", NULL);
+    vm->state_path = g_build_filename(vm->dir, "vm.cpr", NULL);
+    vm->qmp_fd = -1;
+    g_queue_init(&vm->msgs);
+
+    disk = g_build_filename(vm->dir, "disk.img", NULL);
+    g_assert(g_file_get_contents(img, &contents, &len, NULL));
+    g_assert(g_file_set_contents(disk, contents, len, NULL));
+    drive = g_strdup_printf("file=%s,format=raw", disk);
+    serial = g_strdup_printf("file:%s", vm->serial_path);
+    qmp = g_strdup_printf("unix:%s,server=on,wait=off", vm->qmp_path);
+    mem = g_strdup_printf("%d", GUEST_RAM_MB);
+
+    vm->pid = fork();
+    g_assert(vm->pid >= 0);
+    if (vm->pid == 0) {
+        const char *argv[] = {
+            qemu, "-machine", machine, "-accel", acc, "-m", mem,
+            "-display", "none", "-drive", drive, "-serial", serial,
+            "-qmp", qmp, NULL
+        };
+
+        if (keep_fd >= 0) {
+            fcntl(keep_fd, F_SETFD, 0);
+        }
+        execv(qemu, (char **)argv);
+        _exit(127);
+    }
+    vm_connect(vm);
+    return vm;
+}
+
+static void vm_kill(CprVm *vm)
+{
+    g_autofree char *disk = g_build_filename(vm->dir, "disk.img", NULL);
+
+    vm_disconnect(vm);
+    kill(vm->pid, SIGKILL);
+    waitpid(vm->pid, NULL, 0);
+    unlink(vm->qmp_path);
+    unlink(vm->serial_path);
+    unlink(vm->state_path);
+    unlink(disk);
+    rmdir(vm->dir);
+    g_free(vm->dir);
+    g_free(vm->qmp_path);
+    g_free(vm->serial_path);
+    g_free(vm->state_path);
+    g_free(vm);
+}
+
+static const char *vm_status(CprVm *vm)
+{
+    static char status[32];
+    QDict *ret = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-status'}"));
+
+    pstrcpy(status, sizeof(status), qdict_get_str(ret, "status"));
+    qobject_unref(ret);
+    return status;
+}
+
+static size_t vm_serial_len(CprVm *vm)
+{
+    struct stat st;
+
+    return stat(vm->serial_path, &st) ? 0 : st.st_size;
+}
+
+/* Wait until the guest has finished @passes more passes over its RAM. */
+static void vm_wait_passes(CprVm *vm, size_t passes)
+{
+    size_t target = vm_serial_len(vm) + passes;
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+
+    while (vm_serial_len(vm) < target) {
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(10 * 1000);
+    }
+}
+
+/* The counters of the guest's pages, read with pmemsave. */
+static uint64_t *vm_counters(CprVm *vm)
+{
+    g_autofree char *path = g_build_filename(vm->dir, "mem", NULL);
+    g_autofree char *data = NULL;
+    uint64_t *counters = g_new(uint64_t, COUNTER_PAGES);
+    gsize len;
+    size_t i;
+
+    qobject_unref(vm_ok(vm, "{'execute': 'pmemsave', 'arguments':"
+                        " {'val': %lld, 'size': %lld, 'filename': %s}}",
+                        (long long)COUNTER_START,
+                        (long long)COUNTER_PAGES * 4096, path));
+    g_assert(g_file_get_contents(path, &data, &len, NULL));
+    g_assert_cmpuint(len, ==, COUNTER_PAGES * 4096);
+    unlink(path);
+    for (i = 0; i < COUNTER_PAGES; i++) {
+        counters[i] = ldq_le_p(data + i * 4096);
+    }
+    return counters;
+}
+
+/* All counters within one pass of each other, the guest's invariant. */
+static void check_consistent(const uint64_t *c)
+{
+    uint64_t lo = c[0], hi = c[0];
+    size_t i;
+
+    for (i = 1; i < COUNTER_PAGES; i++) {
+        lo = MIN(lo, c[i]);
+        hi = MAX(hi, c[i]);
+    }
+    g_assert_cmpuint(lo, >, 0);
+    g_assert_cmpuint(hi - lo, <=, 1);
+}
+
+static void check_not_behind(const uint64_t *before, const uint64_t *after)
+{
+    size_t i;
+
+    for (i = 0; i < COUNTER_PAGES; i++) {
+        if (after[i] < before[i]) {
+            g_error("page %zu: counter %" PRIu64 " went back to %" PRIu64,
+                    i, before[i], after[i]);
+        }
+    }
+}
+
+static void check_moving(CprVm *vm, const uint64_t *before)
+{
+    g_autofree uint64_t *now = NULL;
+
+    vm_wait_passes(vm, 2);
+    now = vm_counters(vm);
+    g_assert_cmpuint(now[0], >, before[0]);
+    check_consistent(now);
+}
+
+static bool vm_alive(CprVm *vm)
+{
+    return waitpid(vm->pid, NULL, WNOHANG) == 0;
+}
+
+/*
+ * cprsave restart: the command gets no reply because the process
+ * executes the new binary; the connection ends.  Connect to the new
+ * process, which must have the same PID and wait for cprload.
+ */
+static void vm_cprsave_restart(CprVm *vm)
+{
+    QDict *resp = vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                         " {'file': %s, 'mode': 'restart'}}", vm->state_path);
+    QDict *info;
+
+    if (resp) {
+        g_autoptr(GString) s = qobject_to_json(QOBJECT(resp));
+
+        g_error("cprsave answered instead of restarting: %s", s->str);
+    }
+    vm_disconnect(vm);
+    vm_connect(vm);
+    g_assert(vm_alive(vm));
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    g_assert(qdict_get_bool(info, "load-pending"));
+    qobject_unref(info);
+    g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+}
+
+static void vm_cprload(CprVm *vm, const char *file)
+{
+    QDict *info;
+
+    qobject_unref(vm_ok(vm, "{'execute': 'cprload', 'arguments':"
+                        " {'file': %s}}", file));
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    g_assert(!qdict_get_bool(info, "load-pending"));
+    qobject_unref(info);
+}
+
+static char *memfd_machine(void)
+{
+    return g_strdup("q35,memfd-alloc=on");
+}
+
+/* Tests */
+
+static void test_round_trip(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    pid_t pid = vm->pid;
+    int i;
+
+    vm_wait_passes(vm, 3);
+    for (i = 0; i < 2; i++) {
+        g_free(before);
+        before = vm_counters(vm);
+        check_consistent(before);
+        vm_cprsave_restart(vm);
+        g_assert_cmpint(vm->pid, ==, pid);
+        vm_cprload(vm, vm->state_path);
+        g_assert_cmpstr(vm_status(vm), ==, "running");
+
+        g_free(after);
+        after = vm_counters(vm);
+        check_not_behind(before, after);
+        check_consistent(after);
+        check_moving(vm, after);
+    }
+    vm_kill(vm);
+}
+
+static void test_paused_stays_paused(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+
+    vm_wait_passes(vm, 3);
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    before = vm_counters(vm);
+    check_consistent(before);
+
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    after = vm_counters(vm);
+    g_assert(!memcmp(before, after, COUNTER_PAGES * sizeof(uint64_t)));
+    g_usleep(200 * 1000);
+    g_free(after);
+    after = vm_counters(vm);
+    g_assert(!memcmp(before, after, COUNTER_PAGES * sizeof(uint64_t)));
+
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, after);
+    vm_kill(vm);
+}
+
+static void test_blocked(void)
+{
+    CprVm *vm = vm_start("q35", -1);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+    QDict *info;
+    QList *blockers;
+    QListEntry *e;
+    bool found = false;
+
+    vm_wait_passes(vm, 2);
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    blockers = qdict_get_qlist(info, "blockers");
+    QLIST_FOREACH_ENTRY(blockers, e) {
+        QDict *b = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (!strcmp(qdict_get_str(b, "object"), "pc.ram")) {
+            g_assert(strstr(qdict_get_str(b, "reason"), "memfd-alloc"));
+            found = true;
+        }
+    }
+    g_assert(found);
+    qobject_unref(info);
+
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert(strstr(err, "blocked by 'pc.ram'"));
+    g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    vm_kill(vm);
+}
+
+static void test_exec_fails(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *bad = g_build_filename(vm->dir, "not-qemu", NULL);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *err = NULL;
+
+    /* Executable, but not a program: execve fails with ENOEXEC. */
+    g_assert(g_file_set_contents(bad, "\x7f" "ELF broken", -1, NULL));
+    g_assert(chmod(bad, 0755) == 0);
+
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart', 'binary': %s}}",
+                          vm->state_path, bad));
+    g_assert(strstr(err, "cannot execute"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = vm_counters(vm);
+    check_not_behind(before, after);
+    check_moving(vm, after);
+
+    /* The VM is intact: a real update still works afterwards. */
+    g_free(before);
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    g_free(after);
+    after = vm_counters(vm);
+    check_not_behind(before, after);
+    check_moving(vm, after);
+    unlink(bad);
+    vm_kill(vm);
+}
+
+/* Write a copy of @src to @dst changed by @how. */
+static void write_bad_copy(const char *src, const char *dst, const char *how)
+{
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert(g_file_get_contents(src, &data, &len, NULL));
+    if (!strcmp(how, "truncated")) {
+        len /= 2;
+    } else if (!strcmp(how, "corrupt")) {
+        data[len / 2] ^= 0x55;
+    } else {
+        memcpy(data, "NOTCPR!!", 8);
+    }
+    g_assert(g_file_set_contents(dst, data, len, NULL));
+}
+
+static void test_bad_files(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    CprVm *other = vm_start("pc,memfd-alloc=on", -1);
+    g_autofree char *bad = g_build_filename(vm->dir, "bad.cpr", NULL);
+    g_autofree char *foreign = g_build_filename(vm->dir, "pc.cpr", NULL);
+    g_autofree char *missing = g_build_filename(vm->dir, "none.cpr", NULL);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    static const struct {
+        const char *how, *msg;
+    } cases[] = {
+        { "truncated", "is truncated" },
+        { "corrupt", "is corrupt" },
+        { "foreign", "is not a CPR state file" },
+    };
+    size_t i;
+    char *err;
+
+    /* A state file of the same guest on another machine type */
+    vm_wait_passes(other, 1);
+    vm_cprsave_restart(other);
+    g_assert(rename(other->state_path, foreign) == 0);
+    vm_kill(other);
+
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+
+    for (i = 0; i < ARRAY_SIZE(cases); i++) {
+        write_bad_copy(vm->state_path, bad, cases[i].how);
+        err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                              " {'file': %s}}", bad));
+        if (!strstr(err, cases[i].msg)) {
+            g_error("%s file: unexpected error '%s'", cases[i].how, err);
+        }
+        g_free(err);
+        g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+    }
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", foreign));
+    g_assert(strstr(err, "machine type 'pc-i440fx-"));
+    g_assert(strstr(err, "this VM is 'pc-q35-"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", missing));
+    g_assert(strstr(err, "cannot read CPR state file"));
+    g_free(err);
+
+    /* Nothing was lost: the right file still loads. */
+    after = vm_counters(vm);
+    g_assert(!memcmp(before, after, COUNTER_PAGES * sizeof(uint64_t)));
+    vm_cprload(vm, vm->state_path);
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, after);
+
+    /* cprload without a pending restart is refused */
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", vm->state_path));
+    g_assert(strstr(err, "no CPR restart is waiting"));
+    g_free(err);
+
+    unlink(bad);
+    unlink(foreign);
+    vm_kill(vm);
+}
+
+/* The targets of @pid's descriptors above stderr, one per descriptor. */
+static GPtrArray *fd_targets(pid_t pid)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/fd", pid);
+    GPtrArray *list = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    g_assert(d);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *link = g_build_filename(dir, name, NULL);
+        char *target;
+
+        if (atoi(name) <= 2) {
+            continue;
+        }
+        target = g_file_read_link(link, NULL);
+        if (target) {
+            g_ptr_array_add(list, target);
+        }
+    }
+    return list;
+}
+
+static guint count_matching(GPtrArray *list, const char *pattern)
+{
+    guint i, n = 0;
+
+    for (i = 0; i < list->len; i++) {
+        n += !!strstr(g_ptr_array_index(list, i), pattern);
+    }
+    return n;
+}
+
+static void test_only_registered_fds(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *marker = g_strdup_printf("%s/cpr-test-marker-%d",
+                                              g_get_tmp_dir(), getpid());
+    int fd = open(marker, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    CprVm *vm;
+    g_autoptr(GPtrArray) old_fds = NULL, new_fds = NULL, run_fds = NULL;
+
+    g_assert(fd >= 0);
+    vm = vm_start(machine, fd);
+    close(fd);
+    vm_wait_passes(vm, 1);
+
+    /* The stray descriptor is there before the update ... */
+    old_fds = fd_targets(vm->pid);
+    g_assert_cmpuint(count_matching(old_fds, marker), ==, 1);
+    g_assert_cmpuint(count_matching(old_fds, "/memfd:"), >, 0);
+
+    /* ... and gone in the new process, which only inherited guest RAM. */
+    vm_cprsave_restart(vm);
+    new_fds = fd_targets(vm->pid);
+    g_assert_cmpuint(count_matching(new_fds, marker), ==, 0);
+    g_assert_cmpuint(count_matching(new_fds, "qemu-cpr-state"), ==, 0);
+
+    /* Each RAM block has one memfd, as before: nothing leaked. */
+    vm_cprload(vm, vm->state_path);
+    run_fds = fd_targets(vm->pid);
+    g_assert_cmpuint(count_matching(run_fds, "/memfd:"), ==,
+                     count_matching(old_fds, "/memfd:"));
+    unlink(marker);
+    vm_kill(vm);
+}
+
+static void add_test(const char *name, void (*fn)(void))
+{
+    g_autofree char *path = g_strdup_printf("/cpr/%s/%s", accel(), name);
+
+    g_test_add_func(path, fn);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+
+    if (!getenv("QTEST_QEMU_BINARY") || !getenv("CPR_GUEST_IMG")) {
+        g_printerr("cpr-test: set QTEST_QEMU_BINARY and CPR_GUEST_IMG\n");
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    add_test("restart/round-trip", test_round_trip);
+    add_test("restart/paused-stays-paused", test_paused_stays_paused);
+    add_test("restart/blocked", test_blocked);
+    add_test("restart/exec-fails", test_exec_fails);
+    add_test("restart/bad-state-files", test_bad_files);
+    add_test("restart/only-registered-fds", test_only_registered_fds);
+    return g_test_run();
+}
