@@ -172,30 +172,40 @@ static char *vm_error(QDict *resp)
     return desc;
 }
 
+/*
+ * Connect to QEMU's QMP socket and negotiate capabilities.  Right after
+ * cprsave the old process may still hold the listening socket while
+ * execve closes its descriptors; such a connection is reset before the
+ * greeting, and the next attempt reaches the new process.
+ */
 static void vm_connect(CprVm *vm)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
-    QDict *greeting;
+    QDict *greeting = NULL;
 
     g_assert(vm->qmp_fd < 0);
     pstrcpy(addr.sun_path, sizeof(addr.sun_path), vm->qmp_path);
-    for (;;) {
+    while (!greeting) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
         g_assert(fd >= 0);
         if (!connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
             vm->qmp_fd = fd;
-            break;
+            json_message_parser_init(&vm->parser, vm_emit, vm, NULL);
+            greeting = vm_receive(vm);
+            if (greeting) {
+                break;
+            }
+            vm_disconnect(vm);
+        } else {
+            close(fd);
         }
-        close(fd);
         g_assert(waitpid(vm->pid, NULL, WNOHANG) == 0);
         g_assert(g_get_monotonic_time() < deadline);
         g_usleep(1000);
     }
-    json_message_parser_init(&vm->parser, vm_emit, vm, NULL);
-    greeting = vm_receive(vm);
-    g_assert(greeting && qdict_haskey(greeting, "QMP"));
+    g_assert(qdict_haskey(greeting, "QMP"));
     qobject_unref(greeting);
     qobject_unref(vm_ok(vm, "{'execute': 'qmp_capabilities'}"));
 }
