@@ -13,10 +13,12 @@
  * test connects again to the new process, which has the same PID.
  *
  * Environment: QTEST_QEMU_BINARY (QEMU), CPR_GUEST_IMG (guest image),
- * CPR_TEST_ACCEL (accelerator, default tcg).
+ * CPR_TEST_ACCEL (comma-separated accelerators to run every case under,
+ * default tcg).
  */
 
 #include "qemu/osdep.h"
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -47,9 +49,11 @@ typedef struct CprVm {
     GQueue msgs;
 } CprVm;
 
+static const char *test_accel;     /* accelerator of the running case */
+
 static const char *accel(void)
 {
-    return getenv("CPR_TEST_ACCEL") ?: "tcg";
+    return test_accel;
 }
 
 /* QMP client */
@@ -246,10 +250,13 @@ static CprVm *vm_start(const char *machine, int keep_fd)
     if (vm->pid == 0) {
         const char *argv[] = {
             qemu, "-machine", machine, "-accel", acc, "-m", mem,
+            "-cpu", strcmp(acc, "kvm") ? "qemu64" : "host",
             "-display", "none", "-drive", drive, "-serial", serial,
             "-qmp", qmp, NULL
         };
 
+        /* Do not outlive a failed test (kept across execve) */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (keep_fd >= 0) {
             fcntl(keep_fd, F_SETFD, 0);
         }
@@ -277,6 +284,25 @@ static void vm_kill(CprVm *vm)
     g_free(vm->serial_path);
     g_free(vm->state_path);
     g_free(vm);
+}
+
+/* Run a human monitor command; returns its output. */
+static char *vm_hmp(CprVm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static char *vm_hmp(CprVm *vm, const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *line = NULL;
+    QObject *ret;
+    char *out;
+
+    va_start(ap, fmt);
+    line = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    ret = vm_ok(vm, "{'execute': 'human-monitor-command', 'arguments':"
+                " {'command-line': %s}}", line);
+    out = g_strdup(qstring_get_str(qobject_to(QString, ret)));
+    qobject_unref(ret);
+    return out;
 }
 
 static const char *vm_status(CprVm *vm)
@@ -376,10 +402,15 @@ static bool vm_alive(CprVm *vm)
  * executes the new binary; the connection ends.  Connect to the new
  * process, which must have the same PID and wait for cprload.
  */
-static void vm_cprsave_restart(CprVm *vm)
+static void vm_cprsave_restart_via(CprVm *vm, bool hmp)
 {
-    QDict *resp = vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
-                         " {'file': %s, 'mode': 'restart'}}", vm->state_path);
+    g_autofree char *line = g_strdup_printf("cprsave %s restart",
+                                            vm->state_path);
+    QDict *resp = hmp ?
+        vm_qmp(vm, "{'execute': 'human-monitor-command', 'arguments':"
+               " {'command-line': %s}}", line) :
+        vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+               " {'file': %s, 'mode': 'restart'}}", vm->state_path);
     QDict *info;
 
     if (resp) {
@@ -394,6 +425,11 @@ static void vm_cprsave_restart(CprVm *vm)
     g_assert(qdict_get_bool(info, "load-pending"));
     qobject_unref(info);
     g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+}
+
+static void vm_cprsave_restart(CprVm *vm)
+{
+    vm_cprsave_restart_via(vm, false);
 }
 
 static void vm_cprload(CprVm *vm, const char *file)
@@ -423,13 +459,20 @@ static void test_round_trip(void)
     int i;
 
     vm_wait_passes(vm, 3);
-    for (i = 0; i < 2; i++) {
+    for (i = 0; i < 3; i++) {
         g_free(before);
         before = vm_counters(vm);
         check_consistent(before);
-        vm_cprsave_restart(vm);
+        /* The second update goes through the human monitor. */
+        vm_cprsave_restart_via(vm, i == 1);
         g_assert_cmpint(vm->pid, ==, pid);
-        vm_cprload(vm, vm->state_path);
+        if (i == 1) {
+            g_autofree char *out = vm_hmp(vm, "cprload %s", vm->state_path);
+
+            g_assert_cmpstr(out, ==, "");
+        } else {
+            vm_cprload(vm, vm->state_path);
+        }
         g_assert_cmpstr(vm_status(vm), ==, "running");
 
         g_free(after);
@@ -471,7 +514,7 @@ static void test_blocked(void)
 {
     CprVm *vm = vm_start("q35", -1);
     g_autofree uint64_t *before = NULL;
-    g_autofree char *err = NULL;
+    g_autofree char *err = NULL, *hmp_out = NULL;
     QDict *info;
     QList *blockers;
     QListEntry *e;
@@ -490,6 +533,13 @@ static void test_blocked(void)
     }
     g_assert(found);
     qobject_unref(info);
+    hmp_out = vm_hmp(vm, "info cpr");
+    g_assert(strstr(hmp_out, "modes: restart"));
+    g_assert(strstr(hmp_out, "blocker (restart): pc.ram: guest RAM is "
+                    "anonymous"));
+    g_free(hmp_out);
+    hmp_out = vm_hmp(vm, "cprsave %s restart", vm->state_path);
+    g_assert(strstr(hmp_out, "Error: cprsave is blocked by 'pc.ram'"));
 
     before = vm_counters(vm);
     err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
@@ -692,11 +742,34 @@ static void test_only_registered_fds(void)
     vm_kill(vm);
 }
 
+typedef struct CprTestCase {
+    const char *accel;
+    void (*fn)(void);
+} CprTestCase;
+
+static void run_case(const void *opaque)
+{
+    const CprTestCase *tc = opaque;
+
+    test_accel = tc->accel;
+    tc->fn();
+}
+
 static void add_test(const char *name, void (*fn)(void))
 {
-    g_autofree char *path = g_strdup_printf("/cpr/%s/%s", accel(), name);
+    g_auto(GStrv) accels = g_strsplit(getenv("CPR_TEST_ACCEL") ?: "tcg",
+                                      ",", -1);
+    int i;
 
-    g_test_add_func(path, fn);
+    for (i = 0; accels[i]; i++) {
+        CprTestCase *tc = g_new0(CprTestCase, 1);
+        g_autofree char *path = g_strdup_printf("/cpr/%s/%s", accels[i],
+                                                name);
+
+        tc->accel = g_strdup(accels[i]);
+        tc->fn = fn;
+        g_test_add_data_func(path, tc, run_case);
+    }
 }
 
 int main(int argc, char **argv)

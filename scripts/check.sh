@@ -1,0 +1,70 @@
+#!/bin/bash
+# Run every test and print TAP (version 14, one subtest per suite).
+# Called by "make check" after the build.
+set -uo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+build=$top/build
+export QTEST_QEMU_BINARY=$build/qemu-system-x86_64
+export CPR_GUEST_IMG=$build/guest/cpr-guest.img
+
+# Accelerators: TCG always; KVM as well when it works on this host.
+accels=tcg
+if [ -n "${CPR_TEST_ACCEL:-}" ]; then
+    accels=$CPR_TEST_ACCEL
+elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
+        -machine none -display none -nodefaults -monitor stdio >/dev/null 2>&1; then
+    accels=tcg,kvm
+fi
+
+suites=(cpr_test style)
+n=0
+failed=0
+
+run_suite() {
+    local name=$1
+    shift
+    n=$((n + 1))
+    echo "# Subtest: $name"
+    if "$@" 2>&1 | sed 's/^/    /'; then
+        echo "ok $n - $name"
+    else
+        echo "not ok $n - $name"
+        failed=1
+    fi
+}
+
+cpr_test() {
+    CPR_TEST_ACCEL=$accels timeout 1800 "$build/cpr-test" --tap -k
+}
+
+# QEMU coding style on our C files and on every patch.
+style() {
+    local cp=$build/src/scripts/checkpatch.pl f i=0 bad=0 out
+    local files=()
+    mapfile -t files < <(grep -E '\.(c|h)$' "$top/scripts/overlay.list")
+    echo "1..$(( ${#files[@]} + $(ls "$top"/patches/*.patch | wc -l) ))"
+    for f in "${files[@]}" "$top"/patches/*.patch; do
+        i=$((i + 1))
+        if [[ $f == *.patch ]]; then
+            out=$(cd "$build/src" && perl "$cp" --no-signoff --terse "$f" 2>&1)
+        else
+            out=$(cd "$top" && perl "$cp" --no-tree --terse -f "$f" 2>&1)
+        fi
+        if echo "$out" | grep -qE '(ERROR|WARNING)'; then
+            echo "not ok $i - checkpatch $(basename "$f")"
+            echo "$out" | grep -E '(ERROR|WARNING)' | sed 's/^/# /'
+            bad=1
+        else
+            echo "ok $i - checkpatch $(basename "$f")"
+        fi
+    done
+    return $bad
+}
+
+echo "TAP version 14"
+echo "1..${#suites[@]}"
+echo "# accelerators: $accels"
+for s in "${suites[@]}"; do
+    run_suite "$s" "$s"
+done
+exit $failed

@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Small helpers shared by the demo and the benchmarks: start QEMU on the
+test guest, talk QMP over a unix socket (reconnecting across cprsave), and
+read the guest's page counters."""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QEMU = os.path.join(TOP, "build", "qemu-system-x86_64")
+GUEST = os.path.join(TOP, "build", "guest", "cpr-guest.img")
+COUNTER_START = 2 << 20
+
+
+class QmpError(Exception):
+    pass
+
+
+class Qmp:
+    """A QMP client that keeps the events it sees, with their timestamps."""
+
+    def __init__(self, path, proc, timeout=60):
+        self.path = path
+        self.proc = proc
+        self.events = []
+        self.sock = None
+        self.buf = b""
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise QmpError("QEMU exited with status %d" % proc.returncode)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                self.sock = s
+                greeting = self._recv()
+                if greeting is not None and "QMP" in greeting:
+                    break
+            except OSError:
+                pass
+            s.close()
+            self.sock = None
+            self.buf = b""
+            if time.monotonic() > deadline:
+                raise QmpError("cannot connect to %s" % path)
+            time.sleep(0.001)
+        self.cmd("qmp_capabilities")
+
+    def _recv(self):
+        while b"\n" not in self.buf:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return None
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        """Run a command; None if the connection ended (cprsave)."""
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            resp = self._recv()
+            if resp is None:
+                return None
+            if "event" in resp:
+                ts = resp["timestamp"]
+                self.events.append((resp["event"],
+                                    ts["seconds"] + ts["microseconds"] / 1e6))
+                continue
+            if "error" in resp:
+                raise QmpError("%s: %s" % (name, resp["error"]["desc"]))
+            return resp["return"]
+
+    def event_time(self, name):
+        for ev, t in reversed(self.events):
+            if ev == name:
+                return t
+        raise QmpError("no %s event" % name)
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+
+
+class Vm:
+    """QEMU running the test guest, in a private temporary directory."""
+
+    def __init__(self, mem_mb, machine="q35,memfd-alloc=on", accel="tcg",
+                 extra=(), incoming=None, workdir=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="cpr-")
+        self.qmp_path = os.path.join(self.dir, "qmp.sock")
+        self.serial = os.path.join(self.dir, "serial.log")
+        self.state = os.path.join(self.dir, "vm.cpr")
+        disk = os.path.join(self.dir, "disk.img")
+        if not os.path.exists(disk):
+            with open(GUEST, "rb") as src, open(disk, "wb") as dst:
+                dst.write(src.read())
+        args = [QEMU, "-machine", machine, "-accel", accel,
+                "-m", str(mem_mb), "-display", "none",
+                "-drive", "file=%s,format=raw" % disk,
+                "-serial", "file:" + self.serial,
+                "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
+        if incoming:
+            args += ["-incoming", incoming]
+        args += list(extra)
+        self.proc = subprocess.Popen(args)
+        self.pid = self.proc.pid
+        self.qmp = Qmp(self.qmp_path, self.proc)
+
+    def reconnect(self):
+        self.qmp.close()
+        self.qmp = Qmp(self.qmp_path, self.proc)
+
+    def passes(self):
+        try:
+            return os.path.getsize(self.serial)
+        except OSError:
+            return 0
+
+    def wait_passes(self, n, timeout=600):
+        target = self.passes() + n
+        deadline = time.monotonic() + timeout
+        while self.passes() < target:
+            if time.monotonic() > deadline:
+                raise QmpError("guest made no progress")
+            time.sleep(0.01)
+
+    def counters(self, pages):
+        path = os.path.join(self.dir, "mem")
+        self.qmp.cmd("pmemsave", val=COUNTER_START, size=pages * 4096,
+                     filename=path)
+        with open(path, "rb") as f:
+            data = f.read()
+        os.unlink(path)
+        return [struct.unpack_from("<Q", data, i * 4096)[0]
+                for i in range(pages)]
+
+    def status(self):
+        return self.qmp.cmd("query-status")["status"]
+
+    def kill(self):
+        self.qmp.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
+
+
+def cpr_update(vm, binary=None):
+    """cprsave restart + reconnect + cprload.  Returns the pause in seconds
+    from the old process's STOP event to the new process's RESUME event."""
+    args = {"file": vm.state, "mode": "restart"}
+    if binary:
+        args["binary"] = binary
+    if vm.qmp.cmd("cprsave", **args) is not None:
+        raise QmpError("cprsave returned instead of restarting")
+    stop = vm.qmp.event_time("STOP")
+    vm.reconnect()
+    vm.qmp.cmd("cprload", file=vm.state)
+    return vm.qmp.event_time("RESUME") - stop
