@@ -44,6 +44,11 @@ void cpr_ram_add_blockers(CprBlockerList ***tail);
 void cpr_ram_register_fds(void);
 void cpr_ram_unregister_fds(void);
 
+/* cpr-mm.c */
+pid_t cpr_mm_hold(Error **errp);
+void cpr_mm_release(pid_t pid);
+void cpr_mm_reap(pid_t pid);
+
 /* cpr.c */
 void cpr_add_blocker(CprBlockerList ***tail, const char *object,
                      const char *fmt, ...) G_GNUC_PRINTF(3, 4);

@@ -9,8 +9,11 @@
  * passed to the new process in the environment variable CPR_STATE_ENV.
  * Layout (integers big-endian):
  *
- *   "QEMUCPRS"  be32 version  be32 count
+ *   "QEMUCPRS"  be32 version  be32 helper-pid  be32 count
  *   count x { be32 id  be32 fd  be16 name-length  name bytes }
+ *
+ * helper-pid is the process holding the old address space (cpr-mm.c),
+ * which the new process reaps, or 0.
  *
  * Only registered descriptors and the state memfd itself lose
  * FD_CLOEXEC; every other descriptor above stderr gets it.
@@ -22,10 +25,11 @@
 #include "qemu/memfd.h"
 #include "qapi/error.h"
 #include "migration/cpr.h"
+#include "cpr-internal.h"
 #include "trace.h"
 
 #define CPR_STATE_MAGIC "QEMUCPRS"
-#define CPR_STATE_VERSION 1
+#define CPR_STATE_VERSION 2
 
 typedef struct CprFd {
     char *name;
@@ -139,7 +143,7 @@ const char *cpr_get_exec_path(void)
 
 /* Serialization */
 
-static GByteArray *cpr_state_serialize(void)
+static GByteArray *cpr_state_serialize(pid_t helper)
 {
     GByteArray *buf = g_byte_array_new();
     GPtrArray *list = cpr_fd_list(&cpr_outgoing);
@@ -149,6 +153,8 @@ static GByteArray *cpr_state_serialize(void)
 
     g_byte_array_append(buf, (const guint8 *)CPR_STATE_MAGIC, 8);
     be32 = cpu_to_be32(CPR_STATE_VERSION);
+    g_byte_array_append(buf, (guint8 *)&be32, 4);
+    be32 = cpu_to_be32(helper);
     g_byte_array_append(buf, (guint8 *)&be32, 4);
     be32 = cpu_to_be32(list->len);
     g_byte_array_append(buf, (guint8 *)&be32, 4);
@@ -171,19 +177,24 @@ static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
 {
     const uint8_t *end = p + size;
     uint32_t version, count, i;
+    pid_t helper;
 
-    if (size < 16 || memcmp(p, CPR_STATE_MAGIC, 8)) {
+    if (size < 20 || memcmp(p, CPR_STATE_MAGIC, 8)) {
         error_setg(errp, "inherited CPR state has no valid header");
         return false;
     }
     version = ldl_be_p(p + 8);
-    count = ldl_be_p(p + 12);
+    helper = ldl_be_p(p + 12);
+    count = ldl_be_p(p + 16);
     if (version != CPR_STATE_VERSION) {
         error_setg(errp, "inherited CPR state has version %u, expected %u",
                    version, CPR_STATE_VERSION);
         return false;
     }
-    p += 16;
+    if (helper > 0) {
+        cpr_mm_reap(helper);
+    }
+    p += 20;
     for (i = 0; i < count; i++) {
         CprFd *elem;
         uint16_t len;
@@ -354,9 +365,9 @@ static bool cpr_fds_set_cloexec(Error **errp)
     return true;
 }
 
-bool cpr_state_exec_prepare(Error **errp)
+bool cpr_state_exec_prepare(pid_t helper, Error **errp)
 {
-    g_autoptr(GByteArray) buf = cpr_state_serialize();
+    g_autoptr(GByteArray) buf = cpr_state_serialize(helper);
     g_autofree char *num = NULL;
 
     assert(cpr_state_fd < 0);

@@ -117,10 +117,15 @@ static bool cpr_save_allowed(const char *exec_path, Error **errp)
 static void cpr_exec(const char *exec_path, Error **errp)
 {
     Error *err = NULL;
+    pid_t helper;
 
     cpr_ram_register_fds();
-    if (!cpr_state_exec_prepare(errp)) {
+    helper = cpr_mm_hold(errp);
+    if (helper < 0) {
         goto out;
+    }
+    if (!cpr_state_exec_prepare(helper, errp)) {
+        goto release;
     }
     if (bdrv_inactivate_all() < 0) {
         error_setg(errp, "cannot hand over block devices");
@@ -135,6 +140,8 @@ static void cpr_exec(const char *exec_path, Error **errp)
     }
 abort:
     cpr_state_exec_abort();
+release:
+    cpr_mm_release(helper);
 out:
     cpr_ram_unregister_fds();
 }

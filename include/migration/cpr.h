@@ -47,12 +47,13 @@ void cpr_delete_fd(const char *name, int id);
 int cpr_find_fd(const char *name, int id);
 
 /*
- * cpr_state_exec_prepare: write the registry into an inheritable memfd,
+ * cpr_state_exec_prepare: write the registry and the pid of the address
+ * space @helper (cpr-mm.c) into an inheritable memfd,
  * name it in CPR_STATE_ENV, clear FD_CLOEXEC on the registered
  * descriptors and set it on every other descriptor above stderr.
  * cpr_state_exec_abort() undoes all of it when execve fails.
  */
-bool cpr_state_exec_prepare(Error **errp);
+bool cpr_state_exec_prepare(pid_t helper, Error **errp);
 void cpr_state_exec_abort(void);
 
 /* Close inherited descriptors that nobody claimed; end incoming state. */

@@ -1,0 +1,111 @@
+/*
+ * CPR: let a helper tear down the old address space after execve
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * execve releases the old address space before the new program starts.
+ * With guest RAM mapped, the kernel then unmaps every page the guest has
+ * touched, which takes time proportional to guest RAM, all of it inside
+ * the pause of cprsave.  A helper process created with CLONE_VM shares
+ * the address space and holds a reference to it, so execve only drops a
+ * reference.  The helper waits for execve to close a pipe, then exits,
+ * and the kernel tears the old address space down in the helper, on
+ * another CPU, while the new QEMU is already starting.  The new process
+ * reaps the helper; its pid travels in the CPR state.
+ */
+
+#include "qemu/osdep.h"
+#include <sched.h>
+#include <sys/syscall.h>
+#include "qemu/thread.h"
+#include "qemu/units.h"
+#include "qapi/error.h"
+#include "migration/cpr.h"
+#include "cpr-internal.h"
+#include "trace.h"
+
+#define CPR_MM_STACK_SIZE (64 * KiB)
+
+static void *cpr_mm_stack;
+static int cpr_mm_pipe = -1;       /* write end; execve closes it */
+
+/*
+ * Runs in the helper, on its own stack in the shared address space, with
+ * all signals blocked.  Only raw system calls: the helper shares the
+ * memory, including the thread-local storage, of the thread that made it.
+ */
+static int cpr_mm_helper(void *opaque)
+{
+    unsigned int rfd = (uintptr_t)opaque;
+    char c;
+
+    /* Its copies of QEMU's descriptors would keep sockets open. */
+    if (rfd > 0) {
+        syscall(SYS_close_range, 0, rfd - 1, 0);
+    }
+    syscall(SYS_close_range, rfd + 1, ~0U, 0);
+    while (syscall(SYS_read, rfd, &c, 1) < 0) {
+        /* only EINTR can happen, and signals are blocked */
+    }
+    syscall(SYS_exit, 0);
+    return 0;
+}
+
+pid_t cpr_mm_hold(Error **errp)
+{
+    sigset_t all, old;
+    int fds[2];
+    pid_t pid;
+
+    if (!g_unix_open_pipe(fds, FD_CLOEXEC, NULL)) {
+        error_setg_errno(errp, errno, "cannot create a pipe");
+        return -1;
+    }
+    cpr_mm_stack = g_malloc(CPR_MM_STACK_SIZE);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = clone(cpr_mm_helper, (char *)cpr_mm_stack + CPR_MM_STACK_SIZE,
+                CLONE_VM | SIGCHLD, (void *)(uintptr_t)fds[0]);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(fds[0]);
+    if (pid < 0) {
+        error_setg_errno(errp, errno, "cannot start the address space helper");
+        close(fds[1]);
+        g_clear_pointer(&cpr_mm_stack, g_free);
+        return -1;
+    }
+    cpr_mm_pipe = fds[1];
+    trace_cpr_mm_hold(pid);
+    return pid;
+}
+
+void cpr_mm_release(pid_t pid)
+{
+    close(cpr_mm_pipe);
+    cpr_mm_pipe = -1;
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        /* retry */
+    }
+    g_clear_pointer(&cpr_mm_stack, g_free);
+}
+
+static void *cpr_mm_reap_thread(void *opaque)
+{
+    pid_t pid = (uintptr_t)opaque;
+
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        /* retry */
+    }
+    trace_cpr_mm_reaped(pid);
+    return NULL;
+}
+
+void cpr_mm_reap(pid_t pid)
+{
+    QemuThread thread;
+
+    qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,
+                       (void *)(uintptr_t)pid, QEMU_THREAD_DETACHED);
+}
