@@ -250,7 +250,6 @@ static CprVm *vm_start(const char *machine, int keep_fd)
     if (vm->pid == 0) {
         const char *argv[] = {
             qemu, "-machine", machine, "-accel", acc, "-m", mem,
-            "-cpu", strcmp(acc, "kvm") ? "qemu64" : "host",
             "-display", "none", "-drive", drive, "-serial", serial,
             "-qmp", qmp, NULL
         };
