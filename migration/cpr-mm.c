@@ -11,8 +11,8 @@
  * the pause of cprsave.  A helper process created with CLONE_VM shares
  * the address space and holds a reference to it, so execve only drops a
  * reference.  The helper waits for execve to close a pipe, then exits,
- * and the kernel tears the old address space down in the helper, on
- * another CPU, while the new QEMU is already starting.  The new process
+ * and the kernel tears the old address space down in the helper, at idle
+ * priority, while the new QEMU is already starting.  The new process
  * reaps the helper; its pid travels in the CPR state.
  */
 
@@ -39,7 +39,11 @@ static int cpr_mm_pipe = -1;       /* write end; execve closes it */
 static int cpr_mm_helper(void *opaque)
 {
     unsigned int rfd = (uintptr_t)opaque;
+    struct sched_param idle = { 0 };
     char c;
+
+    /* The teardown must not take CPU time from the new QEMU. */
+    syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &idle);
 
     /* Its copies of QEMU's descriptors would keep sockets open. */
     if (rfd > 0) {

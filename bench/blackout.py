@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Blackout of a live update with cprsave/cprload, next to the stock way
+(stop, migrate to a file, start a new QEMU, restore from the file), for
+guests of several sizes with all of their RAM touched.
+
+Blackout is measured from QEMU's own QMP events: STOP in the old process
+to RESUME in the new one.  For CPR this includes the client noticing the
+end of the connection, connecting to the new process and sending cprload.
+
+Environment: CPR_BENCH_SIZES (GiB, default "1 4 16"), CPR_BENCH_RUNS
+(updates per size, default 5), CPR_ACCEL (default tcg), CPR_BENCH_DIR
+(where the stock migration file goes, default /var/tmp).
+"""
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "scripts"))
+import cprlib  # noqa: E402
+
+
+def cpr_pauses(gib, runs, accel):
+    vm = cprlib.Vm(gib * 1024, accel=accel)
+    try:
+        vm.wait_passes(1)           # every page of RAM touched once
+        pauses = []
+        for _ in range(runs):
+            pauses.append(cprlib.cpr_update(vm))
+            vm.wait_passes(1)       # and touched again in the new process
+        return pauses
+    finally:
+        vm.kill()
+
+
+def wait_migration(qmp):
+    while True:
+        st = qmp.cmd("query-migrate").get("status")
+        if st == "completed":
+            return
+        if st in ("failed", "cancelled"):
+            raise cprlib.QmpError("migration " + st)
+        time.sleep(0.005)
+
+
+def stock_blackout(gib, accel, tmpdir):
+    path = os.path.join(tmpdir, "cpr-bench-stock.mig")
+    old = cprlib.Vm(gib * 1024, machine="q35", accel=accel)
+    try:
+        old.wait_passes(1)
+        old.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        old.qmp.cmd("stop")
+        old.qmp.cmd("migrate", uri="exec:cat > " + path)
+        wait_migration(old.qmp)
+        stop = old.qmp.event_time("STOP")
+        old.qmp.cmd("quit")
+        old.proc.wait()
+        new = cprlib.Vm(gib * 1024, machine="q35", accel=accel,
+                        incoming="defer", workdir=old.dir)
+        new.qmp.cmd("migrate-incoming", uri="exec:cat " + path)
+        wait_migration(new.qmp)
+        new.qmp.cmd("cont")         # the VM was stopped for the save
+        resume = new.qmp.event_time("RESUME")
+        ok = new.status() == "running"
+        new.kill()
+        if not ok:
+            raise cprlib.QmpError("restored VM is not running")
+        return resume - stop
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        if os.path.isdir(old.dir):
+            old.kill()
+
+
+def main():
+    sizes = [int(s) for s in
+             os.environ.get("CPR_BENCH_SIZES", "1 4 16").split()]
+    runs = int(os.environ.get("CPR_BENCH_RUNS", "5"))
+    accel = os.environ.get("CPR_ACCEL", "tcg")
+    tmpdir = os.environ.get("CPR_BENCH_DIR", "/var/tmp")
+
+    print("Blackout (STOP -> RESUME), accel %s, %d CPR updates per size"
+          % (accel, runs))
+    print()
+    print("| guest RAM | cprsave/cprload (median, min-max) "
+          "| migrate to file + restore | ratio |")
+    print("|---|---|---|---|")
+    medians = {}
+    for gib in sizes:
+        p = cpr_pauses(gib, runs, accel)
+        med = statistics.median(p)
+        medians[gib] = med
+        s = stock_blackout(gib, accel, tmpdir)
+        print("| %d GiB | %.1f ms (%.1f-%.1f) | %.0f ms | %.0fx |"
+              % (gib, med * 1e3, min(p) * 1e3, max(p) * 1e3, s * 1e3,
+                 s / med), flush=True)
+    print()
+    if 1 in medians:
+        print("target: <= 30 ms at 1 GiB: %.1f ms" % (medians[1] * 1e3))
+    big = max(medians)
+    if 1 in medians and big > 1:
+        print("target: %d GiB within 1.1x of 1 GiB: %.2fx"
+              % (big, medians[big] / medians[1]))
+
+
+if __name__ == "__main__":
+    main()
