@@ -14,9 +14,9 @@ deps:
 build: deps
 	bash scripts/build.sh
 
-guest: $(GUEST_IMG)
+guest: deps $(GUEST_IMG)
 
-$(GUEST_IMG): tests/guest/cpr-guest.S
+$(GUEST_IMG): tests/guest/cpr-guest.S | deps
 	@mkdir -p $(@D)
 	$(CC) -c -o $(@D)/cpr-guest.o $<
 	ld -Ttext=0x7c00 --oformat=binary -o $@.tmp $(@D)/cpr-guest.o

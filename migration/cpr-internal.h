@@ -47,6 +47,7 @@ void cpr_ram_unregister_fds(void);
 /* cpr-mm.c */
 pid_t cpr_mm_hold(Error **errp);
 void cpr_mm_release(pid_t pid);
+void cpr_mm_done(void);
 void cpr_mm_reap(pid_t pid);
 
 /* cpr.c */

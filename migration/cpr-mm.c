@@ -10,10 +10,12 @@
  * touched, which takes time proportional to guest RAM, all of it inside
  * the pause of cprsave.  A helper process created with CLONE_VM shares
  * the address space and holds a reference to it, so execve only drops a
- * reference.  The helper waits for execve to close a pipe, then exits,
- * and the kernel tears the old address space down in the helper, at idle
- * priority, while the new QEMU is already starting.  The new process
- * reaps the helper; its pid travels in the CPR state.
+ * reference.  The write end of a pipe the helper waits on is kept across
+ * execve (registered as "cpr-mm"); the new process closes it once cprload
+ * has resumed the guest, or the kernel does if the new process dies.  The
+ * helper then exits and the kernel tears the old address space down in
+ * the helper, at idle priority, after the pause instead of inside it.
+ * The new process reaps the helper; its pid travels in the CPR state.
  */
 
 #include "qemu/osdep.h"
@@ -28,8 +30,10 @@
 
 #define CPR_MM_STACK_SIZE (64 * KiB)
 
+#define CPR_MM_FD_NAME "cpr-mm"
+
 static void *cpr_mm_stack;
-static int cpr_mm_pipe = -1;       /* write end; execve closes it */
+static int cpr_mm_pipe = -1;       /* write end, kept across execve */
 
 /*
  * Runs in the helper, on its own stack in the shared address space, with
@@ -81,12 +85,14 @@ pid_t cpr_mm_hold(Error **errp)
         return -1;
     }
     cpr_mm_pipe = fds[1];
+    cpr_save_fd(CPR_MM_FD_NAME, 0, cpr_mm_pipe);
     trace_cpr_mm_hold(pid);
     return pid;
 }
 
 void cpr_mm_release(pid_t pid)
 {
+    cpr_delete_fd(CPR_MM_FD_NAME, 0);
     close(cpr_mm_pipe);
     cpr_mm_pipe = -1;
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
@@ -104,6 +110,15 @@ static void *cpr_mm_reap_thread(void *opaque)
     }
     trace_cpr_mm_reaped(pid);
     return NULL;
+}
+
+void cpr_mm_done(void)
+{
+    int fd = cpr_find_fd(CPR_MM_FD_NAME, 0);
+
+    if (fd >= 0) {
+        close(fd);
+    }
 }
 
 void cpr_mm_reap(pid_t pid)

@@ -295,21 +295,25 @@ static int cpr_ram_register_one(RAMBlock *rb, void *opaque)
 
     if (qemu_ram_is_migratable(rb) && rb->fd >= 0) {
         name = cpr_ram_fd_name(rb);
-        if (opaque) {
-            cpr_save_fd(name, 0, rb->fd);
-        } else {
-            cpr_delete_fd(name, 0);
-        }
+        cpr_save_fd(name, 0, rb->fd);
     }
+    return 0;
+}
+
+static int cpr_ram_unregister_one(RAMBlock *rb, void *opaque)
+{
+    g_autofree char *name = cpr_ram_fd_name(rb);
+
+    cpr_delete_fd(name, 0);
     return 0;
 }
 
 void cpr_ram_register_fds(void)
 {
-    qemu_ram_foreach_block(cpr_ram_register_one, (void *)1);
+    qemu_ram_foreach_block(cpr_ram_register_one, NULL);
 }
 
 void cpr_ram_unregister_fds(void)
 {
-    qemu_ram_foreach_block(cpr_ram_register_one, NULL);
+    qemu_ram_foreach_block(cpr_ram_unregister_one, NULL);
 }

@@ -210,7 +210,6 @@ void qmp_cprload(const char *file, Error **errp)
     if (*errp) {
         return;
     }
-    cpr_state_incoming_done();
 
     state = global_state_received() ? global_state_get_runstate()
                                     : RUN_STATE_RUNNING;
@@ -220,4 +219,7 @@ void qmp_cprload(const char *file, Error **errp)
     } else {
         runstate_set(state);
     }
+    /* Only now let the old address space go, outside the pause. */
+    cpr_mm_done();
+    cpr_state_incoming_done();
 }

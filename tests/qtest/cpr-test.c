@@ -214,17 +214,33 @@ static void vm_connect(CprVm *vm)
     qobject_unref(vm_ok(vm, "{'execute': 'qmp_capabilities'}"));
 }
 
+/* Append @args to @argv, with "@DIR@" replaced by @dir. */
+static void add_args(GPtrArray *argv, const char *dir,
+                     const char *const *args)
+{
+    int i;
+
+    for (i = 0; args && args[i]; i++) {
+        g_auto(GStrv) parts = g_strsplit(args[i], "@DIR@", -1);
+
+        g_ptr_array_add(argv, g_strjoinv(dir, parts));
+    }
+}
+
 /*
  * Start QEMU on the guest image.  @machine: -machine value; @keep_fd: a
- * descriptor the child inherits (not close-on-exec), or -1.
+ * descriptor the child inherits (not close-on-exec), or -1; @extra: more
+ * arguments or NULL, where "@DIR@" stands for the VM's directory.
  */
-static CprVm *vm_start(const char *machine, int keep_fd)
+static CprVm *vm_start_args(const char *machine, int keep_fd,
+                            const char *const *extra)
 {
     CprVm *vm = g_new0(CprVm, 1);
     const char *qemu = getenv("QTEST_QEMU_BINARY");
     const char *img = getenv("CPR_GUEST_IMG");
     g_autofree char *drive = NULL, *serial = NULL, *qmp = NULL, *mem = NULL;
     g_autofree char *disk = NULL, *contents = NULL;
+    g_autoptr(GPtrArray) argv = NULL;
     gsize len;
     g_autofree char *acc = g_strdup_printf("%s", accel());
 
@@ -245,25 +261,33 @@ static CprVm *vm_start(const char *machine, int keep_fd)
     qmp = g_strdup_printf("unix:%s,server=on,wait=off", vm->qmp_path);
     mem = g_strdup_printf("%d", GUEST_RAM_MB);
 
+    argv = g_ptr_array_new_with_free_func(g_free);
+    add_args(argv, vm->dir, (const char *const []) {
+        qemu, "-machine", machine, "-accel", acc, "-m", mem,
+        "-display", "none", "-drive", drive, "-serial", serial,
+        "-qmp", qmp, NULL
+    });
+    add_args(argv, vm->dir, extra);
+    g_ptr_array_add(argv, NULL);
+
     vm->pid = fork();
     g_assert(vm->pid >= 0);
     if (vm->pid == 0) {
-        const char *argv[] = {
-            qemu, "-machine", machine, "-accel", acc, "-m", mem,
-            "-display", "none", "-drive", drive, "-serial", serial,
-            "-qmp", qmp, NULL
-        };
-
         /* Do not outlive a failed test (kept across execve) */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (keep_fd >= 0) {
             fcntl(keep_fd, F_SETFD, 0);
         }
-        execv(qemu, (char **)argv);
+        execv(qemu, (char **)argv->pdata);
         _exit(127);
     }
     vm_connect(vm);
     return vm;
+}
+
+static CprVm *vm_start(const char *machine, int keep_fd)
+{
+    return vm_start_args(machine, keep_fd, NULL);
 }
 
 static void vm_kill(CprVm *vm)
@@ -481,6 +505,39 @@ static void test_round_trip(void)
         check_moving(vm, after);
     }
     vm_kill(vm);
+}
+
+/* Main RAM from an explicit memfd or shared file backend */
+static void test_backends(void)
+{
+    static const char *const memfd[] = {
+        "-object", "memory-backend-memfd,id=mem,size=128M", NULL
+    };
+    static const char *const file[] = {
+        "-object", "memory-backend-file,id=mem,size=128M,share=on,"
+        "mem-path=@DIR@/guest-ram", NULL
+    };
+    const char *const *backends[] = { memfd, file };
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(backends); i++) {
+        CprVm *vm = vm_start_args("q35,memfd-alloc=on,memory-backend=mem",
+                                  -1, backends[i]);
+        g_autofree uint64_t *before = NULL, *after = NULL;
+        g_autofree char *ram = g_build_filename(vm->dir, "guest-ram", NULL);
+
+        vm_wait_passes(vm, 2);
+        before = vm_counters(vm);
+        vm_cprsave_restart(vm);
+        vm_cprload(vm, vm->state_path);
+        g_assert_cmpstr(vm_status(vm), ==, "running");
+        after = vm_counters(vm);
+        check_not_behind(before, after);
+        check_consistent(after);
+        check_moving(vm, after);
+        unlink(ram);
+        vm_kill(vm);
+    }
 }
 
 static void test_paused_stays_paused(void)
@@ -781,6 +838,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     add_test("restart/round-trip", test_round_trip);
+    add_test("restart/memory-backends", test_backends);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
