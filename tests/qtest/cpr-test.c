@@ -471,6 +471,29 @@ static char *memfd_machine(void)
     return g_strdup("q35,memfd-alloc=on");
 }
 
+/* Child processes of @pid (zombies included) */
+static int count_children(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/task/%d/children",
+                                            pid, pid);
+    g_autofree char *data = NULL;
+    g_auto(GStrv) pids = NULL;
+
+    g_assert(g_file_get_contents(path, &data, NULL, NULL));
+    pids = g_strsplit(g_strstrip(data), " ", -1);
+    return *data ? g_strv_length(pids) : 0;
+}
+
+static void vm_wait_no_children(CprVm *vm)
+{
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+
+    while (count_children(vm->pid)) {
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(10 * 1000);
+    }
+}
+
 /* Tests */
 
 static void test_round_trip(void)
@@ -489,6 +512,8 @@ static void test_round_trip(void)
         /* The second update goes through the human monitor. */
         vm_cprsave_restart_via(vm, i == 1);
         g_assert_cmpint(vm->pid, ==, pid);
+        /* The old address space is held until cprload, then reaped. */
+        g_assert_cmpint(count_children(pid), ==, 1);
         if (i == 1) {
             g_autofree char *out = vm_hmp(vm, "cprload %s", vm->state_path);
 
@@ -503,6 +528,7 @@ static void test_round_trip(void)
         check_not_behind(before, after);
         check_consistent(after);
         check_moving(vm, after);
+        vm_wait_no_children(vm);
     }
     vm_kill(vm);
 }
@@ -627,6 +653,7 @@ static void test_exec_fails(void)
                           vm->state_path, bad));
     g_assert(strstr(err, "cannot execute"));
     g_assert_cmpstr(vm_status(vm), ==, "running");
+    g_assert_cmpint(count_children(vm->pid), ==, 0);
     after = vm_counters(vm);
     check_not_behind(before, after);
     check_moving(vm, after);
