@@ -647,6 +647,19 @@ static void test_exec_fails(void)
     g_assert(chmod(bad, 0755) == 0);
 
     vm_wait_passes(vm, 2);
+
+    /* Saving fails: the state file cannot be created. */
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': '/nonexistent/vm.cpr',"
+                          " 'mode': 'restart'}}"));
+    g_assert(strstr(err, "cannot create '/nonexistent/vm.cpr."));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    g_free(err);
+    g_free(before);
+
+    /* execve fails */
     before = vm_counters(vm);
     err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
                           " {'file': %s, 'mode': 'restart', 'binary': %s}}",
@@ -654,6 +667,7 @@ static void test_exec_fails(void)
     g_assert(strstr(err, "cannot execute"));
     g_assert_cmpstr(vm_status(vm), ==, "running");
     g_assert_cmpint(count_children(vm->pid), ==, 0);
+    g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
     after = vm_counters(vm);
     check_not_behind(before, after);
     check_moving(vm, after);
