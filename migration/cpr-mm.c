@@ -35,6 +35,18 @@
 static void *cpr_mm_stack;
 static int cpr_mm_pipe = -1;       /* write end, kept across execve */
 
+/* Close every descriptor but @a and @b (a < b), with raw system calls. */
+static void cpr_mm_close_all_but(unsigned int a, unsigned int b)
+{
+    if (a > 0) {
+        syscall(SYS_close_range, 0, a - 1, 0);
+    }
+    if (b > a + 1) {
+        syscall(SYS_close_range, a + 1, b - 1, 0);
+    }
+    syscall(SYS_close_range, b + 1, ~0U, 0);
+}
+
 /*
  * Runs in the helper, on its own stack in the shared address space, with
  * all signals blocked.  Only raw system calls: the helper shares the
@@ -42,19 +54,22 @@ static int cpr_mm_pipe = -1;       /* write end, kept across execve */
  */
 static int cpr_mm_helper(void *opaque)
 {
-    unsigned int rfd = (uintptr_t)opaque;
+    int *fds = opaque;          /* wait (read end), ready (write end) */
+    unsigned int wait_fd = fds[0], ready_fd = fds[1];
     struct sched_param idle = { 0 };
-    char c;
+    char c = 0;
 
-    /* The teardown must not take CPU time from the new QEMU. */
+    /*
+     * Its copies of QEMU's descriptors would keep sockets open and image
+     * locks held: drop them before QEMU goes on.
+     */
+    cpr_mm_close_all_but(MIN(wait_fd, ready_fd), MAX(wait_fd, ready_fd));
+    syscall(SYS_write, ready_fd, &c, 1);
+    syscall(SYS_close, ready_fd);
+
+    /* The teardown must not take CPU time from QEMU. */
     syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &idle);
-
-    /* Its copies of QEMU's descriptors would keep sockets open. */
-    if (rfd > 0) {
-        syscall(SYS_close_range, 0, rfd - 1, 0);
-    }
-    syscall(SYS_close_range, rfd + 1, ~0U, 0);
-    while (syscall(SYS_read, rfd, &c, 1) < 0) {
+    while (syscall(SYS_read, wait_fd, &c, 1) < 0) {
         /* only EINTR can happen, and signals are blocked */
     }
     syscall(SYS_exit, 0);
@@ -64,27 +79,43 @@ static int cpr_mm_helper(void *opaque)
 pid_t cpr_mm_hold(Error **errp)
 {
     sigset_t all, old;
-    int fds[2];
+    int wait[2], ready[2], child_fds[2];
     pid_t pid;
+    char c;
 
-    if (!g_unix_open_pipe(fds, FD_CLOEXEC, NULL)) {
+    if (!g_unix_open_pipe(wait, FD_CLOEXEC, NULL)) {
         error_setg_errno(errp, errno, "cannot create a pipe");
         return -1;
     }
+    if (!g_unix_open_pipe(ready, FD_CLOEXEC, NULL)) {
+        error_setg_errno(errp, errno, "cannot create a pipe");
+        close(wait[0]);
+        close(wait[1]);
+        return -1;
+    }
+    child_fds[0] = wait[0];
+    child_fds[1] = ready[1];
     cpr_mm_stack = g_malloc(CPR_MM_STACK_SIZE);
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = clone(cpr_mm_helper, (char *)cpr_mm_stack + CPR_MM_STACK_SIZE,
-                CLONE_VM | SIGCHLD, (void *)(uintptr_t)fds[0]);
+                CLONE_VM | SIGCHLD, child_fds);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close(fds[0]);
+    close(wait[0]);
+    close(ready[1]);
     if (pid < 0) {
         error_setg_errno(errp, errno, "cannot start the address space helper");
-        close(fds[1]);
+        close(wait[1]);
+        close(ready[0]);
         g_clear_pointer(&cpr_mm_stack, g_free);
         return -1;
     }
-    cpr_mm_pipe = fds[1];
+    /* Wait until the helper holds nothing but its end of the pipe. */
+    while (read(ready[0], &c, 1) < 0 && errno == EINTR) {
+        /* retry */
+    }
+    close(ready[0]);
+    cpr_mm_pipe = wait[1];
     cpr_save_fd(CPR_MM_FD_NAME, 0, cpr_mm_pipe);
     trace_cpr_mm_hold(pid);
     return pid;

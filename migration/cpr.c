@@ -60,6 +60,12 @@ static CprBlockerList *cpr_blockers(void)
 {
     CprBlockerList *list = NULL, **tail = &list;
 
+    if (is_daemonized()) {
+        cpr_add_blocker(&tail, "daemonize", "QEMU was started with "
+                        "-daemonize, which the restarted process would do "
+                        "again; run QEMU in the foreground under a "
+                        "supervisor");
+    }
     cpr_ram_add_blockers(&tail);
     qemu_savevm_foreach_unmigratable(cpr_add_unmigratable, &tail);
     migration_foreach_blocker(cpr_add_migration_blocker, &tail);

@@ -176,6 +176,14 @@ static char *vm_error(QDict *resp)
     return desc;
 }
 
+/* QEMU is still there (a child of ours, or a daemon that is not) */
+static bool vm_alive(CprVm *vm)
+{
+    pid_t ret = waitpid(vm->pid, NULL, WNOHANG);
+
+    return ret == 0 || (ret < 0 && errno == ECHILD && kill(vm->pid, 0) == 0);
+}
+
 /*
  * Connect to QEMU's QMP socket and negotiate capabilities.  Right after
  * cprsave the old process may still hold the listening socket while
@@ -205,7 +213,7 @@ static void vm_connect(CprVm *vm)
         } else {
             close(fd);
         }
-        g_assert(waitpid(vm->pid, NULL, WNOHANG) == 0);
+        g_assert(vm_alive(vm));
         g_assert(g_get_monotonic_time() < deadline);
         g_usleep(1000);
     }
@@ -230,7 +238,8 @@ static void add_args(GPtrArray *argv, const char *dir,
 /*
  * Start QEMU on the guest image.  @machine: -machine value; @keep_fd: a
  * descriptor the child inherits (not close-on-exec), or -1; @extra: more
- * arguments or NULL, where "@DIR@" stands for the VM's directory.
+ * arguments or NULL, where "@DIR@" stands for the VM's directory.  With
+ * -daemonize the caller connects once it knows the daemon's pid.
  */
 static CprVm *vm_start_args(const char *machine, int keep_fd,
                             const char *const *extra)
@@ -281,7 +290,9 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
         execv(qemu, (char **)argv->pdata);
         _exit(127);
     }
-    vm_connect(vm);
+    if (!g_strv_contains((const char *const *)argv->pdata, "-daemonize")) {
+        vm_connect(vm);
+    }
     return vm;
 }
 
@@ -413,11 +424,6 @@ static void check_moving(CprVm *vm, const uint64_t *before)
     now = vm_counters(vm);
     g_assert_cmpuint(now[0], >, before[0]);
     check_consistent(now);
-}
-
-static bool vm_alive(CprVm *vm)
-{
-    return waitpid(vm->pid, NULL, WNOHANG) == 0;
 }
 
 /*
@@ -631,6 +637,35 @@ static void test_blocked(void)
     g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
     g_assert_cmpstr(vm_status(vm), ==, "running");
     check_moving(vm, before);
+    vm_kill(vm);
+}
+
+/* A daemonized QEMU cannot restart itself in place: blocked. */
+static void test_daemonize_blocked(void)
+{
+    static const char *const daemon[] = {
+        "-daemonize", "-pidfile", "@DIR@/qemu.pid", NULL
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, daemon);
+    g_autofree char *pidfile = g_build_filename(vm->dir, "qemu.pid", NULL);
+    g_autofree char *pid = NULL;
+    g_autofree char *err = NULL;
+    int status;
+
+    /* The process we started exits once the daemon is ready. */
+    g_assert(waitpid(vm->pid, &status, 0) == vm->pid);
+    g_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    g_assert(g_file_get_contents(pidfile, &pid, NULL, NULL));
+    vm->pid = atoi(pid);
+    vm_connect(vm);
+
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert(strstr(err, "blocked by 'daemonize'"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    unlink(pidfile);
     vm_kill(vm);
 }
 
@@ -883,6 +918,7 @@ int main(int argc, char **argv)
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
+    add_test("restart/daemonize-blocked", test_daemonize_blocked);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("restart/only-registered-fds", test_only_registered_fds);
     return g_test_run();
