@@ -10,7 +10,10 @@
  * Layout (integers big-endian):
  *
  *   "QEMUCPRS"  be32 version  be32 helper-pid  be32 count
- *   count x { be32 id  be32 fd  be16 name-length  name bytes }
+ *   count x { be32 id  be32 fd  be16 name-length  name bytes
+ *             be32 value-length  value bytes }
+ *
+ * An entry holds a descriptor (fd >= 0) or a string value (fd = -1).
  *
  * helper-pid is the process holding the old address space (cpr-mm.c),
  * which the new process reaps, or 0.
@@ -23,18 +26,21 @@
 #include "qemu/bswap.h"
 #include "qemu/cutils.h"
 #include "qemu/memfd.h"
+#include "qemu/lockable.h"
+#include "qemu/thread.h"
 #include "qapi/error.h"
 #include "migration/cpr.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
 #define CPR_STATE_MAGIC "QEMUCPRS"
-#define CPR_STATE_VERSION 2
+#define CPR_STATE_VERSION 3
 
 typedef struct CprFd {
     char *name;
     int id;
-    int fd;
+    int fd;                     /* -1 for a string entry */
+    char *value;                /* NULL for a descriptor entry */
 } CprFd;
 
 /* A descriptor whose FD_CLOEXEC flag was changed for execve */
@@ -45,6 +51,8 @@ typedef struct CprFdFlags {
 
 static GPtrArray *cpr_outgoing;     /* registered: kept across next exec */
 static GPtrArray *cpr_incoming;     /* inherited from the previous process */
+/* Monitors claim their descriptors in the monitor I/O thread */
+static QemuMutex cpr_incoming_lock;
 static bool cpr_incoming_pending;
 static char **cpr_argv;
 static char *cpr_exec_path;
@@ -57,6 +65,7 @@ static void cpr_fd_free(gpointer p)
     CprFd *elem = p;
 
     g_free(elem->name);
+    g_free(elem->value);
     g_free(elem);
 }
 
@@ -82,23 +91,33 @@ static int cpr_fd_index(GPtrArray *list, const char *name, int id)
     return -1;
 }
 
-void cpr_save_fd(const char *name, int id, int fd)
+static void cpr_save(const char *name, int id, int fd, const char *value)
 {
     GPtrArray *list = cpr_fd_list(&cpr_outgoing);
     int i = cpr_fd_index(list, name, id);
     CprFd *elem;
 
-    trace_cpr_save_fd(name, id, fd);
     if (i >= 0) {
-        elem = g_ptr_array_index(list, i);
-        elem->fd = fd;
-        return;
+        g_ptr_array_remove_index(list, i);
     }
     elem = g_new0(CprFd, 1);
     elem->name = g_strdup(name);
     elem->id = id;
     elem->fd = fd;
+    elem->value = g_strdup(value);
     g_ptr_array_add(list, elem);
+}
+
+void cpr_save_fd(const char *name, int id, int fd)
+{
+    trace_cpr_save_fd(name, id, fd);
+    cpr_save(name, id, fd, NULL);
+}
+
+void cpr_save_str(const char *name, const char *value)
+{
+    trace_cpr_save_str(name, value);
+    cpr_save(name, 0, -1, value);
 }
 
 void cpr_delete_fd(const char *name, int id)
@@ -113,6 +132,7 @@ void cpr_delete_fd(const char *name, int id)
 
 int cpr_find_fd(const char *name, int id)
 {
+    QEMU_LOCK_GUARD(&cpr_incoming_lock);
     int i = cpr_fd_index(cpr_incoming, name, id);
     int fd = -1;
 
@@ -124,6 +144,21 @@ int cpr_find_fd(const char *name, int id)
     }
     trace_cpr_find_fd(name, id, fd);
     return fd;
+}
+
+char *cpr_find_str(const char *name)
+{
+    QEMU_LOCK_GUARD(&cpr_incoming_lock);
+    int i = cpr_fd_index(cpr_incoming, name, 0);
+    char *value = NULL;
+
+    if (i >= 0) {
+        CprFd *elem = g_ptr_array_index(cpr_incoming, i);
+
+        value = g_steal_pointer(&elem->value);
+        g_ptr_array_remove_index(cpr_incoming, i);
+    }
+    return value;
 }
 
 bool cpr_is_incoming(void)
@@ -169,6 +204,10 @@ static GByteArray *cpr_state_serialize(pid_t helper)
         be16 = cpu_to_be16(len);
         g_byte_array_append(buf, (guint8 *)&be16, 2);
         g_byte_array_append(buf, (const guint8 *)elem->name, len);
+        len = elem->value ? strlen(elem->value) : 0;
+        be32 = cpu_to_be32(len);
+        g_byte_array_append(buf, (guint8 *)&be32, 4);
+        g_byte_array_append(buf, (const guint8 *)elem->value, len);
     }
     return buf;
 }
@@ -198,21 +237,29 @@ static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
     for (i = 0; i < count; i++) {
         CprFd *elem;
         uint16_t len;
+        uint32_t vlen;
 
         if (end - p < 10) {
             goto truncated;
         }
         len = lduw_be_p(p + 8);
-        if (end - p < 10 + len) {
+        if (end - p < 14 + len) {
+            goto truncated;
+        }
+        vlen = ldl_be_p(p + 10 + len);
+        if (end - p - 14 - len < vlen) {
             goto truncated;
         }
         elem = g_new0(CprFd, 1);
         elem->id = (int32_t)ldl_be_p(p);
         elem->fd = (int32_t)ldl_be_p(p + 4);
         elem->name = g_strndup((const char *)p + 10, len);
+        if (elem->fd < 0) {
+            elem->value = g_strndup((const char *)p + 14 + len, vlen);
+        }
         g_ptr_array_add(cpr_fd_list(&cpr_incoming), elem);
         trace_cpr_state_inherit(elem->name, elem->id, elem->fd);
-        p += 10 + len;
+        p += 14 + len + vlen;
     }
     return true;
 
@@ -247,6 +294,7 @@ void cpr_init(int argc, char **argv, Error **errp)
     const char *env = getenv(CPR_STATE_ENV);
     int i, fd;
 
+    qemu_mutex_init(&cpr_incoming_lock);
     cpr_argv = g_new0(char *, argc + 1);
     for (i = 0; i < argc; i++) {
         cpr_argv[i] = g_strdup(argv[i]);
@@ -277,13 +325,16 @@ void cpr_init(int argc, char **argv, Error **errp)
 
 void cpr_state_incoming_done(void)
 {
+    QEMU_LOCK_GUARD(&cpr_incoming_lock);
     guint i;
 
     for (i = 0; cpr_incoming && i < cpr_incoming->len; i++) {
         CprFd *elem = g_ptr_array_index(cpr_incoming, i);
 
         trace_cpr_state_close_unclaimed(elem->name, elem->id, elem->fd);
-        close(elem->fd);
+        if (elem->fd >= 0) {
+            close(elem->fd);
+        }
     }
     if (cpr_incoming) {
         g_ptr_array_set_size(cpr_incoming, 0);
@@ -300,7 +351,7 @@ static bool cpr_fd_is_registered(int fd)
     for (i = 0; cpr_outgoing && i < cpr_outgoing->len; i++) {
         CprFd *elem = g_ptr_array_index(cpr_outgoing, i);
 
-        if (elem->fd == fd) {
+        if (elem->fd >= 0 && elem->fd == fd) {
             return true;
         }
     }

@@ -21,12 +21,14 @@
 #include "qemu/error-report.h"
 #include "qapi/qapi-commands-cpr.h"
 #include "block/block.h"
+#include "chardev/char-socket-cpr.h"
 #include "hw/boards.h"
 #include "migration/cpr.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
 #include "migration/migration.h"
 #include "migration/savevm.h"
+#include "monitor/monitor.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
 #include "cpr-internal.h"
@@ -126,6 +128,8 @@ static void cpr_exec(const char *exec_path, Error **errp)
     pid_t helper;
 
     cpr_ram_register_fds();
+    char_socket_cpr_register();
+    monitor_qmp_cpr_register(true);
     helper = cpr_mm_hold(errp);
     if (helper < 0) {
         goto out;
@@ -149,6 +153,8 @@ abort:
 release:
     cpr_mm_release(helper);
 out:
+    monitor_qmp_cpr_register(false);
+    char_socket_cpr_unregister();
     cpr_ram_unregister_fds();
 }
 

@@ -161,14 +161,14 @@ class Vm:
 
 
 def cpr_update(vm, binary=None):
-    """cprsave restart + reconnect + cprload.  Returns the pause in seconds
-    from the old process's STOP event to the new process's RESUME event."""
+    """cprsave restart + cprload on the same QMP connection, which the new
+    process keeps.  Returns the pause in seconds from the old process's STOP
+    event to the new process's RESUME event."""
     args = {"file": vm.state, "mode": "restart"}
     if binary:
         args["binary"] = binary
-    if vm.qmp.cmd("cprsave", **args) is not None:
-        raise QmpError("cprsave returned instead of restarting")
+    if vm.qmp.cmd("cprsave", **args) is None:
+        raise QmpError("the QMP connection was lost at cprsave")
     stop = vm.qmp.event_time("STOP")
-    vm.reconnect()
     vm.qmp.cmd("cprload", file=vm.state)
     return vm.qmp.event_time("RESUME") - stop

@@ -37,7 +37,10 @@ bool cpr_is_incoming(void);
 /* Keep @fd open across the next execve under @name and @id. */
 void cpr_save_fd(const char *name, int id, int fd);
 
-/* Stop keeping the descriptor registered under @name and @id. */
+/* Pass the string @value to the new process under @name. */
+void cpr_save_str(const char *name, const char *value);
+
+/* Stop keeping what is registered under @name and @id. */
 void cpr_delete_fd(const char *name, int id);
 
 /*
@@ -45,6 +48,9 @@ void cpr_delete_fd(const char *name, int id);
  * The caller owns the descriptor from then on.
  */
 int cpr_find_fd(const char *name, int id);
+
+/* cpr_find_str: the string inherited under @name (caller frees), or NULL. */
+char *cpr_find_str(const char *name);
 
 /*
  * cpr_state_exec_prepare: write the registry and the pid of the address

@@ -9,8 +9,8 @@
  * a counter in every page of its RAM, pass after pass, and writes a
  * character to the serial port after each pass.  QEMU is started and
  * driven here directly over a QMP socket, because the process must be
- * able to execve itself: the QMP connection drops at cprsave and the
- * test connects again to the new process, which has the same PID.
+ * able to execve itself: the QMP connection is kept across cprsave and
+ * the new process, which has the same PID, answers on it.
  *
  * Environment: QTEST_QEMU_BINARY (QEMU), CPR_GUEST_IMG (guest image),
  * CPR_TEST_ACCEL (comma-separated accelerators to run every case under,
@@ -427,9 +427,9 @@ static void check_moving(CprVm *vm, const uint64_t *before)
 }
 
 /*
- * cprsave restart: the command gets no reply because the process
- * executes the new binary; the connection ends.  Connect to the new
- * process, which must have the same PID and wait for cprload.
+ * cprsave restart: the process executes the new binary, which keeps the
+ * QMP connection and answers the command; the PID stays the same and the
+ * new process waits for cprload.
  */
 static void vm_cprsave_restart_via(CprVm *vm, bool hmp)
 {
@@ -437,18 +437,23 @@ static void vm_cprsave_restart_via(CprVm *vm, bool hmp)
                                             vm->state_path);
     QDict *resp = hmp ?
         vm_qmp(vm, "{'execute': 'human-monitor-command', 'arguments':"
-               " {'command-line': %s}}", line) :
+               " {'command-line': %s}, 'id': 'save'}", line) :
         vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
-               " {'file': %s, 'mode': 'restart'}}", vm->state_path);
+               " {'file': %s, 'mode': 'restart'}, 'id': 'save'}",
+               vm->state_path);
     QDict *info;
 
-    if (resp) {
+    g_assert(resp);
+    if (!qdict_haskey(resp, "return")) {
         g_autoptr(GString) s = qobject_to_json(QOBJECT(resp));
 
-        g_error("cprsave answered instead of restarting: %s", s->str);
+        g_error("cprsave failed: %s", s->str);
     }
-    vm_disconnect(vm);
-    vm_connect(vm);
+    g_assert_cmpstr(qdict_get_str(resp, "id"), ==, "save");
+    if (hmp) {
+        g_assert_cmpstr(qdict_get_str(resp, "return"), ==, "");
+    }
+    qobject_unref(resp);
     g_assert(vm_alive(vm));
     info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
     g_assert(qdict_get_bool(info, "load-pending"));

@@ -1,0 +1,115 @@
+/*
+ * QMP connections kept open across cprsave restart
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * When a QMP monitor's socket is kept across execve (see
+ * chardev/char-socket-cpr.c), the client has already negotiated
+ * capabilities with the old process.  The old process records, per
+ * monitor, the negotiated capabilities and, for the monitor whose command
+ * started the restart, the reply that command is waiting for.  The new
+ * process then neither greets the client nor asks for capabilities
+ * again; it sends that reply, so to the client cprsave simply returns.
+ */
+
+#include "qemu/osdep.h"
+#include "chardev/char-fe.h"
+#include "qapi/qmp/qdict.h"
+#include "qapi/qmp/qjson.h"
+#include "qapi/qmp/qstring.h"
+#include "migration/cpr.h"
+#include "monitor-internal.h"
+
+static char *qmp_cpr_name(MonitorQMP *mon, const char *what)
+{
+    Chardev *chr = qemu_chr_fe_get_driver(&mon->common.chr);
+
+    return chr ? g_strdup_printf("qmp:%s:%s", chr->label, what) : NULL;
+}
+
+/*
+ * The reply to the request being dispatched on @mon, as the new process
+ * will send it: cprsave returns {}, human-monitor-command "".
+ */
+static char *qmp_cpr_reply(MonitorQMP *mon)
+{
+    g_autoptr(QDict) rsp = qdict_new();
+    g_autoptr(GString) json = NULL;
+    const char *cmd;
+    QObject *id;
+
+    if (mon != qmp_dispatch_mon || !qmp_dispatch_req) {
+        return NULL;
+    }
+    cmd = qdict_get_try_str(qmp_dispatch_req, "execute");
+    if (!g_strcmp0(cmd, "human-monitor-command")) {
+        qdict_put_str(rsp, "return", "");
+    } else {
+        qdict_put(rsp, "return", qdict_new());
+    }
+    id = qdict_get(qmp_dispatch_req, "id");
+    if (id) {
+        qdict_put_obj(rsp, "id", qobject_ref(id));
+    }
+    json = qobject_to_json(QOBJECT(rsp));
+    return g_strdup(json->str);
+}
+
+void monitor_qmp_cpr_register(bool keep)
+{
+    Monitor *m;
+
+    QTAILQ_FOREACH(m, &mon_list, entry) {
+        MonitorQMP *mon = container_of(m, MonitorQMP, common);
+        g_autofree char *caps = NULL, *reply_name = NULL, *reply = NULL;
+
+        if (!monitor_is_qmp(m) || !qemu_chr_fe_backend_open(&m->chr)) {
+            continue;
+        }
+        caps = qmp_cpr_name(mon, "caps");
+        reply_name = qmp_cpr_name(mon, "reply");
+        if (!caps) {
+            continue;
+        }
+        if (!keep || mon->commands != &qmp_commands) {
+            cpr_delete_fd(caps, 0);
+            cpr_delete_fd(reply_name, 0);
+            continue;
+        }
+        cpr_save_str(caps, mon->capab[QMP_CAPABILITY_OOB] ? "oob" : "");
+        reply = qmp_cpr_reply(mon);
+        if (reply) {
+            cpr_save_str(reply_name, reply);
+        }
+    }
+}
+
+bool monitor_qmp_cpr_resume(MonitorQMP *mon)
+{
+    g_autofree char *caps_name = qmp_cpr_name(mon, "caps");
+    g_autofree char *reply_name = qmp_cpr_name(mon, "reply");
+    g_autofree char *caps = NULL, *reply = NULL;
+    QDict *rsp;
+
+    if (!caps_name || !cpr_is_incoming()) {
+        return false;
+    }
+    caps = cpr_find_str(caps_name);
+    reply = cpr_find_str(reply_name);
+    if (!caps) {
+        return false;
+    }
+    mon->capab[QMP_CAPABILITY_OOB] = !strcmp(caps, "oob") &&
+                                     mon->capab_offered[QMP_CAPABILITY_OOB];
+    mon->commands = &qmp_commands;
+    if (reply) {
+        rsp = qobject_to(QDict, qobject_from_json(reply, NULL));
+        if (rsp) {
+            qmp_send_response(mon, rsp);
+        }
+        qobject_unref(rsp);
+    }
+    return true;
+}

@@ -1,0 +1,37 @@
+/*
+ * CPR stubs for programs without live update (tools, storage daemon)
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "migration/cpr.h"
+
+bool cpr_is_incoming(void)
+{
+    return false;
+}
+
+void cpr_save_fd(const char *name, int id, int fd)
+{
+}
+
+void cpr_save_str(const char *name, const char *value)
+{
+}
+
+void cpr_delete_fd(const char *name, int id)
+{
+}
+
+int cpr_find_fd(const char *name, int id)
+{
+    return -1;
+}
+
+char *cpr_find_str(const char *name)
+{
+    return NULL;
+}
