@@ -45,6 +45,8 @@ typedef struct CprVm {
     char *state_path;
     pid_t pid;
     int qmp_fd;
+    int console_fd;             /* client of a console socket, or -1 */
+    size_t console_len;         /* bytes read from it */
     JSONMessageParser parser;
     GQueue msgs;
 } CprVm;
@@ -242,7 +244,7 @@ static void add_args(GPtrArray *argv, const char *dir,
  * -daemonize the caller connects once it knows the daemon's pid.
  */
 static CprVm *vm_start_args(const char *machine, int keep_fd,
-                            const char *const *extra)
+                            const char *const *extra, bool console_socket)
 {
     CprVm *vm = g_new0(CprVm, 1);
     const char *qemu = getenv("QTEST_QEMU_BINARY");
@@ -260,13 +262,15 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
     vm->serial_path = g_build_filename(vm->dir, "serial.log", NULL);
     vm->state_path = g_build_filename(vm->dir, "vm.cpr", NULL);
     vm->qmp_fd = -1;
+    vm->console_fd = -1;
     g_queue_init(&vm->msgs);
 
     disk = g_build_filename(vm->dir, "disk.img", NULL);
     g_assert(g_file_get_contents(img, &contents, &len, NULL));
     g_assert(g_file_set_contents(disk, contents, len, NULL));
     drive = g_strdup_printf("file=%s,format=raw", disk);
-    serial = g_strdup_printf("file:%s", vm->serial_path);
+    serial = console_socket ? g_strdup("chardev:console") :
+                              g_strdup_printf("file:%s", vm->serial_path);
     qmp = g_strdup_printf("unix:%s,server=on,wait=off", vm->qmp_path);
     mem = g_strdup_printf("%d", GUEST_RAM_MB);
 
@@ -276,6 +280,12 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
         "-display", "none", "-drive", drive, "-serial", serial,
         "-qmp", qmp, NULL
     });
+    if (console_socket) {
+        add_args(argv, vm->dir, (const char *const []) {
+            "-chardev", "socket,id=console,path=@DIR@/console.sock,"
+            "server=on,wait=off", NULL
+        });
+    }
     add_args(argv, vm->dir, extra);
     g_ptr_array_add(argv, NULL);
 
@@ -298,14 +308,20 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
 
 static CprVm *vm_start(const char *machine, int keep_fd)
 {
-    return vm_start_args(machine, keep_fd, NULL);
+    return vm_start_args(machine, keep_fd, NULL, false);
 }
 
 static void vm_kill(CprVm *vm)
 {
     g_autofree char *disk = g_build_filename(vm->dir, "disk.img", NULL);
+    g_autofree char *console = g_build_filename(vm->dir, "console.sock",
+                                                NULL);
 
     vm_disconnect(vm);
+    if (vm->console_fd >= 0) {
+        close(vm->console_fd);
+    }
+    unlink(console);
     kill(vm->pid, SIGKILL);
     waitpid(vm->pid, NULL, 0);
     unlink(vm->qmp_path);
@@ -352,8 +368,18 @@ static const char *vm_status(CprVm *vm)
 static size_t vm_serial_len(CprVm *vm)
 {
     struct stat st;
+    char buf[4096];
+    ssize_t n;
 
-    return stat(vm->serial_path, &st) ? 0 : st.st_size;
+    if (vm->console_fd < 0) {
+        return stat(vm->serial_path, &st) ? 0 : st.st_size;
+    }
+    /* The console connection must never end. */
+    while ((n = recv(vm->console_fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+        vm->console_len += n;
+    }
+    g_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    return vm->console_len;
 }
 
 /* Wait until the guest has finished @passes more passes over its RAM. */
@@ -559,7 +585,7 @@ static void test_backends(void)
 
     for (i = 0; i < ARRAY_SIZE(backends); i++) {
         CprVm *vm = vm_start_args("q35,memfd-alloc=on,memory-backend=mem",
-                                  -1, backends[i]);
+                                  -1, backends[i], false);
         g_autofree uint64_t *before = NULL, *after = NULL;
         g_autofree char *ram = g_build_filename(vm->dir, "guest-ram", NULL);
 
@@ -575,6 +601,36 @@ static void test_backends(void)
         unlink(ram);
         vm_kill(vm);
     }
+}
+
+/* A client of a serial console on a unix socket stays connected. */
+static void test_console_socket(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, NULL, true);
+    g_autofree char *path = g_build_filename(vm->dir, "console.sock", NULL);
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    int i;
+
+    pstrcpy(addr.sun_path, sizeof(addr.sun_path), path);
+    vm->console_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    g_assert(vm->console_fd >= 0);
+    g_assert(connect(vm->console_fd, (struct sockaddr *)&addr,
+                     sizeof(addr)) == 0);
+    vm_wait_passes(vm, 3);
+    for (i = 0; i < 2; i++) {
+        g_free(before);
+        before = vm_counters(vm);
+        vm_cprsave_restart(vm);
+        vm_cprload(vm, vm->state_path);
+        /* Progress keeps arriving on the same console connection. */
+        vm_wait_passes(vm, 3);
+        g_free(after);
+        after = vm_counters(vm);
+        check_not_behind(before, after);
+    }
+    vm_kill(vm);
 }
 
 static void test_paused_stays_paused(void)
@@ -652,7 +708,7 @@ static void test_daemonize_blocked(void)
         "-daemonize", "-pidfile", "@DIR@/qemu.pid", NULL
     };
     g_autofree char *machine = memfd_machine();
-    CprVm *vm = vm_start_args(machine, -1, daemon);
+    CprVm *vm = vm_start_args(machine, -1, daemon, false);
     g_autofree char *pidfile = g_build_filename(vm->dir, "qemu.pid", NULL);
     g_autofree char *pid = NULL;
     g_autofree char *err = NULL;
@@ -920,6 +976,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     add_test("restart/round-trip", test_round_trip);
     add_test("restart/memory-backends", test_backends);
+    add_test("restart/console-socket", test_console_socket);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
