@@ -28,7 +28,9 @@ def main():
         print("  guest has made %d passes over its RAM" % vm.passes())
         before = vm.counters(PAGES)
         print("  cprsave restart -> new QEMU process -> cprload")
+        sock = vm.qmp.sock
         pause = cprlib.cpr_update(vm)
+        kept = vm.qmp.sock is sock
         after = vm.counters(PAGES)
         status = vm.status()
         t0 = vm.passes()
@@ -45,6 +47,8 @@ def main():
 
         check("same PID (%d), the process was replaced by execve" % pid,
               vm.proc.poll() is None and vm.pid == pid)
+        check("same QMP connection (the new process answered cprsave)",
+              kept)
         check("guest memory intact (%d page counters, none behind)" % PAGES,
               all(a >= b for a, b in zip(after, before)) and
               max(after) - min(after) <= 1)
