@@ -243,8 +243,14 @@ static void add_args(GPtrArray *argv, const char *dir,
  * arguments or NULL, where "@DIR@" stands for the VM's directory.  With
  * -daemonize the caller connects once it knows the daemon's pid.
  */
+typedef enum {
+    CONSOLE_FILE,               /* COM1 into serial.log */
+    CONSOLE_SOCKET,             /* COM1 on a unix socket server */
+    CONSOLE_PTY,                /* COM1 on a pty */
+} CprConsole;
+
 static CprVm *vm_start_args(const char *machine, int keep_fd,
-                            const char *const *extra, bool console_socket)
+                            const char *const *extra, CprConsole console)
 {
     CprVm *vm = g_new0(CprVm, 1);
     const char *qemu = getenv("QTEST_QEMU_BINARY");
@@ -269,8 +275,9 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
     g_assert(g_file_get_contents(img, &contents, &len, NULL));
     g_assert(g_file_set_contents(disk, contents, len, NULL));
     drive = g_strdup_printf("file=%s,format=raw", disk);
-    serial = console_socket ? g_strdup("chardev:console") :
-                              g_strdup_printf("file:%s", vm->serial_path);
+    serial = console == CONSOLE_SOCKET ? g_strdup("chardev:console") :
+             console == CONSOLE_PTY ? g_strdup("pty") :
+             g_strdup_printf("file:%s", vm->serial_path);
     qmp = g_strdup_printf("unix:%s,server=on,wait=off", vm->qmp_path);
     mem = g_strdup_printf("%d", GUEST_RAM_MB);
 
@@ -280,7 +287,7 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
         "-display", "none", "-drive", drive, "-serial", serial,
         "-qmp", qmp, NULL
     });
-    if (console_socket) {
+    if (console == CONSOLE_SOCKET) {
         add_args(argv, vm->dir, (const char *const []) {
             "-chardev", "socket,id=console,path=@DIR@/console.sock,"
             "server=on,wait=off", NULL
@@ -308,7 +315,7 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
 
 static CprVm *vm_start(const char *machine, int keep_fd)
 {
-    return vm_start_args(machine, keep_fd, NULL, false);
+    return vm_start_args(machine, keep_fd, NULL, CONSOLE_FILE);
 }
 
 static void vm_kill(CprVm *vm)
@@ -374,8 +381,8 @@ static size_t vm_serial_len(CprVm *vm)
     if (vm->console_fd < 0) {
         return stat(vm->serial_path, &st) ? 0 : st.st_size;
     }
-    /* The console connection must never end. */
-    while ((n = recv(vm->console_fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0) {
+    /* The console connection must never end (pty: EIO, socket: EOF). */
+    while ((n = read(vm->console_fd, buf, sizeof(buf))) > 0) {
         vm->console_len += n;
     }
     g_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
@@ -585,7 +592,7 @@ static void test_backends(void)
 
     for (i = 0; i < ARRAY_SIZE(backends); i++) {
         CprVm *vm = vm_start_args("q35,memfd-alloc=on,memory-backend=mem",
-                                  -1, backends[i], false);
+                                  -1, backends[i], CONSOLE_FILE);
         g_autofree uint64_t *before = NULL, *after = NULL;
         g_autofree char *ram = g_build_filename(vm->dir, "guest-ram", NULL);
 
@@ -603,27 +610,73 @@ static void test_backends(void)
     }
 }
 
-/* A client of a serial console on a unix socket stays connected. */
-static void test_console_socket(void)
+/* The pty path QEMU gave COM1 */
+static char *vm_pty_path(CprVm *vm)
+{
+    QList *list = qobject_to(QList, vm_ok(vm, "{'execute': 'query-chardev'}"));
+    QListEntry *e;
+    char *path = NULL;
+
+    QLIST_FOREACH_ENTRY(list, e) {
+        QDict *c = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (!strcmp(qdict_get_str(c, "label"), "serial0")) {
+            g_assert(g_str_has_prefix(qdict_get_str(c, "filename"), "pty:"));
+            path = g_strdup(qdict_get_str(c, "filename") + 4);
+        }
+    }
+    qobject_unref(list);
+    g_assert(path);
+    return path;
+}
+
+/* Connect to COM1: a unix socket or a pty */
+static void vm_console_open(CprVm *vm, CprConsole console)
+{
+    g_autofree char *path = NULL;
+
+    if (console == CONSOLE_PTY) {
+        path = vm_pty_path(vm);
+        vm->console_fd = open(path, O_RDWR | O_NOCTTY | O_NONBLOCK |
+                              O_CLOEXEC);
+    } else {
+        struct sockaddr_un addr = { .sun_family = AF_UNIX };
+
+        path = g_build_filename(vm->dir, "console.sock", NULL);
+        pstrcpy(addr.sun_path, sizeof(addr.sun_path), path);
+        vm->console_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        g_assert(vm->console_fd >= 0);
+        g_assert(connect(vm->console_fd, (struct sockaddr *)&addr,
+                         sizeof(addr)) == 0);
+        g_assert(g_unix_set_fd_nonblocking(vm->console_fd, true, NULL));
+    }
+    g_assert(vm->console_fd >= 0);
+}
+
+/* A client of a serial console on a unix socket or a pty stays connected */
+static void test_console(CprConsole console)
 {
     g_autofree char *machine = memfd_machine();
-    CprVm *vm = vm_start_args(machine, -1, NULL, true);
-    g_autofree char *path = g_build_filename(vm->dir, "console.sock", NULL);
-    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    CprVm *vm = vm_start_args(machine, -1, NULL, console);
     g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *pty = NULL;
     int i;
 
-    pstrcpy(addr.sun_path, sizeof(addr.sun_path), path);
-    vm->console_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    g_assert(vm->console_fd >= 0);
-    g_assert(connect(vm->console_fd, (struct sockaddr *)&addr,
-                     sizeof(addr)) == 0);
+    vm_console_open(vm, console);
+    if (console == CONSOLE_PTY) {
+        pty = vm_pty_path(vm);
+    }
     vm_wait_passes(vm, 3);
     for (i = 0; i < 2; i++) {
         g_free(before);
         before = vm_counters(vm);
         vm_cprsave_restart(vm);
         vm_cprload(vm, vm->state_path);
+        if (pty) {
+            g_autofree char *now = vm_pty_path(vm);
+
+            g_assert_cmpstr(now, ==, pty);
+        }
         /* Progress keeps arriving on the same console connection. */
         vm_wait_passes(vm, 3);
         g_free(after);
@@ -631,6 +684,16 @@ static void test_console_socket(void)
         check_not_behind(before, after);
     }
     vm_kill(vm);
+}
+
+static void test_console_socket(void)
+{
+    test_console(CONSOLE_SOCKET);
+}
+
+static void test_console_pty(void)
+{
+    test_console(CONSOLE_PTY);
 }
 
 static void test_paused_stays_paused(void)
@@ -708,7 +771,7 @@ static void test_daemonize_blocked(void)
         "-daemonize", "-pidfile", "@DIR@/qemu.pid", NULL
     };
     g_autofree char *machine = memfd_machine();
-    CprVm *vm = vm_start_args(machine, -1, daemon, false);
+    CprVm *vm = vm_start_args(machine, -1, daemon, CONSOLE_FILE);
     g_autofree char *pidfile = g_build_filename(vm->dir, "qemu.pid", NULL);
     g_autofree char *pid = NULL;
     g_autofree char *err = NULL;
@@ -977,6 +1040,7 @@ int main(int argc, char **argv)
     add_test("restart/round-trip", test_round_trip);
     add_test("restart/memory-backends", test_backends);
     add_test("restart/console-socket", test_console_socket);
+    add_test("restart/console-pty", test_console_pty);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
