@@ -29,6 +29,7 @@
 #include "migration/migration.h"
 #include "migration/savevm.h"
 #include "monitor/monitor.h"
+#include "net/tap-cpr.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
 #include "cpr-internal.h"
@@ -130,6 +131,7 @@ static void cpr_exec(const char *exec_path, Error **errp)
     cpr_ram_register_fds();
     char_socket_cpr_register();
     monitor_qmp_cpr_register(true);
+    tap_cpr_register();
     helper = cpr_mm_hold(errp);
     if (helper < 0) {
         goto out;
@@ -153,6 +155,7 @@ abort:
 release:
     cpr_mm_release(helper);
 out:
+    tap_cpr_unregister();
     monitor_qmp_cpr_register(false);
     char_socket_cpr_unregister();
     cpr_ram_unregister_fds();

@@ -998,6 +998,47 @@ static void test_only_registered_fds(void)
     vm_kill(vm);
 }
 
+static int read_ifindex(const char *ifname)
+{
+    g_autofree char *path = g_strdup_printf("/sys/class/net/%s/ifindex",
+                                            ifname);
+    g_autofree char *data = NULL;
+
+    g_assert(g_file_get_contents(path, &data, NULL, NULL));
+    return atoi(data);
+}
+
+/*
+ * A tap netdev keeps its interface across the update: the kernel never
+ * sees it closed (a tap QEMU created goes away with its last descriptor),
+ * so it keeps its index, and the new process opens no second tap.
+ */
+static void test_tap(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *ifname = g_strdup_printf("cprtap%d", getpid());
+    g_autofree char *netdev = g_strdup_printf(
+        "tap,id=net0,ifname=%s,script=no,downscript=no", ifname);
+    const char *const extra[] = {
+        "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0", NULL
+    };
+    CprVm *vm = vm_start_args(machine, -1, extra, CONSOLE_FILE);
+    g_autoptr(GPtrArray) fds = NULL;
+    int ifindex = read_ifindex(ifname);
+    int i;
+
+    vm_wait_passes(vm, 2);
+    for (i = 0; i < 2; i++) {
+        vm_cprsave_restart(vm);
+        g_assert_cmpint(read_ifindex(ifname), ==, ifindex);
+        vm_cprload(vm, vm->state_path);
+        g_assert_cmpint(read_ifindex(ifname), ==, ifindex);
+    }
+    fds = fd_targets(vm->pid);
+    g_assert_cmpuint(count_matching(fds, "/dev/net/tun"), ==, 1);
+    vm_kill(vm);
+}
+
 typedef struct CprTestCase {
     const char *accel;
     void (*fn)(void);
@@ -1041,6 +1082,7 @@ int main(int argc, char **argv)
     add_test("restart/memory-backends", test_backends);
     add_test("restart/console-socket", test_console_socket);
     add_test("restart/console-pty", test_console_pty);
+    add_test("restart/tap", test_tap);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);

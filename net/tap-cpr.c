@@ -1,0 +1,72 @@
+/*
+ * Tap devices kept open across cprsave restart
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Before execve, the descriptor of every tap netdev queue is registered
+ * in the CPR state as "tap:<netdev id>" with the queue's position.  The
+ * new process, creating the same netdev from the same command line, takes
+ * the kept descriptor instead of opening the tap again and does not run
+ * the ifup script: the interface is never closed, so its link does not
+ * go down and its configuration (addresses, bridge port) stays.
+ */
+
+#include "qemu/osdep.h"
+#include "net/net.h"
+#include "net/tap.h"
+#include "migration/cpr.h"
+#include "net/tap-cpr.h"
+
+#define TAP_CPR_MAX 1024
+
+static char *tap_cpr_name(const char *netdev)
+{
+    return g_strdup_printf("tap:%s", netdev);
+}
+
+static void tap_cpr_walk(bool keep)
+{
+    NetClientState *ncs[TAP_CPR_MAX];
+    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
+                                         TAP_CPR_MAX);
+    int i, j;
+
+    for (i = 0; i < n; i++) {
+        g_autofree char *name = NULL;
+        int queue = 0;
+
+        if (ncs[i]->info->type != NET_CLIENT_DRIVER_TAP) {
+            continue;
+        }
+        /* Queues of one netdev share its id, in creation order. */
+        for (j = 0; j < i; j++) {
+            queue += ncs[j]->info->type == NET_CLIENT_DRIVER_TAP &&
+                     !strcmp(ncs[j]->name, ncs[i]->name);
+        }
+        name = tap_cpr_name(ncs[i]->name);
+        if (keep) {
+            cpr_save_fd(name, queue, tap_get_fd(ncs[i]));
+        } else {
+            cpr_delete_fd(name, queue);
+        }
+    }
+}
+
+void tap_cpr_register(void)
+{
+    tap_cpr_walk(true);
+}
+
+void tap_cpr_unregister(void)
+{
+    tap_cpr_walk(false);
+}
+
+int tap_cpr_take(const char *netdev, int queue)
+{
+    g_autofree char *name = tap_cpr_name(netdev);
+
+    return cpr_is_incoming() ? cpr_find_fd(name, queue) : -1;
+}
