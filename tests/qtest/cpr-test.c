@@ -1039,6 +1039,55 @@ static void test_tap(void)
     vm_kill(vm);
 }
 
+/*
+ * A monitor on a listening socket QEMU inherited as fd=N, as libvirt
+ * starts QEMU: the listener and a client's negotiated connection survive
+ * the update, and the client keeps working without a new greeting.
+ */
+static void test_inherited_monitor(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *path = g_strdup_printf("%s/cpr-test-mon-%d.sock",
+                                            g_get_tmp_dir(), getpid());
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    g_autofree char *chardev = NULL;
+    CprVm *vm, mon = { .qmp_fd = -1 };
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    pstrcpy(addr.sun_path, sizeof(addr.sun_path), path);
+    unlink(path);
+    g_assert(lfd >= 0);
+    g_assert(bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+    g_assert(listen(lfd, 1) == 0);
+    chardev = g_strdup_printf("socket,id=charmonitor,fd=%d,server=on,"
+                              "wait=off", lfd);
+    vm = vm_start_args(machine, lfd, (const char *const []) {
+        "-chardev", chardev, "-mon", "chardev=charmonitor,mode=control",
+        NULL
+    }, CONSOLE_FILE);
+    close(lfd);
+
+    mon.qmp_path = path;
+    mon.pid = vm->pid;
+    g_queue_init(&mon.msgs);
+    vm_connect(&mon);
+    g_assert_cmpstr(vm_status(&mon), ==, "running");
+
+    vm_cprsave_restart(vm);
+    /* Same connection, command mode: no greeting, commands answered */
+    g_assert_cmpstr(vm_status(&mon), ==, "inmigrate");
+    vm_cprload(vm, vm->state_path);
+    g_assert_cmpstr(vm_status(&mon), ==, "running");
+
+    vm_disconnect(&mon);
+    /* The kept listener accepts new clients. */
+    vm_connect(&mon);
+    g_assert_cmpstr(vm_status(&mon), ==, "running");
+    vm_disconnect(&mon);
+    unlink(path);
+    vm_kill(vm);
+}
+
 typedef struct CprTestCase {
     const char *accel;
     void (*fn)(void);
@@ -1083,6 +1132,7 @@ int main(int argc, char **argv)
     add_test("restart/console-socket", test_console_socket);
     add_test("restart/console-pty", test_console_pty);
     add_test("restart/tap", test_tap);
+    add_test("restart/inherited-monitor", test_inherited_monitor);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
