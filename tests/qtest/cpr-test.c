@@ -764,6 +764,34 @@ static void test_blocked(void)
     vm_kill(vm);
 }
 
+/* cprsave during a migration is refused and the migration goes on. */
+static void test_during_migration(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+    QDict *info;
+
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'migrate-set-parameters',"
+                        " 'arguments': {'max-bandwidth': 4096}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'migrate', 'arguments':"
+                        " {'uri': 'exec:cat > /dev/null'}}"));
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert_cmpstr(err, ==, "a migration is in progress");
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-migrate'}"));
+    g_assert_cmpstr(qdict_get_str(info, "status"), ==, "active");
+    qobject_unref(info);
+    g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
+    check_moving(vm, before);
+    qobject_unref(vm_ok(vm, "{'execute': 'migrate_cancel'}"));
+    vm_kill(vm);
+}
+
 /* A daemonized QEMU cannot restart itself in place: blocked. */
 static void test_daemonize_blocked(void)
 {
@@ -1137,6 +1165,7 @@ int main(int argc, char **argv)
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
+    add_test("restart/during-migration", test_during_migration);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("restart/only-registered-fds", test_only_registered_fds);
     return g_test_run();
