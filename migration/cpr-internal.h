@@ -45,10 +45,15 @@ void cpr_ram_register_fds(void);
 void cpr_ram_unregister_fds(void);
 
 /* cpr-mm.c */
-pid_t cpr_mm_hold(Error **errp);
+bool cpr_mm_prepare(Error **errp);
+pid_t cpr_mm_start(Error **errp);
 void cpr_mm_release(pid_t pid);
 void cpr_mm_done(void);
-void cpr_mm_reap(pid_t pid);
+void cpr_mm_incoming(pid_t pid);
+
+/* cpr-state.c */
+void cpr_state_set_helper(pid_t pid);
+void cpr_forget_fd(const char *name, int id);
 
 /* cpr.c */
 void cpr_add_blocker(CprBlockerList ***tail, const char *object,

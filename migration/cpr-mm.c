@@ -1,5 +1,6 @@
 /*
- * CPR: let a helper tear down the old address space after execve
+ * CPR: the helper that holds the old address space across execve, and
+ * takes the VM back if the new binary does not come up
  *
  * Copyright (c) 2026 The qemu-cpr authors
  *
@@ -10,42 +11,58 @@
  * touched, which takes time proportional to guest RAM, all of it inside
  * the pause of cprsave.  A helper process created with CLONE_VM shares
  * the address space and holds a reference to it, so execve only drops a
- * reference.  The write end of a pipe the helper waits on is kept across
- * execve (registered as "cpr-mm"); the new process closes it once cprload
- * has resumed the guest, or the kernel does if the new process dies.  The
- * helper then exits and the kernel tears the old address space down in
- * the helper, at idle priority, after the pause instead of inside it.
+ * reference.
+ *
+ * The helper keeps exactly the descriptors the new process inherits (the
+ * ones execve does not close) and waits on a pipe whose write end the new
+ * process inherits as "cpr-mm":
+ *
+ * - 'k': cprload resumed the guest in the new process (or 'x': the old
+ *   process could not execve, or the new process was told to quit).  The
+ *   helper exits; the kernel tears the old address space down in it, at
+ *   idle priority, after the pause instead of inside it.
+ * - end of file without a byte: the new process died before cprload (its
+ *   binary is missing a library, crashed, refused its arguments or the
+ *   CPR state).  The helper executes the binary of the old address space
+ *   (/proc/self/exe still names it, even if the file was replaced) with
+ *   the same arguments, the same kept descriptors and the same CPR state,
+ *   plus CPR_RECOVERY_ENV.  That process comes up paused like any new
+ *   one, answers the pending cprsave with an error, and cprload with the
+ *   same state file resumes the guest.  Its PID is the helper's.
+ *
  * The new process reaps the helper; its pid travels in the CPR state.
  */
 
 #include "qemu/osdep.h"
 #include <sched.h>
 #include <sys/syscall.h>
+#include "qemu/notify.h"
 #include "qemu/thread.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
+#include "sysemu/runstate.h"
 #include "migration/cpr.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
 #define CPR_MM_STACK_SIZE (64 * KiB)
-
 #define CPR_MM_FD_NAME "cpr-mm"
 
+/* Everything the helper uses, prepared before it starts */
+typedef struct CprMmHelper {
+    int wait_fd;                /* read end of the pipe */
+    int ready_fd;               /* tells QEMU the helper is set up */
+    int pipe_fd;                /* QEMU's write end: not the helper's */
+    int *close_fds;             /* close-on-exec descriptors to drop */
+    int nr_close_fds;
+    char **argv;
+    char **envp;
+    sigset_t sigmask;           /* QEMU's mask, for the recovery exec */
+} CprMmHelper;
+
+static CprMmHelper cpr_mm;
 static void *cpr_mm_stack;
 static int cpr_mm_pipe = -1;       /* write end, kept across execve */
-
-/* Close every descriptor but @a and @b (a < b), with raw system calls. */
-static void cpr_mm_close_all_but(unsigned int a, unsigned int b)
-{
-    if (a > 0) {
-        syscall(SYS_close_range, 0, a - 1, 0);
-    }
-    if (b > a + 1) {
-        syscall(SYS_close_range, a + 1, b - 1, 0);
-    }
-    syscall(SYS_close_range, b + 1, ~0U, 0);
-}
 
 /*
  * Runs in the helper, on its own stack in the shared address space, with
@@ -54,82 +71,166 @@ static void cpr_mm_close_all_but(unsigned int a, unsigned int b)
  */
 static int cpr_mm_helper(void *opaque)
 {
-    int *fds = opaque;          /* wait (read end), ready (write end) */
-    unsigned int wait_fd = fds[0], ready_fd = fds[1];
-    struct sched_param idle = { 0 };
+    CprMmHelper *h = opaque;
+    struct sched_param param = { 0 };
     char c = 0;
+    long n;
+    int i;
 
-    /*
-     * Its copies of QEMU's descriptors would keep sockets open and image
-     * locks held: drop them before QEMU goes on.
-     */
-    cpr_mm_close_all_but(MIN(wait_fd, ready_fd), MAX(wait_fd, ready_fd));
-    syscall(SYS_write, ready_fd, &c, 1);
-    syscall(SYS_close, ready_fd);
+    /* Hold what the new process inherits, nothing else (image locks). */
+    for (i = 0; i < h->nr_close_fds; i++) {
+        syscall(SYS_close, h->close_fds[i]);
+    }
+    syscall(SYS_close, h->pipe_fd);
+    syscall(SYS_write, h->ready_fd, &c, 1);
+    syscall(SYS_close, h->ready_fd);
 
     /* The teardown must not take CPU time from QEMU. */
-    syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &idle);
-    while (syscall(SYS_read, wait_fd, &c, 1) < 0) {
-        /* only EINTR can happen, and signals are blocked */
+    syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &param);
+    do {
+        n = syscall(SYS_read, h->wait_fd, &c, 1);
+    } while (n < 0);            /* only EINTR, and signals are blocked */
+
+    if (n == 0) {
+        /* The new process is gone without a word: take the VM back. */
+        syscall(SYS_close, h->wait_fd);
+        syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &param);
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &h->sigmask, NULL,
+                _NSIG / 8);
+        syscall(SYS_execve, "/proc/self/exe", h->argv, h->envp);
     }
     syscall(SYS_exit, 0);
     return 0;
 }
 
-pid_t cpr_mm_hold(Error **errp)
+/* The close-on-exec descriptors of this process */
+static GArray *cpr_mm_cloexec_fds(void)
 {
-    sigset_t all, old;
-    int wait[2], ready[2], child_fds[2];
-    pid_t pid;
-    char c;
+    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
+    GArray *fds = g_array_new(false, false, sizeof(int));
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        int fd = atoi(name);
+        int flags = fcntl(fd, F_GETFD);
+
+        if (flags >= 0 && (flags & FD_CLOEXEC)) {
+            g_array_append_val(fds, fd);
+        }
+    }
+    return fds;
+}
+
+static void cpr_mm_free(void)
+{
+    g_clear_pointer(&cpr_mm.close_fds, g_free);
+    g_clear_pointer(&cpr_mm.argv, g_strfreev);
+    g_clear_pointer(&cpr_mm.envp, g_strfreev);
+    g_clear_pointer(&cpr_mm_stack, g_free);
+}
+
+bool cpr_mm_prepare(Error **errp)
+{
+    int wait[2];
 
     if (!g_unix_open_pipe(wait, FD_CLOEXEC, NULL)) {
         error_setg_errno(errp, errno, "cannot create a pipe");
-        return -1;
+        return false;
     }
+    cpr_mm.wait_fd = wait[0];
+    cpr_mm_pipe = wait[1];
+    cpr_save_fd(CPR_MM_FD_NAME, 0, cpr_mm_pipe);
+    return true;
+}
+
+pid_t cpr_mm_start(Error **errp)
+{
+    g_autoptr(GArray) close_fds = cpr_mm_cloexec_fds();
+    g_auto(GStrv) env = g_get_environ();
+    int ready[2];
+    sigset_t all;
+    pid_t pid;
+    guint i;
+    char c;
+
     if (!g_unix_open_pipe(ready, FD_CLOEXEC, NULL)) {
         error_setg_errno(errp, errno, "cannot create a pipe");
-        close(wait[0]);
-        close(wait[1]);
         return -1;
     }
-    child_fds[0] = wait[0];
-    child_fds[1] = ready[1];
+    /* Everything the helper needs, before it exists */
+    cpr_mm.ready_fd = ready[1];
+    cpr_mm.pipe_fd = cpr_mm_pipe;
+    cpr_mm.nr_close_fds = 0;
+    cpr_mm.close_fds = g_new(int, close_fds->len);
+    for (i = 0; i < close_fds->len; i++) {
+        int fd = g_array_index(close_fds, int, i);
+
+        if (fd != cpr_mm.wait_fd && fd != ready[0] && fd != ready[1]) {
+            cpr_mm.close_fds[cpr_mm.nr_close_fds++] = fd;
+        }
+    }
+    cpr_mm.argv = g_strdupv(cpr_get_argv());
+    env = g_environ_setenv(env, CPR_RECOVERY_ENV, "1", true);
+    cpr_mm.envp = g_steal_pointer(&env);
     cpr_mm_stack = g_malloc(CPR_MM_STACK_SIZE);
+
     sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_sigmask(SIG_SETMASK, &all, &cpr_mm.sigmask);
     pid = clone(cpr_mm_helper, (char *)cpr_mm_stack + CPR_MM_STACK_SIZE,
-                CLONE_VM | SIGCHLD, child_fds);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    close(wait[0]);
+                CLONE_VM | SIGCHLD, &cpr_mm);
+    pthread_sigmask(SIG_SETMASK, &cpr_mm.sigmask, NULL);
     close(ready[1]);
     if (pid < 0) {
         error_setg_errno(errp, errno, "cannot start the address space helper");
-        close(wait[1]);
         close(ready[0]);
-        g_clear_pointer(&cpr_mm_stack, g_free);
         return -1;
     }
-    /* Wait until the helper holds nothing but its end of the pipe. */
+    /* Wait until the helper holds what it should, and no more. */
     while (read(ready[0], &c, 1) < 0 && errno == EINTR) {
         /* retry */
     }
     close(ready[0]);
-    cpr_mm_pipe = wait[1];
-    cpr_save_fd(CPR_MM_FD_NAME, 0, cpr_mm_pipe);
     trace_cpr_mm_hold(pid);
     return pid;
+}
+
+static void cpr_mm_tell(int fd, char what)
+{
+    while (write(fd, &what, 1) < 0 && errno == EINTR) {
+        /* retry */
+    }
+    close(fd);
 }
 
 void cpr_mm_release(pid_t pid)
 {
     cpr_delete_fd(CPR_MM_FD_NAME, 0);
-    close(cpr_mm_pipe);
+    cpr_mm_tell(cpr_mm_pipe, 'x');
     cpr_mm_pipe = -1;
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    close(cpr_mm.wait_fd);
+    while (pid > 0 && waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
         /* retry */
     }
-    g_clear_pointer(&cpr_mm_stack, g_free);
+    cpr_mm_free();
+}
+
+void cpr_mm_done(void)
+{
+    int fd = cpr_find_fd(CPR_MM_FD_NAME, 0);
+
+    if (fd >= 0) {
+        cpr_mm_tell(fd, 'k');
+    }
+}
+
+/* Quit before cprload: the helper must not take the VM back. */
+static void cpr_mm_shutdown(Notifier *n, void *opaque)
+{
+    int fd = cpr_find_fd(CPR_MM_FD_NAME, 0);
+
+    if (fd >= 0) {
+        cpr_mm_tell(fd, 'x');
+    }
 }
 
 static void *cpr_mm_reap_thread(void *opaque)
@@ -143,19 +244,19 @@ static void *cpr_mm_reap_thread(void *opaque)
     return NULL;
 }
 
-void cpr_mm_done(void)
+void cpr_mm_incoming(pid_t pid)
 {
-    int fd = cpr_find_fd(CPR_MM_FD_NAME, 0);
-
-    if (fd >= 0) {
-        close(fd);
-    }
-}
-
-void cpr_mm_reap(pid_t pid)
-{
+    static Notifier shutdown = { .notify = cpr_mm_shutdown };
     QemuThread thread;
 
-    qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,
-                       (void *)(uintptr_t)pid, QEMU_THREAD_DETACHED);
+    if (cpr_is_recovery()) {
+        /* The helper was this process; its pipe end went with it. */
+        cpr_forget_fd(CPR_MM_FD_NAME, 0);
+        return;
+    }
+    qemu_register_shutdown_notifier(&shutdown);
+    if (pid > 0) {
+        qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,
+                           (void *)(uintptr_t)pid, QEMU_THREAD_DETACHED);
+    }
 }

@@ -54,6 +54,8 @@ static GPtrArray *cpr_incoming;     /* inherited from the previous process */
 /* Monitors claim their descriptors in the monitor I/O thread */
 static QemuMutex cpr_incoming_lock;
 static bool cpr_incoming_pending;
+static bool cpr_recovery;
+static pid_t cpr_helper_pid;
 static char **cpr_argv;
 static char *cpr_exec_path;
 
@@ -166,6 +168,21 @@ bool cpr_is_incoming(void)
     return cpr_incoming_pending;
 }
 
+bool cpr_is_recovery(void)
+{
+    return cpr_recovery;
+}
+
+void cpr_forget_fd(const char *name, int id)
+{
+    QEMU_LOCK_GUARD(&cpr_incoming_lock);
+    int i = cpr_fd_index(cpr_incoming, name, id);
+
+    if (i >= 0) {
+        g_ptr_array_remove_index(cpr_incoming, i);
+    }
+}
+
 char **cpr_get_argv(void)
 {
     return cpr_argv;
@@ -178,7 +195,7 @@ const char *cpr_get_exec_path(void)
 
 /* Serialization */
 
-static GByteArray *cpr_state_serialize(pid_t helper)
+static GByteArray *cpr_state_serialize(void)
 {
     GByteArray *buf = g_byte_array_new();
     GPtrArray *list = cpr_fd_list(&cpr_outgoing);
@@ -189,7 +206,7 @@ static GByteArray *cpr_state_serialize(pid_t helper)
     g_byte_array_append(buf, (const guint8 *)CPR_STATE_MAGIC, 8);
     be32 = cpu_to_be32(CPR_STATE_VERSION);
     g_byte_array_append(buf, (guint8 *)&be32, 4);
-    be32 = cpu_to_be32(helper);
+    be32 = 0;                   /* helper pid: cpr_state_set_helper() */
     g_byte_array_append(buf, (guint8 *)&be32, 4);
     be32 = cpu_to_be32(list->len);
     g_byte_array_append(buf, (guint8 *)&be32, 4);
@@ -216,22 +233,18 @@ static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
 {
     const uint8_t *end = p + size;
     uint32_t version, count, i;
-    pid_t helper;
 
     if (size < 20 || memcmp(p, CPR_STATE_MAGIC, 8)) {
         error_setg(errp, "inherited CPR state has no valid header");
         return false;
     }
     version = ldl_be_p(p + 8);
-    helper = ldl_be_p(p + 12);
+    cpr_helper_pid = ldl_be_p(p + 12);
     count = ldl_be_p(p + 16);
     if (version != CPR_STATE_VERSION) {
         error_setg(errp, "inherited CPR state has version %u, expected %u",
                    version, CPR_STATE_VERSION);
         return false;
-    }
-    if (helper > 0) {
-        cpr_mm_reap(helper);
     }
     p += 20;
     for (i = 0; i < count; i++) {
@@ -320,6 +333,11 @@ void cpr_init(int argc, char **argv, Error **errp)
     }
     close(fd);
     cpr_incoming_pending = true;
+    if (getenv(CPR_RECOVERY_ENV)) {
+        cpr_recovery = true;
+        g_unsetenv(CPR_RECOVERY_ENV);
+    }
+    cpr_mm_incoming(cpr_helper_pid);
     trace_cpr_init_incoming(cpr_incoming ? cpr_incoming->len : 0);
 }
 
@@ -416,9 +434,9 @@ static bool cpr_fds_set_cloexec(Error **errp)
     return true;
 }
 
-bool cpr_state_exec_prepare(pid_t helper, Error **errp)
+bool cpr_state_exec_prepare(Error **errp)
 {
-    g_autoptr(GByteArray) buf = cpr_state_serialize(helper);
+    g_autoptr(GByteArray) buf = cpr_state_serialize();
     g_autofree char *num = NULL;
 
     assert(cpr_state_fd < 0);
@@ -445,6 +463,15 @@ bool cpr_state_exec_prepare(pid_t helper, Error **errp)
 fail:
     cpr_state_exec_abort();
     return false;
+}
+
+void cpr_state_set_helper(pid_t pid)
+{
+    uint32_t be32 = cpu_to_be32(pid);
+
+    if (pwrite(cpr_state_fd, &be32, 4, 12) != 4) {
+        /* the new process just does not reap it; init will */
+    }
 }
 
 void cpr_state_exec_abort(void)

@@ -132,13 +132,18 @@ static void cpr_exec(const char *exec_path, Error **errp)
     char_socket_cpr_register();
     monitor_qmp_cpr_register(true);
     tap_cpr_register();
-    helper = cpr_mm_hold(errp);
-    if (helper < 0) {
+    if (!cpr_mm_prepare(errp)) {
         goto out;
     }
-    if (!cpr_state_exec_prepare(helper, errp)) {
+    if (!cpr_state_exec_prepare(errp)) {
+        helper = -1;
         goto release;
     }
+    helper = cpr_mm_start(errp);
+    if (helper < 0) {
+        goto abort;
+    }
+    cpr_state_set_helper(helper);
     if (bdrv_inactivate_all() < 0) {
         error_setg(errp, "cannot hand over block devices");
         goto abort;

@@ -106,6 +106,17 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
     mon->commands = &qmp_commands;
     if (reply) {
         rsp = qobject_to(QDict, qobject_from_json(reply, NULL));
+        if (rsp && cpr_is_recovery()) {
+            /* The restart failed: the old binary took the VM back. */
+            QDict *err = qdict_new();
+
+            qdict_put_str(err, "class", "GenericError");
+            qdict_put_str(err, "desc", "the new QEMU did not come up; the "
+                          "previous binary took the VM back and waits for "
+                          "cprload");
+            qdict_del(rsp, "return");
+            qdict_put(rsp, "error", err);
+        }
         if (rsp) {
             qmp_send_response(mon, rsp);
         }

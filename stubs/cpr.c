@@ -14,6 +14,11 @@ bool cpr_is_incoming(void)
     return false;
 }
 
+bool cpr_is_recovery(void)
+{
+    return false;
+}
+
 void cpr_save_fd(const char *name, int id, int fd)
 {
 }

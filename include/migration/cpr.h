@@ -18,6 +18,8 @@
 
 /* Environment variable naming the inherited descriptor of the CPR state */
 #define CPR_STATE_ENV "QEMU_CPR_STATE"
+/* Set when the old binary takes the VM back after a failed restart */
+#define CPR_RECOVERY_ENV "QEMU_CPR_RECOVERY"
 
 /* cpr-state.c: the registry of descriptors that cross execve */
 
@@ -33,6 +35,12 @@ void cpr_init(int argc, char **argv, Error **errp);
  * "cprsave restart" until its cprload succeeds.
  */
 bool cpr_is_incoming(void);
+
+/*
+ * cpr_is_recovery: this process is the old binary taking the VM back
+ * because the new one did not come up (see migration/cpr-mm.c).
+ */
+bool cpr_is_recovery(void);
 
 /* Keep @fd open across the next execve under @name and @id. */
 void cpr_save_fd(const char *name, int id, int fd);
@@ -53,13 +61,12 @@ int cpr_find_fd(const char *name, int id);
 char *cpr_find_str(const char *name);
 
 /*
- * cpr_state_exec_prepare: write the registry and the pid of the address
- * space @helper (cpr-mm.c) into an inheritable memfd,
+ * cpr_state_exec_prepare: write the registry into an inheritable memfd,
  * name it in CPR_STATE_ENV, clear FD_CLOEXEC on the registered
  * descriptors and set it on every other descriptor above stderr.
  * cpr_state_exec_abort() undoes all of it when execve fails.
  */
-bool cpr_state_exec_prepare(pid_t helper, Error **errp);
+bool cpr_state_exec_prepare(Error **errp);
 void cpr_state_exec_abort(void);
 
 /* Close inherited descriptors that nobody claimed; end incoming state. */

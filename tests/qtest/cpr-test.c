@@ -792,6 +792,78 @@ static void test_during_migration(void)
     vm_kill(vm);
 }
 
+/* The process other than @not whose arguments mention @vm's QMP socket */
+static pid_t find_qemu(CprVm *vm, pid_t not)
+{
+    g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
+    const char *name;
+
+    while ((name = g_dir_read_name(proc))) {
+        g_autofree char *path = g_strdup_printf("/proc/%s/cmdline", name);
+        g_autofree char *cmdline = NULL;
+        gsize len, off;
+        pid_t pid = atoi(name);
+
+        if (pid <= 0 || pid == not ||
+            !g_file_get_contents(path, &cmdline, &len, NULL)) {
+            continue;
+        }
+        for (off = 0; off < len; off += strlen(cmdline + off) + 1) {
+            if (strstr(cmdline + off, vm->qmp_path)) {
+                return pid;
+            }
+        }
+    }
+    return -1;
+}
+
+/*
+ * The new binary dies before cprload (here: it kills itself at once).
+ * The helper holding the old address space executes the old binary with
+ * the kept RAM, sockets and state: the VM is back, under the helper's
+ * PID, the pending cprsave gets an error on the kept QMP connection, and
+ * cprload resumes the guest with nothing lost.
+ */
+static void test_new_binary_dies(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *bad = g_build_filename(vm->dir, "dies", NULL);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *err = NULL;
+    pid_t old = vm->pid;
+    QDict *info;
+    int status;
+
+    g_assert(g_file_set_contents(bad, "#!/bin/sh\nkill -KILL $$\n", -1,
+                                 NULL));
+    g_assert(chmod(bad, 0755) == 0);
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart', 'binary': %s},"
+                          " 'id': 'save'}", vm->state_path, bad));
+    g_assert(strstr(err, "the new QEMU did not come up"));
+    g_assert(waitpid(old, &status, 0) == old);
+    g_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    vm->pid = find_qemu(vm, old);
+    g_assert_cmpint(vm->pid, >, 0);
+
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    g_assert(qdict_get_bool(info, "load-pending"));
+    qobject_unref(info);
+    g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+    vm_cprload(vm, vm->state_path);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = vm_counters(vm);
+    check_not_behind(before, after);
+    check_consistent(after);
+    check_moving(vm, after);
+    unlink(bad);
+    vm_kill(vm);
+}
+
 /* A daemonized QEMU cannot restart itself in place: blocked. */
 static void test_daemonize_blocked(void)
 {
@@ -1166,6 +1238,7 @@ int main(int argc, char **argv)
     add_test("restart/exec-fails", test_exec_fails);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
     add_test("restart/during-migration", test_during_migration);
+    add_test("restart/new-binary-dies", test_new_binary_dies);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("restart/only-registered-fds", test_only_registered_fds);
     return g_test_run();
