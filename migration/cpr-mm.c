@@ -17,18 +17,22 @@
  * ones execve does not close) and waits on a pipe whose write end the new
  * process inherits as "cpr-mm":
  *
+ * - 'r': the new process answered the pending cprsave; keep waiting.
  * - 'k': cprload resumed the guest in the new process (or 'x': the old
- *   process could not execve, or the new process was told to quit).  The
- *   helper exits; the kernel tears the old address space down in it, at
- *   idle priority, after the pause instead of inside it.
- * - end of file without a byte: the new process died before cprload (its
- *   binary is missing a library, crashed, refused its arguments or the
- *   CPR state).  The helper executes the binary of the old address space
- *   (/proc/self/exe still names it, even if the file was replaced) with
+ *   process could not execve).  The helper exits; the kernel tears the
+ *   old address space down in it, at idle priority, after the pause
+ *   instead of inside it.
+ * - end of file: the new process ended before cprload (its binary is
+ *   missing a library, crashed, refused its arguments or the CPR state,
+ *   or was told to quit because cprload refused the state).  The helper
+ *   executes the binary of the old address space (/proc/self/exe still
+ *   names it, even if the file was replaced) with
  *   the same arguments, the same kept descriptors and the same CPR state,
- *   plus CPR_RECOVERY_ENV.  That process comes up paused like any new
- *   one, answers the pending cprsave with an error, and cprload with the
- *   same state file resumes the guest.  Its PID is the helper's.
+ *   plus CPR_RECOVERY_ENV ("2" if the new process had answered the
+ *   pending cprsave, else "1").  That process comes up paused like any new
+ *   one, answers the pending cprsave with an error unless the new process
+ *   had answered it, and cprload with the same state file resumes the
+ *   guest.  Its PID is the helper's.
  *
  * The new process reaps the helper; its pid travels in the CPR state.
  */
@@ -36,11 +40,9 @@
 #include "qemu/osdep.h"
 #include <sched.h>
 #include <sys/syscall.h>
-#include "qemu/notify.h"
 #include "qemu/thread.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
-#include "sysemu/runstate.h"
 #include "migration/cpr.h"
 #include "cpr-internal.h"
 #include "trace.h"
@@ -57,6 +59,7 @@ typedef struct CprMmHelper {
     int nr_close_fds;
     char **argv;
     char **envp;
+    char *recovery;             /* value of CPR_RECOVERY_ENV in envp */
     sigset_t sigmask;           /* QEMU's mask, for the recovery exec */
 } CprMmHelper;
 
@@ -73,6 +76,7 @@ static int cpr_mm_helper(void *opaque)
 {
     CprMmHelper *h = opaque;
     struct sched_param param = { 0 };
+    bool replied = false;
     char c = 0;
     long n;
     int i;
@@ -87,11 +91,21 @@ static int cpr_mm_helper(void *opaque)
 
     /* The teardown must not take CPU time from QEMU. */
     syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &param);
-    do {
+    for (;;) {
         n = syscall(SYS_read, h->wait_fd, &c, 1);
-    } while (n < 0);            /* only EINTR, and signals are blocked */
+        if (n < 0) {
+            continue;           /* only EINTR, and signals are blocked */
+        }
+        if (n == 0 || c != 'r') {
+            break;
+        }
+        replied = true;         /* the new process answered cprsave */
+    }
 
     if (n == 0) {
+        if (replied) {
+            h->recovery[0] = '2';
+        }
         /* The new process is gone without a word: take the VM back. */
         syscall(SYS_close, h->wait_fd);
         syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &param);
@@ -172,6 +186,11 @@ pid_t cpr_mm_start(Error **errp)
     cpr_mm.argv = g_strdupv(cpr_get_argv());
     env = g_environ_setenv(env, CPR_RECOVERY_ENV, "1", true);
     cpr_mm.envp = g_steal_pointer(&env);
+    for (i = 0; cpr_mm.envp[i]; i++) {
+        if (g_str_has_prefix(cpr_mm.envp[i], CPR_RECOVERY_ENV "=")) {
+            cpr_mm.recovery = cpr_mm.envp[i] + strlen(CPR_RECOVERY_ENV "=");
+        }
+    }
     cpr_mm_stack = g_malloc(CPR_MM_STACK_SIZE);
 
     sigfillset(&all);
@@ -216,20 +235,20 @@ void cpr_mm_release(pid_t pid)
 
 void cpr_mm_done(void)
 {
-    int fd = cpr_find_fd(CPR_MM_FD_NAME, 0);
-
-    if (fd >= 0) {
-        cpr_mm_tell(fd, 'k');
+    if (cpr_mm_pipe >= 0) {
+        cpr_mm_tell(cpr_mm_pipe, 'k');
+        cpr_mm_pipe = -1;
     }
 }
 
-/* Quit before cprload: the helper must not take the VM back. */
-static void cpr_mm_shutdown(Notifier *n, void *opaque)
+void cpr_mm_reply_sent(void)
 {
-    int fd = cpr_find_fd(CPR_MM_FD_NAME, 0);
+    char c = 'r';
 
-    if (fd >= 0) {
-        cpr_mm_tell(fd, 'x');
+    if (cpr_mm_pipe >= 0) {
+        while (write(cpr_mm_pipe, &c, 1) < 0 && errno == EINTR) {
+            /* retry */
+        }
     }
 }
 
@@ -246,7 +265,6 @@ static void *cpr_mm_reap_thread(void *opaque)
 
 void cpr_mm_incoming(pid_t pid)
 {
-    static Notifier shutdown = { .notify = cpr_mm_shutdown };
     QemuThread thread;
 
     if (cpr_is_recovery()) {
@@ -254,7 +272,7 @@ void cpr_mm_incoming(pid_t pid)
         cpr_forget_fd(CPR_MM_FD_NAME, 0);
         return;
     }
-    qemu_register_shutdown_notifier(&shutdown);
+    cpr_mm_pipe = cpr_find_fd(CPR_MM_FD_NAME, 0);
     if (pid > 0) {
         qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,
                            (void *)(uintptr_t)pid, QEMU_THREAD_DETACHED);

@@ -55,6 +55,7 @@ static GPtrArray *cpr_incoming;     /* inherited from the previous process */
 static QemuMutex cpr_incoming_lock;
 static bool cpr_incoming_pending;
 static bool cpr_recovery;
+static bool cpr_recovery_reply_sent;
 static pid_t cpr_helper_pid;
 static char **cpr_argv;
 static char *cpr_exec_path;
@@ -171,6 +172,11 @@ bool cpr_is_incoming(void)
 bool cpr_is_recovery(void)
 {
     return cpr_recovery;
+}
+
+bool cpr_recovery_replied(void)
+{
+    return cpr_recovery_reply_sent;
 }
 
 void cpr_forget_fd(const char *name, int id)
@@ -335,6 +341,7 @@ void cpr_init(int argc, char **argv, Error **errp)
     cpr_incoming_pending = true;
     if (getenv(CPR_RECOVERY_ENV)) {
         cpr_recovery = true;
+        cpr_recovery_reply_sent = !strcmp(getenv(CPR_RECOVERY_ENV), "2");
         g_unsetenv(CPR_RECOVERY_ENV);
     }
     cpr_mm_incoming(cpr_helper_pid);

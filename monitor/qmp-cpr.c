@@ -104,7 +104,7 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
     mon->capab[QMP_CAPABILITY_OOB] = !strcmp(caps, "oob") &&
                                      mon->capab_offered[QMP_CAPABILITY_OOB];
     mon->commands = &qmp_commands;
-    if (reply) {
+    if (reply && !cpr_recovery_replied()) {
         rsp = qobject_to(QDict, qobject_from_json(reply, NULL));
         if (rsp && cpr_is_recovery()) {
             /* The restart failed: the old binary took the VM back. */
@@ -119,6 +119,9 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
         }
         if (rsp) {
             qmp_send_response(mon, rsp);
+            if (!cpr_is_recovery()) {
+                cpr_mm_reply_sent();
+            }
         }
         qobject_unref(rsp);
     }

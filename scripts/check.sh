@@ -33,8 +33,16 @@ run_suite() {
     fi
 }
 
+# In a session of its own: a QEMU left behind by a failed case (one that
+# took a VM back is not the test's child) is killed with the session and
+# cannot hold the output open.
 cpr_test() {
-    CPR_TEST_ACCEL=$accels timeout 1800 "$build/cpr-test" --tap -k
+    local log=$build/cpr-test.log pgid=$build/cpr-test.pgid rc=0
+    CPR_TEST_ACCEL=$accels setsid bash -c 'echo $$ >"$0"; exec "$@"' \
+        "$pgid" timeout 1800 "$build/cpr-test" --tap -k >"$log" 2>&1 || rc=$?
+    kill -KILL -- "-$(cat "$pgid")" 2>/dev/null || true
+    cat "$log"
+    return $rc
 }
 
 # QEMU coding style on our C files and on every patch.

@@ -19,6 +19,15 @@ bool cpr_is_recovery(void)
     return false;
 }
 
+bool cpr_recovery_replied(void)
+{
+    return false;
+}
+
+void cpr_mm_reply_sent(void)
+{
+}
+
 void cpr_save_fd(const char *name, int id, int fd)
 {
 }

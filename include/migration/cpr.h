@@ -42,6 +42,12 @@ bool cpr_is_incoming(void);
  */
 bool cpr_is_recovery(void);
 
+/* True if the new process had already answered cprsave before it died */
+bool cpr_recovery_replied(void);
+
+/* The new process has sent the reply to the pending cprsave. */
+void cpr_mm_reply_sent(void);
+
 /* Keep @fd open across the next execve under @name and @id. */
 void cpr_save_fd(const char *name, int id, int fd);
 

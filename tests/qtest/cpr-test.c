@@ -792,8 +792,25 @@ static void test_during_migration(void)
     vm_kill(vm);
 }
 
+/* Write a copy of @src to @dst changed by @how. */
+static void write_bad_copy(const char *src, const char *dst, const char *how)
+{
+    g_autofree char *data = NULL;
+    gsize len;
+
+    g_assert(g_file_get_contents(src, &data, &len, NULL));
+    if (!strcmp(how, "truncated")) {
+        len /= 2;
+    } else if (!strcmp(how, "corrupt")) {
+        data[len / 2] ^= 0x55;
+    } else {
+        memcpy(data, "NOTCPR!!", 8);
+    }
+    g_assert(g_file_set_contents(dst, data, len, NULL));
+}
+
 /* The process other than @not whose arguments mention @vm's QMP socket */
-static pid_t find_qemu(CprVm *vm, pid_t not)
+static pid_t find_qemu_once(CprVm *vm, pid_t not)
 {
     g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
     const char *name;
@@ -815,6 +832,19 @@ static pid_t find_qemu(CprVm *vm, pid_t not)
         }
     }
     return -1;
+}
+
+/* Wait for the process that took the VM back (it may be in execve) */
+static pid_t find_qemu(CprVm *vm, pid_t not)
+{
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+    pid_t pid;
+
+    while ((pid = find_qemu_once(vm, not)) < 0) {
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(10 * 1000);
+    }
+    return pid;
 }
 
 /*
@@ -859,6 +889,45 @@ static void test_new_binary_dies(void)
     after = vm_counters(vm);
     check_not_behind(before, after);
     check_consistent(after);
+    check_moving(vm, after);
+    unlink(bad);
+    vm_kill(vm);
+}
+
+/*
+ * The new binary runs but refuses the state (here: cprload of a corrupt
+ * file); quitting it before cprload hands the VM back to the old binary,
+ * on the same QMP connection, without a second reply to cprsave.
+ */
+static void test_back_out(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *bad = g_build_filename(vm->dir, "bad.cpr", NULL);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *err = NULL;
+    pid_t old = vm->pid;
+    int status;
+
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    write_bad_copy(vm->state_path, bad, "corrupt");
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", bad));
+    g_assert(strstr(err, "is corrupt"));
+
+    qobject_unref(vm_ok(vm, "{'execute': 'quit'}"));
+    g_assert(waitpid(old, &status, 0) == old);
+    vm->pid = find_qemu(vm, old);
+    g_assert_cmpint(vm->pid, >, 0);
+    g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+    vm_cprload(vm, vm->state_path);
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    after = vm_counters(vm);
+    g_assert(!memcmp(before, after, COUNTER_PAGES * sizeof(uint64_t)));
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
     check_moving(vm, after);
     unlink(bad);
     vm_kill(vm);
@@ -942,23 +1011,6 @@ static void test_exec_fails(void)
     check_moving(vm, after);
     unlink(bad);
     vm_kill(vm);
-}
-
-/* Write a copy of @src to @dst changed by @how. */
-static void write_bad_copy(const char *src, const char *dst, const char *how)
-{
-    g_autofree char *data = NULL;
-    gsize len;
-
-    g_assert(g_file_get_contents(src, &data, &len, NULL));
-    if (!strcmp(how, "truncated")) {
-        len /= 2;
-    } else if (!strcmp(how, "corrupt")) {
-        data[len / 2] ^= 0x55;
-    } else {
-        memcpy(data, "NOTCPR!!", 8);
-    }
-    g_assert(g_file_set_contents(dst, data, len, NULL));
 }
 
 static void test_bad_files(void)
@@ -1239,6 +1291,7 @@ int main(int argc, char **argv)
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
     add_test("restart/during-migration", test_during_migration);
     add_test("restart/new-binary-dies", test_new_binary_dies);
+    add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("restart/only-registered-fds", test_only_registered_fds);
     return g_test_run();
