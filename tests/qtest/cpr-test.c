@@ -848,6 +848,21 @@ static pid_t find_qemu(CprVm *vm, pid_t not)
 }
 
 /*
+ * The process we started (@vm->pid) has ended; follow the VM to the old
+ * binary that took it back.  Returns the wait status of the ended one.
+ */
+static int vm_follow_taken_back(CprVm *vm)
+{
+    pid_t old = vm->pid;
+    int status;
+
+    g_assert(waitpid(old, &status, 0) == old);
+    vm->pid = find_qemu(vm, old);
+    g_assert_cmpint(vm->pid, >, 0);
+    return status;
+}
+
+/*
  * The new binary dies before cprload (here: it kills itself at once).
  * The helper holding the old address space executes the old binary with
  * the kept RAM, sockets and state: the VM is back, under the helper's
@@ -875,10 +890,9 @@ static void test_new_binary_dies(void)
                           " {'file': %s, 'mode': 'restart', 'binary': %s},"
                           " 'id': 'save'}", vm->state_path, bad));
     g_assert(strstr(err, "the new QEMU did not come up"));
-    g_assert(waitpid(old, &status, 0) == old);
+    status = vm_follow_taken_back(vm);
     g_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    vm->pid = find_qemu(vm, old);
-    g_assert_cmpint(vm->pid, >, 0);
+    g_assert_cmpint(vm->pid, !=, old);
 
     info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
     g_assert(qdict_get_bool(info, "load-pending"));
@@ -907,7 +921,6 @@ static void test_back_out(void)
     g_autofree uint64_t *before = NULL, *after = NULL;
     g_autofree char *err = NULL;
     pid_t old = vm->pid;
-    int status;
 
     vm_wait_passes(vm, 2);
     qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
@@ -919,9 +932,8 @@ static void test_back_out(void)
     g_assert(strstr(err, "is corrupt"));
 
     qobject_unref(vm_ok(vm, "{'execute': 'quit'}"));
-    g_assert(waitpid(old, &status, 0) == old);
-    vm->pid = find_qemu(vm, old);
-    g_assert_cmpint(vm->pid, >, 0);
+    vm_follow_taken_back(vm);
+    g_assert_cmpint(vm->pid, !=, old);
     g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
     vm_cprload(vm, vm->state_path);
     g_assert_cmpstr(vm_status(vm), ==, "paused");
