@@ -53,6 +53,8 @@ void cpr_mm_incoming(pid_t pid);
 
 /* cpr-state.c */
 void cpr_state_set_helper(pid_t pid);
+/* After cpr_state_exec_prepare(): the descriptors execve will close */
+GArray *cpr_state_exec_closing_fds(void);
 void cpr_forget_fd(const char *name, int id);
 
 /* cpr.c */

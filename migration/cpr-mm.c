@@ -117,24 +117,6 @@ static int cpr_mm_helper(void *opaque)
     return 0;
 }
 
-/* The close-on-exec descriptors of this process */
-static GArray *cpr_mm_cloexec_fds(void)
-{
-    g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, NULL);
-    GArray *fds = g_array_new(false, false, sizeof(int));
-    const char *name;
-
-    while (dir && (name = g_dir_read_name(dir))) {
-        int fd = atoi(name);
-        int flags = fcntl(fd, F_GETFD);
-
-        if (flags >= 0 && (flags & FD_CLOEXEC)) {
-            g_array_append_val(fds, fd);
-        }
-    }
-    return fds;
-}
-
 static void cpr_mm_free(void)
 {
     g_clear_pointer(&cpr_mm.close_fds, g_free);
@@ -159,7 +141,7 @@ bool cpr_mm_prepare(Error **errp)
 
 pid_t cpr_mm_start(Error **errp)
 {
-    g_autoptr(GArray) close_fds = cpr_mm_cloexec_fds();
+    GArray *close_fds = cpr_state_exec_closing_fds();
     g_auto(GStrv) env = g_get_environ();
     int ready[2];
     sigset_t all;

@@ -62,6 +62,7 @@ static char *cpr_exec_path;
 
 static int cpr_state_fd = -1;       /* while an execve is being attempted */
 static GArray *cpr_changed_flags;
+static GArray *cpr_closing_fds;     /* what the next execve closes */
 
 static void cpr_fd_free(gpointer p)
 {
@@ -412,6 +413,7 @@ static bool cpr_fds_set_cloexec(Error **errp)
     g_autoptr(GDir) dir = g_dir_open("/proc/self/fd", 0, &gerr);
     g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
     const char *name;
+    bool kept;
     guint i;
 
     if (!dir) {
@@ -434,11 +436,20 @@ static bool cpr_fds_set_cloexec(Error **errp)
         if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
             continue;           /* the listing's own descriptor */
         }
-        if (!cpr_fd_set_cloexec(fd, !cpr_fd_is_registered(fd), errp)) {
+        kept = cpr_fd_is_registered(fd);
+        if (!kept) {
+            g_array_append_val(cpr_closing_fds, fd);
+        }
+        if (!cpr_fd_set_cloexec(fd, !kept, errp)) {
             return false;
         }
     }
     return true;
+}
+
+GArray *cpr_state_exec_closing_fds(void)
+{
+    return cpr_closing_fds;
 }
 
 bool cpr_state_exec_prepare(Error **errp)
@@ -448,6 +459,7 @@ bool cpr_state_exec_prepare(Error **errp)
 
     assert(cpr_state_fd < 0);
     cpr_changed_flags = g_array_new(false, false, sizeof(CprFdFlags));
+    cpr_closing_fds = g_array_new(false, false, sizeof(int));
 
     cpr_state_fd = qemu_memfd_create("qemu-cpr-state", buf->len, false, 0, 0,
                                      errp);
@@ -496,6 +508,10 @@ void cpr_state_exec_abort(void)
     if (cpr_changed_flags) {
         g_array_free(cpr_changed_flags, true);
         cpr_changed_flags = NULL;
+    }
+    if (cpr_closing_fds) {
+        g_array_free(cpr_closing_fds, true);
+        cpr_closing_fds = NULL;
     }
     if (cpr_state_fd >= 0) {
         close(cpr_state_fd);
