@@ -4,7 +4,9 @@
 GUEST_IMG := build/guest/cpr-guest.img
 QEMU      := build/qemu-system-x86_64
 
-.PHONY: all deps build guest demo check bench clean
+LINUX_GUEST := build/guest/linux/stamp
+
+.PHONY: all deps build build-b guest linux-guest demo check bench clean
 
 all: build
 
@@ -14,7 +16,13 @@ deps:
 build: deps
 	bash scripts/build.sh
 
+build-b: build
+	bash scripts/build.sh b
+
 guest: deps $(GUEST_IMG)
+
+linux-guest: deps
+	bash scripts/linux-guest.sh
 
 $(GUEST_IMG): tests/guest/cpr-guest.S | deps
 	@mkdir -p $(@D)
@@ -27,11 +35,11 @@ $(GUEST_IMG): tests/guest/cpr-guest.S | deps
 demo: build guest
 	bash scripts/demo.sh
 
-check: build guest
+check: build build-b guest linux-guest
 	bash scripts/check.sh
 
 bench: build guest
 	bash bench/blackout.sh
 
 clean:
-	rm -rf build/obj build/src build/guest
+	rm -rf build/obj build/obj-b build/src build/guest

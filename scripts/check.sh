@@ -16,7 +16,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test style)
+suites=(cpr_test linux_e2e style)
 n=0
 failed=0
 
@@ -40,6 +40,18 @@ cpr_test() {
     local log=$build/cpr-test.log pgid=$build/cpr-test.pgid rc=0
     CPR_TEST_ACCEL=$accels setsid bash -c 'echo $$ >"$0"; exec "$@"' \
         "$pgid" timeout 1800 "$build/cpr-test" --tap -k >"$log" 2>&1 || rc=$?
+    kill -KILL -- "-$(cat "$pgid")" 2>/dev/null || true
+    cat "$log"
+    return $rc
+}
+
+# The Linux guest through live updates, cross-version updates, recoveries
+# and the soak (tests/e2e/linux-update.py), in a session of its own too.
+linux_e2e() {
+    local log=$build/linux-e2e.log pgid=$build/linux-e2e.pgid rc=0
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pgid" \
+        timeout 1800 python3 "$top/tests/e2e/linux-update.py" >"$log" 2>&1 ||
+        rc=$?
     kill -KILL -- "-$(cat "$pgid")" 2>/dev/null || true
     cat "$log"
     return $rc

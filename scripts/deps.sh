@@ -64,6 +64,6 @@ apt-get install -y -qq --no-install-recommends \
     libattr1-dev libaio-dev liburing-dev libzstd-dev libslirp-dev \
     flex bison quilt patch rsync perl \
     seabios ipxe-qemu qemu-system-data \
-    binutils socat iproute2 procps \
+    binutils socat iproute2 procps cpio kmod gzip \
     >/dev/null
 echo "$want" >"$stamp"

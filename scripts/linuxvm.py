@@ -1,0 +1,382 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The Linux test guest (scripts/linux-guest.sh) under QEMU, watched from
+the host: its heartbeat on a unix-socket serial port, its status lines on a
+pty serial port, its TCP stream to a peer on the tap network, and its two
+disks (raw and qcow2).  Shared by tests/e2e and bench/.
+
+Run inside a network namespace of its own (see in_netns()): the tap device
+and the peer address live there."""
+
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import cprlib
+
+TOP = cprlib.TOP
+GUEST_DIR = os.path.join(TOP, "build", "guest", "linux")
+QEMU_IMG = os.path.join(TOP, "build", "qemu-img")
+PEER_IP = "10.0.2.1"
+GUEST_IP = "10.0.2.15"
+PEER_PORT = 5000
+NET_REC = 64
+SECTOR = 512
+REC_MAGIC = 0x4345524450524351
+DISK_MB = 16
+
+
+def in_netns(name):
+    """Re-run this script in a new network namespace unless it already
+    runs in one; the namespace goes when the script ends."""
+    if os.environ.get("CPR_NETNS"):
+        return
+    ns = "%s-%d" % (name, os.getpid())
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        env = dict(os.environ, CPR_NETNS=ns)
+        rc = subprocess.call(["ip", "netns", "exec", ns, sys.executable]
+                             + sys.argv, env=env)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+    sys.exit(rc)
+
+
+class Watch:
+    """What the host sees of the guest.  Every problem lands in errors."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.errors = []
+        self.hb = -1            # last heartbeat sequence number
+        self.hb_time = None     # host time it arrived
+        self.gaps = []          # (host time, gap in s) between heartbeats
+        self.status = {}        # last "S" line from ttyS0, parsed
+        self.pty_status = {}    # last "S" line from ttyS1, parsed
+        self.net = 0            # TCP records received in order
+        self.net_conns = 0
+        self.poweroff = False
+
+    def error(self, msg):
+        with self.lock:
+            self.errors.append(msg)
+
+    @staticmethod
+    def parse_status(line):
+        fields = line.split()
+        st = {"seq": int(fields[1])}
+        for f in fields[2:]:
+            k, v = f.split("=")
+            st[k] = int(v)
+        return st
+
+    def on_serial(self, line):
+        now = time.monotonic()
+        if line.startswith("H "):
+            seq = int(line[2:])
+            with self.lock:
+                if self.hb >= 0 and seq != self.hb + 1:
+                    self.errors.append("heartbeat %d after %d" %
+                                       (seq, self.hb))
+                if self.hb_time is not None:
+                    self.gaps.append((now, now - self.hb_time))
+                self.hb, self.hb_time = seq, now
+        elif line.startswith("S "):
+            st = self.parse_status(line)
+            with self.lock:
+                old = self.status
+                if old and st["up"] <= old["up"]:
+                    self.errors.append("guest uptime went from %d to %d ms" %
+                                       (old["up"], st["up"]))
+                if st["err"]:
+                    self.errors.append("guest reports %d errors" % st["err"])
+                self.status = st
+        elif line.startswith("E "):
+            self.error("guest: " + line[2:])
+        elif line.startswith("P "):
+            self.poweroff = True
+
+    def on_pty(self, line):
+        if not line.startswith("S "):
+            return
+        st = self.parse_status(line)
+        with self.lock:
+            old = self.pty_status
+            if old and st["seq"] != old["seq"] + 1000:
+                self.errors.append("pty status %d after %d" %
+                                   (st["seq"], old["seq"]))
+            self.pty_status = st
+
+    def max_gap(self, since, until=None):
+        with self.lock:
+            return max([g for t, g in self.gaps
+                        if t >= since and (until is None or t - g <= until)],
+                       default=0.0)
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.status, hb=self.hb, net_host=self.net,
+                        errors=list(self.errors))
+
+
+def _read_lines(f, handler, watch, what):
+    buf = b""
+    while True:
+        try:
+            data = f.read(65536) if hasattr(f, "read") else f.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            return
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            try:
+                handler(line.decode(errors="replace").rstrip("\r"))
+            except (ValueError, IndexError):
+                watch.error("%s: bad line %r" % (what, line))
+
+
+def _net_peer(lsock, watch):
+    while True:
+        try:
+            conn, _ = lsock.accept()
+        except OSError:
+            return
+        with watch.lock:
+            watch.net_conns += 1
+            if watch.net_conns > 1:
+                watch.errors.append("guest opened TCP connection %d" %
+                                    watch.net_conns)
+        buf = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                if not watch.poweroff:
+                    watch.error("guest TCP connection closed after %d "
+                                "records" % watch.net)
+                break
+            buf += data
+            n = len(buf) // NET_REC
+            with watch.lock:
+                for i in range(n):
+                    seq = struct.unpack_from("<Q", buf, i * NET_REC)[0]
+                    if seq != watch.net:
+                        watch.errors.append("TCP record %d, expected %d" %
+                                            (seq, watch.net))
+                    watch.net = seq + 1
+            buf = buf[n * NET_REC:]
+        conn.close()
+
+
+def check_disk(path, fmt, written, slack=5000):
+    """Every record the guest reported as written must be on the image:
+    record r goes to sector r % nsect, so sector s holds the newest record
+    r with r % nsect == s; the guest may have written up to slack records
+    after its last report."""
+    raw = path
+    if fmt != "raw":
+        raw = path + ".raw"
+        subprocess.run([QEMU_IMG, "convert", "-f", fmt, "-O", "raw", path,
+                        raw], check=True)
+    with open(raw, "rb") as f:
+        data = f.read()
+    if raw != path:
+        os.unlink(raw)
+    nsect = len(data) // SECTOR
+    problems = []
+    for s in range(min(nsect, written)):
+        want = s + (written - 1 - s) // nsect * nsect
+        magic, seq, sector = struct.unpack_from("<QQQ", data, s * SECTOR)
+        if (magic != REC_MAGIC or sector != s or seq % nsect != s or
+                not want <= seq < written + slack):
+            problems.append("sector %d: magic %x seq %d, expected %d" %
+                            (s, magic, seq, want))
+        else:
+            body = bytes((seq * 31 + i) & 0xff for i in range(24, SECTOR))
+            if data[s * SECTOR + 24:(s + 1) * SECTOR] != body:
+                problems.append("sector %d: record %d body differs" %
+                                (s, seq))
+        if len(problems) > 5:
+            break
+    return problems
+
+
+class LinuxVm:
+    """QEMU running the Linux test guest with tap networking, a raw and a
+    qcow2 virtio disk, the heartbeat on a unix-socket serial port and status
+    lines on a pty serial port.  Started paused; start() connects the
+    watchers and resumes."""
+
+    def __init__(self, binary=cprlib.QEMU, mem_mb=1024, accel="tcg",
+                 guest_mem_mb=64, extra=(), tap="cprtap0", peer=True):
+        self.dir = tempfile.mkdtemp(prefix="cpr-linux-",
+                                    dir=os.path.join(TOP, "build"))
+        self.qmp_path = os.path.join(self.dir, "qmp.sock")
+        self.serial_path = os.path.join(self.dir, "serial0.sock")
+        self.state = os.path.join(self.dir, "vm.cpr")
+        self.raw = os.path.join(self.dir, "disk.raw")
+        self.qcow2 = os.path.join(self.dir, "disk.qcow2")
+        self.tap = tap
+        self.watch = Watch()
+        for path, fmt in ((self.raw, "raw"), (self.qcow2, "qcow2")):
+            subprocess.run([QEMU_IMG, "create", "-q", "-f", fmt, path,
+                            "%dM" % DISK_MB], check=True)
+        append = ("console=ttyS0 loglevel=1 cpr.mem=%d cpr.ip=%s/24" %
+                  (guest_mem_mb, GUEST_IP))
+        self.lsock = None
+        if peer:
+            append += " cpr.peer=%s:%d" % (PEER_IP, PEER_PORT)
+        self.args = [
+            binary, "-machine", "q35,memfd-alloc=on", "-accel", accel,
+            "-m", str(mem_mb), "-display", "none", "-S",
+            "-kernel", os.path.join(GUEST_DIR, "vmlinuz"),
+            "-initrd", os.path.join(GUEST_DIR, "initrd.img"),
+            "-append", append,
+            "-chardev", "socket,id=ser0,path=%s,server=on,wait=off" %
+            self.serial_path,
+            "-serial", "chardev:ser0",
+            "-chardev", "pty,id=ser1", "-serial", "chardev:ser1",
+            "-netdev", "tap,id=net0,ifname=%s,script=no,downscript=no" % tap,
+            "-device", "virtio-net-pci,netdev=net0",
+            "-blockdev", "file,node-name=f0,filename=%s" % self.raw,
+            "-blockdev", "raw,node-name=d0,file=f0",
+            "-device", "virtio-blk-pci,drive=d0",
+            "-blockdev", "file,node-name=f1,filename=%s" % self.qcow2,
+            "-blockdev", "qcow2,node-name=d1,file=f1",
+            "-device", "virtio-blk-pci,drive=d1",
+            "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
+        ] + list(extra)
+        self.proc = subprocess.Popen(self.args)
+        self.pid = self.proc.pid
+        self.qmp = cprlib.Qmp(self.qmp_path, self.proc)
+        if peer:
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+            subprocess.run(["ip", "addr", "add", "%s/24" % PEER_IP, "dev",
+                            tap], check=True)
+            subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+            self.lsock = socket.socket()
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.lsock.bind((PEER_IP, PEER_PORT))
+            self.lsock.listen(1)
+            threading.Thread(target=_net_peer, args=(self.lsock, self.watch),
+                             daemon=True).start()
+        self.serial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.serial.connect(self.serial_path)
+        threading.Thread(target=_read_lines, daemon=True,
+                         args=(self.serial, self.watch.on_serial,
+                               self.watch, "ttyS0")).start()
+        pty = None
+        for c in self.qmp.cmd("query-chardev"):
+            if c["label"] == "ser1":
+                pty = c["filename"].split(":", 1)[1]
+        self.pty_path = pty
+        self.pty = open(os.open(pty, os.O_RDONLY | os.O_NOCTTY), "rb",
+                        buffering=0)
+        subprocess.run(["stty", "-F", pty, "raw", "-echo"], check=True)
+        threading.Thread(target=_read_lines, daemon=True,
+                         args=(self.pty, self.watch.on_pty, self.watch,
+                               "ttyS1")).start()
+
+    def start(self, timeout=120):
+        """Resume and wait until every part of the workload makes
+        progress."""
+        self.qmp.cmd("cont")
+        self.wait_progress(timeout)
+
+    def wait_progress(self, timeout=60, parts=("mem", "vda", "vdb")):
+        """Wait until the guest's heartbeat, memory, disk and network
+        counters and the host's view all move past where they are now."""
+        base = self.watch.snapshot()
+        deadline = time.monotonic() + timeout
+        while True:
+            cur = self.watch.snapshot()
+            moved = (cur["hb"] > base["hb"] + 1100 and
+                     all(cur.get(p, 0) > base.get(p, 0) for p in parts) and
+                     (self.lsock is None or cur["net_host"] > base["net_host"])
+                     and self.watch.pty_status.get("seq", -1) >
+                     base.get("seq", -1))
+            if moved:
+                return cur
+            if not self.alive():
+                raise cprlib.QmpError("the QEMU process %d is gone" %
+                                      self.pid)
+            if time.monotonic() > deadline:
+                raise cprlib.QmpError("guest made no progress: %s -> %s" %
+                                      (base, cur))
+            time.sleep(0.05)
+
+    def update(self, binary=None):
+        """Live update; returns (QMP pause, largest heartbeat gap seen by
+        the host around it) in seconds."""
+        t0 = time.monotonic()
+        pause = cprlib.cpr_update(self, binary)
+        self.wait_progress()
+        return pause, self.watch.max_gap(t0)
+
+    def alive(self):
+        if self.pid == self.proc.pid:
+            return self.proc.poll() is None
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except OSError:
+            return False
+
+    def fd_count(self):
+        return len(os.listdir("/proc/%d/fd" % self.pid))
+
+    def rss_kb(self):
+        """(RssAnon, VmRSS) of the QEMU process in KiB."""
+        vals = {}
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                m = re.match(r"(RssAnon|VmRSS):\s+(\d+)", line)
+                if m:
+                    vals[m.group(1)] = int(m.group(2))
+        return vals["RssAnon"], vals["VmRSS"]
+
+    def powerdown(self, timeout=60):
+        """ACPI power button; the workload powers the guest off and QEMU
+        exits."""
+        self.qmp.cmd("system_powerdown")
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise cprlib.QmpError("guest did not power off")
+            time.sleep(0.05)
+
+    def check_disks(self):
+        st = self.watch.snapshot()
+        return (check_disk(self.raw, "raw", st.get("vda", 0)) +
+                check_disk(self.qcow2, "qcow2", st.get("vdb", 0)))
+
+    def kill(self):
+        self.qmp.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        # A VM taken back by the helper after a failed update is not our
+        # child: find it by the directory in its command line.
+        for pid in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    if self.dir.encode() in f.read():
+                        os.kill(int(pid), 9)
+            except (OSError, ValueError):
+                pass
+        for sock in (self.serial, self.lsock):
+            if sock:
+                sock.close()
+        self.pty.close()
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)

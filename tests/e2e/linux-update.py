@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Live update of a running Linux guest (build/guest/linux) with tap
+networking, raw and qcow2 virtio disks, a unix-socket and a pty serial
+console and a QMP client that stays connected.  One guest goes through
+every case in order; the host checks heartbeats, TCP records and status
+lines all along and the disk images at the end.  Prints TAP.
+
+Needs root (network namespace, tap).  Environment: CPR_TEST_ACCEL (tcg),
+CPR_SOAK (number of updates in the soak, 50)."""
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "scripts"))
+import cprlib  # noqa: E402
+import linuxvm  # noqa: E402
+
+QEMU_A = cprlib.QEMU
+QEMU_B = os.path.join(cprlib.TOP, "build", "qemu-system-x86_64-b")
+RNG = "virtio-rng-pci,id=rng0"
+
+vm = None
+results = []
+seen_errors = 0
+
+
+def diag(msg):
+    print("# " + msg, flush=True)
+
+
+def new_errors():
+    global seen_errors
+    errs = vm.watch.snapshot()["errors"]
+    fresh = errs[seen_errors:]
+    seen_errors = len(errs)
+    return fresh
+
+
+def case(fn):
+    results.append(fn)
+    return fn
+
+
+def run():
+    print("TAP version 14")
+    print("1..%d" % len(results), flush=True)
+    failed = 0
+    for i, fn in enumerate(results, 1):
+        name = fn.__name__.replace("_", "-")
+        try:
+            fn()
+            errs = new_errors() if vm else []
+            if errs:
+                raise AssertionError("; ".join(errs[:5]))
+            print("ok %d - %s" % (i, name), flush=True)
+        except Exception as e:  # report and go on with the next case
+            failed += 1
+            print("not ok %d - %s" % (i, name))
+            for line in str(e).splitlines() or [type(e).__name__]:
+                diag(line)
+            sys.stdout.flush()
+    return failed
+
+
+def version():
+    return vm.qmp.cmd("query-version")["package"]
+
+
+def script(name, text):
+    path = os.path.join(vm.dir, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o700)
+    return path
+
+
+def find_vm_pid():
+    """The PID that runs the VM now (after a take-back it is the helper's)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == QEMU_A.encode() and vm.dir.encode() in b" ".join(argv):
+            return int(pid)
+    raise AssertionError("no QEMU runs the VM")
+
+
+def check_running_after(what, pid):
+    st = vm.qmp.cmd("query-status")["status"]
+    assert st == "running", "%s: VM is %s" % (what, st)
+    assert find_vm_pid() == pid, "%s: VM PID changed" % what
+
+
+@case
+def boot():
+    global vm
+    vm = linuxvm.LinuxVm(accel=os.environ.get("CPR_TEST_ACCEL", "tcg"),
+                         extra=["-device", RNG])
+    vm.start()
+    st = vm.watch.snapshot()
+    diag("guest up %d ms, heartbeat %d, mem passes %d, net %d, vda %d, "
+         "vdb %d" % (st["up"], st["hb"], st["mem"], st["net_host"],
+                     st["vda"], st["vdb"]))
+
+
+@case
+def update_keeps_everything():
+    pci = vm.qmp.cmd("query-pci")
+    before = vm.watch.snapshot()
+    pause, gap = vm.update()
+    after = vm.wait_progress()
+    assert find_vm_pid() == vm.pid, "PID changed"
+    assert vm.qmp.cmd("query-pci") == pci, "PCI devices differ"
+    assert after["up"] > before["up"], "uptime did not grow"
+    assert vm.watch.net_conns == 1, "TCP connection was reopened"
+    diag("pause %.1f ms (QMP STOP->RESUME), largest heartbeat gap at the "
+         "host %.1f ms" % (pause * 1e3, gap * 1e3))
+
+
+@case
+def cross_version_a_b_a():
+    a = version()
+    st0 = vm.watch.snapshot()
+    pause_b, _ = vm.update(QEMU_B)
+    b = version()
+    assert b != a, "build B reports the same version %r" % a
+    pause_a, _ = vm.update(QEMU_A)
+    assert version() == a, "back on A but version is %r" % version()
+    st1 = vm.wait_progress()
+    assert st1["up"] > st0["up"] and st1["hb"] > st0["hb"]
+    diag("%r -> %r -> %r: pauses %.1f, %.1f ms" %
+         (a, b, version(), pause_b * 1e3, pause_a * 1e3))
+
+
+@case
+def missing_binary_resumes():
+    try:
+        vm.qmp.cmd("cprsave", file=vm.state, mode="restart",
+                    binary=os.path.join(vm.dir, "no-such-qemu"))
+        raise AssertionError("cprsave with a missing binary succeeded")
+    except cprlib.QmpError as e:
+        diag(str(e))
+    check_running_after("missing binary", vm.pid)
+    vm.wait_progress()
+
+
+@case
+def binary_crashes_on_startup():
+    crash = script("crash.sh", "#!/bin/sh\nkill -KILL $$\n")
+    try:
+        vm.qmp.cmd("cprsave", file=vm.state, mode="restart", binary=crash)
+        raise AssertionError("cprsave to a crashing binary succeeded")
+    except cprlib.QmpError as e:
+        diag(str(e))
+    assert vm.qmp.cmd("query-status")["status"] != "running"
+    vm.qmp.cmd("cprload", file=vm.state)
+    vm.pid = find_vm_pid()
+    check_running_after("crash recovery", vm.pid)
+    vm.wait_progress()
+
+
+@case
+def new_binary_refuses_state():
+    # An "incompatible build": the same QEMU without one of the devices.
+    drop = script("drop-rng.sh", """#!/bin/bash
+args=()
+for a in "$@"; do
+    if [ "$a" = "%s" ]; then
+        unset 'args[-1]'
+        continue
+    fi
+    args+=("$a")
+done
+exec %s "${args[@]}"
+""" % (RNG, QEMU_A))
+    vm.qmp.cmd("cprsave", file=vm.state, mode="restart", binary=drop)
+    try:
+        vm.qmp.cmd("cprload", file=vm.state)
+        raise AssertionError("the build without virtio-rng took the state")
+    except cprlib.QmpError as e:
+        diag(str(e))
+    # The operator backs out: quitting hands the VM to the old binary.
+    vm.qmp.cmd("quit")
+    vm.qmp.cmd("cprload", file=vm.state)
+    vm.pid = find_vm_pid()
+    check_running_after("back-out", vm.pid)
+    devs = [d["qdev_id"] for b in vm.qmp.cmd("query-pci")
+            for d in b["devices"]]
+    assert "rng0" in devs, "the old configuration did not come back"
+    vm.wait_progress()
+
+
+def wait_migration(states, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = vm.qmp.cmd("query-migrate").get("status")
+        if st in states or time.monotonic() > deadline:
+            return st
+        time.sleep(0.05)
+
+
+@case
+def refused_during_migration():
+    vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 20})
+    vm.qmp.cmd("migrate", uri="exec:cat >/dev/null")
+    st = wait_migration(("active", "failed", "completed"))
+    assert st == "active", "migration is %s" % st
+    try:
+        vm.qmp.cmd("cprsave", file=vm.state, mode="restart")
+        raise AssertionError("cprsave during a migration succeeded")
+    except cprlib.QmpError as e:
+        diag(str(e))
+    st = vm.qmp.cmd("query-migrate")["status"]
+    assert st == "active", "migration is %s after cprsave" % st
+    vm.qmp.cmd("migrate_cancel")
+    st = wait_migration(("cancelled", "failed", "completed"))
+    assert st == "cancelled", "migration is %s after migrate_cancel" % st
+    vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 128 << 20})
+    check_running_after("refused cprsave", vm.pid)
+    vm.wait_progress()
+
+
+@case
+def soak():
+    n = int(os.environ.get("CPR_SOAK", "50"))
+    pauses, gaps, fds, anon, rss = [], [], [], [], []
+    hb0 = vm.watch.snapshot()["hb"]
+    for i in range(n):
+        pause, gap = vm.update(QEMU_B if i % 2 == 0 else QEMU_A)
+        pauses.append(pause * 1e3)
+        gaps.append(gap * 1e3)
+        fds.append(vm.fd_count())
+        a, r = vm.rss_kb()
+        anon.append(a)
+        rss.append(r)
+        errs = vm.watch.snapshot()["errors"][seen_errors:]
+        assert not errs, "update %d: %s" % (i + 1, "; ".join(errs[:5]))
+    st = vm.watch.snapshot()
+    diag("%d updates (A<->B), %d heartbeats in order, none lost or repeated"
+         % (n, st["hb"] - hb0))
+    diag("pause ms: median %.1f, max %.1f; host heartbeat gap ms: median "
+         "%.1f, max %.1f" % (statistics.median(pauses), max(pauses),
+                             statistics.median(gaps), max(gaps)))
+    diag("open fds per update: %s" % sorted(set(fds)))
+    diag("RssAnon KiB first/last/max: %d/%d/%d; VmRSS KiB first/last: %d/%d"
+         % (anon[0], anon[-1], max(anon), rss[0], rss[-1]))
+    assert len(set(fds)) == 1, "open fd count changed: %s" % fds
+    # The heap settles after a few updates; after that it must stay flat.
+    settled = anon[min(5, n - 1)]
+    assert max(anon[min(5, n - 1):]) - settled < 4096, \
+        "RssAnon grows: %s" % anon
+
+
+@case
+def powerdown_and_disks_intact():
+    st = vm.wait_progress()
+    vm.powerdown()
+    assert vm.watch.poweroff, "guest did not see the power button"
+    problems = vm.check_disks()
+    assert not problems, "; ".join(problems)
+    diag("raw: %d records, qcow2: %d records checked on the images" %
+         (st["vda"], st["vdb"]))
+
+
+if __name__ == "__main__":
+    linuxvm.in_netns("cpr-e2e")
+    try:
+        failed = run()
+    finally:
+        if vm:
+            vm.kill()
+    sys.exit(1 if failed else 0)

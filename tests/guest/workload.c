@@ -1,0 +1,406 @@
+/*
+ * Workload of the Linux test guest: the init program of the initramfs built
+ * by scripts/linux-guest.sh.  It keeps every part of the VM busy so that a
+ * live update that loses or repeats anything is seen from the host:
+ *
+ *  - heartbeat: "H <seq>" on /dev/ttyS0 every millisecond, and once a second
+ *    a status line "S <seq> up=<ms> mem=<passes> net=<records>
+ *    vda=<records> vdb=<records> err=<errors>" on ttyS0 and on /dev/ttyS1;
+ *  - memory: fills a region with a pattern that depends on the pass and
+ *    verifies it before the next pass;
+ *  - network: one TCP connection to the host peer carrying numbered 64-byte
+ *    records;
+ *  - disks: numbered 512-byte records written round-robin to each virtio
+ *    disk with O_DIRECT, read back at once, and older records re-read;
+ *  - power button: ACPI power button press powers the guest off, so that
+ *    "virsh shutdown" works.
+ *
+ * Parameters come from the kernel command line: cpr.mem=<MiB>,
+ * cpr.peer=<ipv4>:<port>.  Errors are printed as "E <text>" lines.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/input.h>
+#include <linux/reboot.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/reboot.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/fs.h>
+
+#define SECTOR 512
+#define REC_MAGIC 0x4345524450524351ULL /* "QCPRDREC" */
+#define NET_REC 64
+
+static volatile uint64_t mem_passes, net_records, errors;
+static volatile uint64_t disk_records[2];
+static char last_error[160];
+static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
+static int tty0 = -1, tty1 = -1;
+
+static void fail(const char *fmt, ...)
+{
+    va_list ap;
+
+    pthread_mutex_lock(&err_lock);
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    errors++;
+    pthread_mutex_unlock(&err_lock);
+}
+
+static void write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return;
+        }
+        buf += n;
+        len -= n;
+    }
+}
+
+static char *cmdline_param(const char *name)
+{
+    static char cmdline[4096];
+    char key[64], *p;
+    size_t len;
+    FILE *f;
+
+    if (!cmdline[0]) {
+        f = fopen("/proc/cmdline", "r");
+        if (!f || !fgets(cmdline, sizeof(cmdline), f)) {
+            return NULL;
+        }
+        fclose(f);
+    }
+    snprintf(key, sizeof(key), "%s=", name);
+    for (p = cmdline; (p = strstr(p, key)) != NULL; p++) {
+        if (p == cmdline || p[-1] == ' ') {
+            p += strlen(key);
+            len = strcspn(p, " \n");
+            return strndup(p, len);
+        }
+    }
+    return NULL;
+}
+
+static uint64_t now_ms(clockid_t clk)
+{
+    struct timespec ts;
+
+    clock_gettime(clk, &ts);
+    return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
+}
+
+static void timespec_add_ns(struct timespec *ts, long ns)
+{
+    ts->tv_nsec += ns;
+    while (ts->tv_nsec >= 1000000000L) {
+        ts->tv_nsec -= 1000000000L;
+        ts->tv_sec++;
+    }
+}
+
+/* Runs on the main thread at real-time priority. */
+static void heartbeat(void)
+{
+    struct sched_param sp = { .sched_priority = 50 };
+    struct timespec next;
+    uint64_t seq = 0;
+    char line[256];
+    int n;
+
+    sched_setscheduler(0, SCHED_FIFO, &sp);
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (;;) {
+        n = snprintf(line, sizeof(line), "H %llu\n",
+                     (unsigned long long)seq);
+        write_all(tty0, line, n);
+        if (seq % 1000 == 0) {
+            pthread_mutex_lock(&err_lock);
+            n = snprintf(line, sizeof(line),
+                         "S %llu up=%llu mem=%llu net=%llu vda=%llu "
+                         "vdb=%llu err=%llu\n",
+                         (unsigned long long)seq,
+                         (unsigned long long)now_ms(CLOCK_BOOTTIME),
+                         (unsigned long long)mem_passes,
+                         (unsigned long long)net_records,
+                         (unsigned long long)disk_records[0],
+                         (unsigned long long)disk_records[1],
+                         (unsigned long long)errors);
+            if (errors && last_error[0]) {
+                n += snprintf(line + n, sizeof(line) - n, "E %s\n",
+                              last_error);
+                last_error[0] = 0;
+            }
+            pthread_mutex_unlock(&err_lock);
+            write_all(tty0, line, n);
+            if (tty1 >= 0) {
+                write_all(tty1, line, n);
+            }
+        }
+        seq++;
+        timespec_add_ns(&next, 1000000);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next,
+                               NULL) == EINTR) {
+            continue;
+        }
+    }
+}
+
+static void *memory_worker(void *opaque)
+{
+    size_t words = (size_t)(uintptr_t)opaque / sizeof(uint64_t);
+    uint64_t *buf, pass, i, tag;
+
+    setpriority(PRIO_PROCESS, 0, 10);
+    buf = mmap(NULL, words * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+               MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (buf == MAP_FAILED) {
+        fail("mem: mmap: %s", strerror(errno));
+        return NULL;
+    }
+    for (pass = 1;; pass++) {
+        tag = pass << 40;
+        for (i = 0; i < words; i++) {
+            buf[i] = tag | i;
+        }
+        for (i = 0; i < words; i++) {
+            if (buf[i] != (tag | i)) {
+                fail("mem: pass %llu word %llu is %llx",
+                     (unsigned long long)pass, (unsigned long long)i,
+                     (unsigned long long)buf[i]);
+                break;
+            }
+        }
+        mem_passes = pass;
+    }
+    return NULL;
+}
+
+static void *net_worker(void *opaque)
+{
+    const char *peer = opaque;
+    char host[64], rec[NET_REC];
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    struct timespec next;
+    uint64_t seq = 0;
+    const char *colon = strchr(peer, ':');
+    int one = 1, fd = -1;
+
+    if (!colon || colon - peer >= (long)sizeof(host)) {
+        fail("net: bad cpr.peer %s", peer);
+        return NULL;
+    }
+    memcpy(host, peer, colon - peer);
+    host[colon - peer] = 0;
+    sa.sin_port = htons(atoi(colon + 1));
+    inet_pton(AF_INET, host, &sa.sin_addr);
+
+    /* The peer may come up after the guest: retry until the first connect. */
+    for (;;) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            break;
+        }
+        close(fd);
+        sleep(1);
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (;;) {
+        memset(rec, (int)(seq & 0xff), sizeof(rec));
+        memcpy(rec, &seq, sizeof(seq));
+        if (send(fd, rec, sizeof(rec), MSG_NOSIGNAL) != sizeof(rec)) {
+            fail("net: send record %llu: %s", (unsigned long long)seq,
+                 strerror(errno));
+            close(fd);
+            return NULL;
+        }
+        net_records = ++seq;
+        timespec_add_ns(&next, 2000000);
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+    }
+    return NULL;
+}
+
+struct disk {
+    int index;
+    char path[32];
+};
+
+static void fill_record(uint8_t *rec, uint64_t seq, uint64_t sector)
+{
+    uint64_t hdr[3] = { REC_MAGIC, seq, sector };
+    int i;
+
+    memcpy(rec, hdr, sizeof(hdr));
+    for (i = sizeof(hdr); i < SECTOR; i++) {
+        rec[i] = (uint8_t)(seq * 31 + i);
+    }
+}
+
+/*
+ * Record seq lives in sector seq % nsect; a sector holds the newest record
+ * written to it.  Checks that sector s holds record expect.
+ */
+static int check_record(int fd, uint8_t *buf, uint64_t s, uint64_t expect,
+                        const char *path)
+{
+    static __thread uint8_t want[SECTOR];
+
+    if (pread(fd, buf, SECTOR, s * SECTOR) != SECTOR) {
+        fail("%s: read sector %llu: %s", path, (unsigned long long)s,
+             strerror(errno));
+        return -1;
+    }
+    fill_record(want, expect, s);
+    if (memcmp(buf, want, SECTOR)) {
+        fail("%s: sector %llu does not hold record %llu (has %llu)", path,
+             (unsigned long long)s, (unsigned long long)expect,
+             (unsigned long long)((uint64_t *)buf)[1]);
+        return -1;
+    }
+    return 0;
+}
+
+static void *disk_worker(void *opaque)
+{
+    struct disk *d = opaque;
+    uint64_t size = 0, nsect, seq, old;
+    uint8_t *buf;
+    int fd;
+
+    setpriority(PRIO_PROCESS, 0, 5);
+    fd = open(d->path, O_RDWR | O_DIRECT);
+    if (fd < 0 || ioctl(fd, BLKGETSIZE64, &size) < 0 || size < SECTOR) {
+        fail("%s: open: %s", d->path, strerror(errno));
+        return NULL;
+    }
+    nsect = size / SECTOR;
+    if (posix_memalign((void **)&buf, 4096, SECTOR)) {
+        return NULL;
+    }
+    for (seq = 0;; seq++) {
+        uint64_t s = seq % nsect;
+
+        fill_record(buf, seq, s);
+        if (pwrite(fd, buf, SECTOR, s * SECTOR) != SECTOR ||
+            fdatasync(fd) < 0) {
+            fail("%s: write record %llu: %s", d->path,
+                 (unsigned long long)seq, strerror(errno));
+            return NULL;
+        }
+        if (check_record(fd, buf, s, seq, d->path) < 0) {
+            return NULL;
+        }
+        /* Re-read an older record: the one 7/8 of a lap behind, if any. */
+        old = seq - (nsect * 7 / 8);
+        if (seq >= nsect * 7 / 8 &&
+            check_record(fd, buf, old % nsect, old, d->path) < 0) {
+            return NULL;
+        }
+        disk_records[d->index] = seq + 1;
+        usleep(1000);
+    }
+    return NULL;
+}
+
+static void *power_worker(void *opaque)
+{
+    struct input_event ev;
+    char path[300], name[128];
+    struct dirent *de;
+    DIR *dir;
+    FILE *f;
+    int fd = -1;
+
+    dir = opendir("/sys/class/input");
+    while (dir && (de = readdir(dir)) != NULL) {
+        if (strncmp(de->d_name, "event", 5)) {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/sys/class/input/%s/device/name",
+                 de->d_name);
+        f = fopen(path, "r");
+        if (!f) {
+            continue;
+        }
+        if (fgets(name, sizeof(name), f) && strstr(name, "Power Button")) {
+            snprintf(path, sizeof(path), "/dev/input/%s", de->d_name);
+            fd = open(path, O_RDONLY);
+        }
+        fclose(f);
+        if (fd >= 0) {
+            break;
+        }
+    }
+    if (dir) {
+        closedir(dir);
+    }
+    if (fd < 0) {
+        fail("power: no power button input device");
+        return NULL;
+    }
+    while (read(fd, &ev, sizeof(ev)) == sizeof(ev)) {
+        if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value) {
+            write_all(tty0, "P poweroff\n", 11);
+            sync();
+            reboot(LINUX_REBOOT_CMD_POWER_OFF);
+        }
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    static struct disk disks[2] = { { 0, "/dev/vda" }, { 1, "/dev/vdb" } };
+    char *mem = cmdline_param("cpr.mem");
+    char *peer = cmdline_param("cpr.peer");
+    pthread_t t;
+    int i;
+
+    tty0 = open("/dev/ttyS0", O_WRONLY | O_NOCTTY);
+    tty1 = open("/dev/ttyS1", O_WRONLY | O_NOCTTY);
+    if (tty0 < 0) {
+        return 1;
+    }
+    write_all(tty0, "W workload started\n", 19);
+    pthread_create(&t, NULL, memory_worker,
+                   (void *)(uintptr_t)((mem ? atoi(mem) : 64) << 20));
+    if (peer) {
+        pthread_create(&t, NULL, net_worker, peer);
+    }
+    for (i = 0; i < 2; i++) {
+        if (access(disks[i].path, F_OK) == 0) {
+            pthread_create(&t, NULL, disk_worker, &disks[i]);
+        }
+    }
+    pthread_create(&t, NULL, power_worker, NULL);
+    heartbeat();
+    return 0;
+}
