@@ -28,6 +28,7 @@
 #include "migration/misc.h"
 #include "migration/migration.h"
 #include "migration/savevm.h"
+#include "monitor/fdset-cpr.h"
 #include "monitor/monitor.h"
 #include "net/tap-cpr.h"
 #include "sysemu/runstate.h"
@@ -131,6 +132,7 @@ static void cpr_exec(const char *exec_path, Error **errp)
     cpr_ram_register_fds();
     char_socket_cpr_register();
     monitor_qmp_cpr_register(true);
+    monitor_fdset_cpr_register(true);
     tap_cpr_register();
     if (!cpr_mm_prepare(errp)) {
         goto out;
@@ -161,6 +163,7 @@ release:
     cpr_mm_release(helper);
 out:
     tap_cpr_unregister();
+    monitor_fdset_cpr_register(false);
     monitor_qmp_cpr_register(false);
     char_socket_cpr_unregister();
     cpr_ram_unregister_fds();

@@ -210,6 +210,91 @@ def check_disk(path, fmt, written, slack=5000):
     return problems
 
 
+def start_peer(watch, tap):
+    """Give the host end of @tap the peer address and accept the guest's
+    TCP stream there.  Returns the listening socket."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", "%s/24" % PEER_IP, "dev", tap],
+                   check=True)
+    subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((PEER_IP, PEER_PORT))
+    lsock.listen(1)
+    threading.Thread(target=_net_peer, args=(lsock, watch),
+                     daemon=True).start()
+    return lsock
+
+
+def attach_serial(watch, path, timeout=30):
+    """Read the heartbeat from the unix-socket serial port at @path."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            break
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    threading.Thread(target=_read_lines, daemon=True,
+                     args=(sock, watch.on_serial, watch, "ttyS0")).start()
+    return sock
+
+
+def attach_pty(watch, path):
+    """Read the status lines from the pty serial port at @path."""
+    pty = open(os.open(path, os.O_RDONLY | os.O_NOCTTY), "rb", buffering=0)
+    subprocess.run(["stty", "-F", path, "raw", "-echo"], check=True)
+    threading.Thread(target=_read_lines, daemon=True,
+                     args=(pty, watch.on_pty, watch, "ttyS1")).start()
+    return pty
+
+
+def wait_watch(watch, timeout, alive, net=True,
+               parts=("mem", "vda", "vdb")):
+    """Wait until the guest's heartbeat, pty status line, memory and disk
+    counters and (with @net) the host's count of TCP records all move past
+    where they are now.  Returns the new snapshot."""
+    base = watch.snapshot()
+    base_pty = watch.pty_status.get("seq", -1)
+    deadline = time.monotonic() + timeout
+    while True:
+        cur = watch.snapshot()
+        if (cur["hb"] > base["hb"] + 1100 and
+                all(cur.get(p, 0) > base.get(p, 0) for p in parts) and
+                (not net or cur["net_host"] > base["net_host"]) and
+                watch.pty_status.get("seq", -1) > base_pty):
+            return cur
+        if not alive():
+            raise cprlib.QmpError("the QEMU process is gone")
+        if time.monotonic() > deadline:
+            raise cprlib.QmpError("guest made no progress: %s -> %s" %
+                                  (base, cur))
+        time.sleep(0.05)
+
+
+def make_disks(workdir):
+    """The raw and the qcow2 image the workload writes records to."""
+    paths = []
+    for name, fmt in (("disk.raw", "raw"), ("disk.qcow2", "qcow2")):
+        path = os.path.join(workdir, name)
+        subprocess.run([QEMU_IMG, "create", "-q", "-f", fmt, path,
+                        "%dM" % DISK_MB], check=True)
+        paths.append(path)
+    return paths
+
+
+def kernel_cmdline(guest_mem_mb, peer):
+    append = ("console=ttyS0 loglevel=1 cpr.mem=%d cpr.ip=%s/24" %
+              (guest_mem_mb, GUEST_IP))
+    if peer:
+        append += " cpr.peer=%s:%d" % (PEER_IP, PEER_PORT)
+    return append
+
+
 class LinuxVm:
     """QEMU running the Linux test guest with tap networking, a raw and a
     qcow2 virtio disk, the heartbeat on a unix-socket serial port and status
@@ -223,18 +308,11 @@ class LinuxVm:
         self.qmp_path = os.path.join(self.dir, "qmp.sock")
         self.serial_path = os.path.join(self.dir, "serial0.sock")
         self.state = os.path.join(self.dir, "vm.cpr")
-        self.raw = os.path.join(self.dir, "disk.raw")
-        self.qcow2 = os.path.join(self.dir, "disk.qcow2")
         self.tap = tap
         self.watch = Watch()
-        for path, fmt in ((self.raw, "raw"), (self.qcow2, "qcow2")):
-            subprocess.run([QEMU_IMG, "create", "-q", "-f", fmt, path,
-                            "%dM" % DISK_MB], check=True)
-        append = ("console=ttyS0 loglevel=1 cpr.mem=%d cpr.ip=%s/24" %
-                  (guest_mem_mb, GUEST_IP))
+        self.raw, self.qcow2 = make_disks(self.dir)
+        append = kernel_cmdline(guest_mem_mb, peer)
         self.lsock = None
-        if peer:
-            append += " cpr.peer=%s:%d" % (PEER_IP, PEER_PORT)
         self.args = [
             binary, "-machine", "q35,memfd-alloc=on", "-accel", accel,
             "-m", str(mem_mb), "-display", "none", "-S",
@@ -259,32 +337,13 @@ class LinuxVm:
         self.pid = self.proc.pid
         self.qmp = cprlib.Qmp(self.qmp_path, self.proc)
         if peer:
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-            subprocess.run(["ip", "addr", "add", "%s/24" % PEER_IP, "dev",
-                            tap], check=True)
-            subprocess.run(["ip", "link", "set", tap, "up"], check=True)
-            self.lsock = socket.socket()
-            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.lsock.bind((PEER_IP, PEER_PORT))
-            self.lsock.listen(1)
-            threading.Thread(target=_net_peer, args=(self.lsock, self.watch),
-                             daemon=True).start()
-        self.serial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.serial.connect(self.serial_path)
-        threading.Thread(target=_read_lines, daemon=True,
-                         args=(self.serial, self.watch.on_serial,
-                               self.watch, "ttyS0")).start()
+            self.lsock = start_peer(self.watch, tap)
+        self.serial = attach_serial(self.watch, self.serial_path)
         pty = None
         for c in self.qmp.cmd("query-chardev"):
             if c["label"] == "ser1":
                 pty = c["filename"].split(":", 1)[1]
-        self.pty_path = pty
-        self.pty = open(os.open(pty, os.O_RDONLY | os.O_NOCTTY), "rb",
-                        buffering=0)
-        subprocess.run(["stty", "-F", pty, "raw", "-echo"], check=True)
-        threading.Thread(target=_read_lines, daemon=True,
-                         args=(self.pty, self.watch.on_pty, self.watch,
-                               "ttyS1")).start()
+        self.pty = attach_pty(self.watch, pty)
 
     def start(self, timeout=120):
         """Resume and wait until every part of the workload makes
@@ -292,27 +351,9 @@ class LinuxVm:
         self.qmp.cmd("cont")
         self.wait_progress(timeout)
 
-    def wait_progress(self, timeout=60, parts=("mem", "vda", "vdb")):
-        """Wait until the guest's heartbeat, memory, disk and network
-        counters and the host's view all move past where they are now."""
-        base = self.watch.snapshot()
-        deadline = time.monotonic() + timeout
-        while True:
-            cur = self.watch.snapshot()
-            moved = (cur["hb"] > base["hb"] + 1100 and
-                     all(cur.get(p, 0) > base.get(p, 0) for p in parts) and
-                     (self.lsock is None or cur["net_host"] > base["net_host"])
-                     and self.watch.pty_status.get("seq", -1) >
-                     base.get("seq", -1))
-            if moved:
-                return cur
-            if not self.alive():
-                raise cprlib.QmpError("the QEMU process %d is gone" %
-                                      self.pid)
-            if time.monotonic() > deadline:
-                raise cprlib.QmpError("guest made no progress: %s -> %s" %
-                                      (base, cur))
-            time.sleep(0.05)
+    def wait_progress(self, timeout=60):
+        return wait_watch(self.watch, timeout, self.alive,
+                          net=self.lsock is not None)
 
     def update(self, binary=None):
         """Live update; returns (QMP pause, largest heartbeat gap seen by

@@ -247,6 +247,7 @@ typedef enum {
     CONSOLE_FILE,               /* COM1 into serial.log */
     CONSOLE_SOCKET,             /* COM1 on a unix socket server */
     CONSOLE_PTY,                /* COM1 on a pty */
+    CONSOLE_FDSET,              /* COM1 into serial.log, passed by -add-fd */
 } CprConsole;
 
 static CprVm *vm_start_args(const char *machine, int keep_fd,
@@ -277,6 +278,7 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
     drive = g_strdup_printf("file=%s,format=raw", disk);
     serial = console == CONSOLE_SOCKET ? g_strdup("chardev:console") :
              console == CONSOLE_PTY ? g_strdup("pty") :
+             console == CONSOLE_FDSET ? g_strdup("file:/dev/fdset/3") :
              g_strdup_printf("file:%s", vm->serial_path);
     qmp = g_strdup_printf("unix:%s,server=on,wait=off", vm->qmp_path);
     mem = g_strdup_printf("%d", GUEST_RAM_MB);
@@ -293,6 +295,16 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
             "server=on,wait=off", NULL
         });
     }
+    if (console == CONSOLE_FDSET) {
+        /* As libvirt passes a serial log file: opened by the manager */
+        g_assert(keep_fd < 0);
+        keep_fd = open(vm->serial_path, O_WRONLY | O_CREAT | O_APPEND |
+                       O_CLOEXEC, 0600);
+        g_assert(keep_fd >= 0);
+        g_ptr_array_add(argv, g_strdup("-add-fd"));
+        g_ptr_array_add(argv, g_strdup_printf("fd=%d,set=3,opaque=console",
+                                              keep_fd));
+    }
     add_args(argv, vm->dir, extra);
     g_ptr_array_add(argv, NULL);
 
@@ -306,6 +318,9 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
         }
         execv(qemu, (char **)argv->pdata);
         _exit(127);
+    }
+    if (console == CONSOLE_FDSET) {
+        close(keep_fd);
     }
     if (!g_strv_contains((const char *const *)argv->pdata, "-daemonize")) {
         vm_connect(vm);
@@ -691,6 +706,55 @@ static void test_console(CprConsole console)
         after = vm_counters(vm);
         check_not_behind(before, after);
     }
+    vm_kill(vm);
+}
+
+/* The fd set of a file passed with -add-fd lists the same */
+static char *vm_fdset(CprVm *vm)
+{
+    QList *sets = qobject_to(QList, vm_ok(vm, "{'execute': 'query-fdsets'}"));
+    QDict *set, *fd;
+    char *desc;
+
+    g_assert_cmpint(qlist_size(sets), ==, 1);
+    set = qobject_to(QDict, qlist_peek(sets));
+    g_assert_cmpint(qdict_get_int(set, "fdset-id"), ==, 3);
+    g_assert_cmpint(qlist_size(qdict_get_qlist(set, "fds")), ==, 1);
+    fd = qobject_to(QDict, qlist_peek(qdict_get_qlist(set, "fds")));
+    desc = g_strdup_printf("fd %" PRId64 " %s", qdict_get_int(fd, "fd"),
+                           qdict_get_try_str(fd, "opaque"));
+    qobject_unref(sets);
+    return desc;
+}
+
+/*
+ * A file handed over with -add-fd, as libvirt passes a serial log: the fd
+ * set is rebuilt in the new process and the console keeps appending to
+ * the same open file.
+ */
+static void test_fdset(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, NULL, CONSOLE_FDSET);
+    g_autofree char *set = vm_fdset(vm), *set_after = NULL;
+    g_autofree char *link = NULL, *fd_path = NULL;
+    g_autofree uint64_t *before = NULL;
+
+    g_assert(g_str_has_suffix(set, " console"));
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    set_after = vm_fdset(vm);
+    g_assert_cmpstr(set_after, ==, set);
+    fd_path = g_strdup_printf("/proc/%d/fd/%s", vm->pid,
+                              strchr(set_after, ' ') + 1);
+    *strrchr(fd_path, ' ') = 0;
+    link = g_file_read_link(fd_path, NULL);
+    g_assert_cmpstr(link, ==, vm->serial_path);
+    /* Progress keeps arriving in the file through /dev/fdset/3. */
+    vm_wait_passes(vm, 3);
+    check_moving(vm, before);
     vm_kill(vm);
 }
 
@@ -1302,6 +1366,7 @@ int main(int argc, char **argv)
     add_test("restart/console-pty", test_console_pty);
     add_test("restart/tap", test_tap);
     add_test("restart/inherited-monitor", test_inherited_monitor);
+    add_test("restart/fdset", test_fdset);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);

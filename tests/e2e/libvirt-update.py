@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Live update of the Linux test guest managed by Debian's libvirt: the
+domain's <emulator> is our QEMU, the update is cprsave + cprload through
+"virsh qemu-monitor-command", and virsh keeps working on the updated
+process.  Prints TAP.
+
+Runs its own libvirtd, virtlogd and dbus-daemon in a network namespace
+and a mount namespace of its own, over private copies of /etc/libvirt and
+libvirt's run, state, cache and log directories, so the host's libvirt
+(if any) is neither used nor changed.  Needs root and the libvirt packages
+scripts/deps.sh installs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "scripts"))
+import cprlib  # noqa: E402
+import linuxvm  # noqa: E402
+
+DOMAIN = "cpr-e2e"
+TAP = "cprtap1"
+# What libvirt needs to let QEMU exec itself and hand over its descriptors;
+# docs/cpr.rst explains each line.
+QEMU_CONF = """
+user = "root"
+group = "root"
+security_driver = "none"
+namespaces = [ ]
+cgroup_controllers = [ ]
+seccomp_sandbox = 0
+"""
+PRIVATE_DIRS = ["/etc/libvirt", "/run/libvirt", "/var/lib/libvirt",
+                "/var/cache/libvirt", "/var/log/libvirt", "/run/dbus"]
+
+results = []
+work = None
+watch = None
+pause_ms = []
+
+
+def diag(msg):
+    print("# " + msg, flush=True)
+
+
+def case(fn):
+    results.append(fn)
+    return fn
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True,
+                          **kw).stdout
+
+
+def virsh(*args):
+    return run(["virsh", "-q", "-c", "qemu:///system"] + list(args)).strip()
+
+
+def monitor(cmd, **args):
+    msg = {"execute": cmd}
+    if args:
+        msg["arguments"] = args
+    out = json.loads(virsh("qemu-monitor-command", DOMAIN, json.dumps(msg)))
+    if "error" in out:
+        raise cprlib.QmpError("%s: %s" % (cmd, out["error"]["desc"]))
+    return out["return"]
+
+
+def private_libvirt():
+    """Bind-mount private copies of libvirt's directories (this process
+    runs in a mount namespace of its own) and start the daemons."""
+    for d in PRIVATE_DIRS:
+        copy = os.path.join(work, "root" + d.replace("/", "_"))
+        if d == "/etc/libvirt":
+            shutil.copytree(d, copy, symlinks=True)
+        else:
+            os.makedirs(copy)
+        os.makedirs(d, exist_ok=True)
+        run(["mount", "--bind", copy, d])
+    with open("/etc/libvirt/qemu.conf", "a") as f:
+        f.write(QEMU_CONF)
+    run(["dbus-daemon", "--system", "--fork"])
+    run(["virtlogd", "-d"])
+    run(["libvirtd", "-d"])
+    deadline = time.monotonic() + 60
+    while not os.path.exists("/run/libvirt/libvirt-sock"):
+        if time.monotonic() > deadline:
+            raise AssertionError("libvirtd did not come up")
+        time.sleep(0.1)
+
+
+def stop_daemons():
+    for pidfile in ("/run/libvirtd.pid", "/run/virtlogd.pid",
+                    "/run/dbus/pid", "/run/libvirt/libvirtd.pid"):
+        try:
+            with open(pidfile) as f:
+                os.kill(int(f.read().strip()), 9)
+        except (OSError, ValueError):
+            pass
+
+
+def domain_xml():
+    g = linuxvm.GUEST_DIR
+    return """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>1024</memory>
+  <memoryBacking>
+    <source type='memfd'/>
+    <access mode='shared'/>
+  </memoryBacking>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{g}/vmlinuz</kernel>
+    <initrd>{g}/initrd.img</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>{qemu}</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{w}/disk.raw'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{w}/disk.qcow2'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <interface type='ethernet'>
+      <target dev='{tap}' managed='yes'/>
+      <model type='virtio'/>
+      <driver name='qemu'/>
+    </interface>
+    <serial type='unix'>
+      <source mode='bind' path='{w}/serial0.sock'/>
+      <target port='0'/>
+    </serial>
+    <serial type='pty'>
+      <target port='1'/>
+    </serial>
+    <serial type='file'>
+      <source path='{w}/serial2.log'/>
+      <target port='2'/>
+    </serial>
+    <graphics type='none'/>
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+    <qemu:arg value='-machine'/>
+    <qemu:arg value='memfd-alloc=on'/>
+  </qemu:commandline>
+</domain>
+""".format(name=DOMAIN, g=g, w=work, tap=TAP, qemu=cprlib.QEMU,
+           cmdline=linuxvm.kernel_cmdline(64, True))
+
+
+def qemu_pid():
+    with open("/run/libvirt/qemu/%s.pid" % DOMAIN) as f:
+        return int(f.read())
+
+
+def errors():
+    return watch.snapshot()["errors"]
+
+
+@case
+def start_domain():
+    global watch
+    linuxvm.make_disks(work)
+    with open(os.path.join(work, "domain.xml"), "w") as f:
+        f.write(domain_xml())
+    virsh("define", os.path.join(work, "domain.xml"))
+    virsh("start", "--paused", DOMAIN)
+    watch = linuxvm.Watch()
+    linuxvm.start_peer(watch, TAP)
+    linuxvm.attach_serial(watch, os.path.join(work, "serial0.sock"))
+    pty = None
+    for c in monitor("query-chardev"):
+        if c["label"] == "charserial1":
+            pty = c["filename"].split(":", 1)[1]
+    linuxvm.attach_pty(watch, pty)
+    virsh("resume", DOMAIN)
+    linuxvm.wait_watch(watch, 120, alive=lambda: True)
+    args = open("/proc/%d/cmdline" % qemu_pid()).read().split("\0")
+    diag("libvirt started: " + " ".join(
+        a for a in args if a.startswith(("-add-fd", "socket,", "tap,",
+                                          '{"driver":"tap"'))))
+    assert virsh("domstate", DOMAIN) == "running"
+
+
+@case
+def update_through_virsh():
+    pid = qemu_pid()
+    state = os.path.join(work, "vm.cpr")
+    log = os.path.join(work, "serial2.log")
+    log_size = os.path.getsize(log)
+    for i in range(3):
+        t0 = time.monotonic()
+        before = watch.snapshot()
+        monitor("cprsave", file=state, mode="restart")
+        monitor("cprload", file=state)
+        assert virsh("domstate", DOMAIN) == "running", "domstate"
+        assert monitor("query-status")["status"] == "running"
+        assert qemu_pid() == pid, "QEMU PID changed"
+        after = linuxvm.wait_watch(watch, 60, alive=lambda: True)
+        assert after["up"] > before["up"], "uptime did not grow"
+        pause_ms.append(watch.max_gap(t0) * 1e3)
+    diag("3 updates; largest heartbeat gap at the host per update, ms: %s" %
+         ", ".join("%.1f" % p for p in pause_ms))
+    info = virsh("dominfo", DOMAIN)
+    assert "running" in info, info
+    # The serial log that libvirt passed with -add-fd keeps growing.
+    time.sleep(0.5)
+    assert os.path.getsize(log) > log_size, "serial log stopped"
+    assert not errors(), "; ".join(errors()[:5])
+
+
+@case
+def shutdown_through_virsh():
+    st = watch.snapshot()
+    virsh("shutdown", DOMAIN)
+    deadline = time.monotonic() + 60
+    while virsh("domstate", DOMAIN) != "shut off":
+        if time.monotonic() > deadline:
+            raise AssertionError("domain did not shut down")
+        time.sleep(0.2)
+    assert watch.poweroff, "guest did not see the power button"
+    problems = (linuxvm.check_disk(os.path.join(work, "disk.raw"), "raw",
+                                   st["vda"]) +
+                linuxvm.check_disk(os.path.join(work, "disk.qcow2"), "qcow2",
+                                   st["vdb"]))
+    assert not problems, "; ".join(problems)
+    assert not errors(), "; ".join(errors()[:5])
+
+
+def main():
+    global work
+    linuxvm.in_netns("cpr-libvirt")
+    work = tempfile.mkdtemp(prefix="cpr-libvirt-",
+                            dir=os.path.join(cprlib.TOP, "build"))
+    print("TAP version 14")
+    print("1..%d" % len(results), flush=True)
+    failed = 0
+    try:
+        private_libvirt()
+        for i, fn in enumerate(results, 1):
+            name = fn.__name__.replace("_", "-")
+            try:
+                fn()
+                print("ok %d - %s" % (i, name), flush=True)
+            except Exception as e:  # report and go on
+                failed += 1
+                print("not ok %d - %s" % (i, name))
+                msg = str(e)
+                if isinstance(e, subprocess.CalledProcessError):
+                    msg += "\n" + (e.stderr or "")
+                for line in msg.splitlines() or [type(e).__name__]:
+                    diag(line)
+                sys.stdout.flush()
+    except Exception as e:
+        failed += 1
+        diag("libvirt set-up failed: %s" % e)
+    finally:
+        try:
+            virsh("destroy", DOMAIN)
+        except Exception:
+            pass
+        stop_daemons()
+        shutil.rmtree(work, ignore_errors=True)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main() else 0)
