@@ -16,7 +16,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test linux_e2e style)
+suites=(cpr_test linux_e2e libvirt_e2e style)
 n=0
 failed=0
 
@@ -55,6 +55,11 @@ cpr_test() {
 linux_e2e() {
     CPR_TEST_ACCEL=tcg in_session linux-e2e python3 \
         "$top/tests/e2e/linux-update.py"
+}
+
+# The same guest managed by Debian's libvirt, updated through virsh.
+libvirt_e2e() {
+    in_session libvirt-e2e python3 "$top/tests/e2e/libvirt-update.py"
 }
 
 # QEMU coding style on our C files and on every patch.

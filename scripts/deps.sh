@@ -65,5 +65,6 @@ apt-get install -y -qq --no-install-recommends \
     flex bison quilt patch rsync perl \
     seabios ipxe-qemu qemu-system-data \
     binutils socat iproute2 procps cpio kmod gzip \
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dbus \
     >/dev/null
 echo "$want" >"$stamp"

@@ -152,7 +152,6 @@ def domain_xml():
       <source path='{w}/serial2.log'/>
       <target port='2'/>
     </serial>
-    <graphics type='none'/>
     <video><model type='none'/></video>
     <memballoon model='none'/>
   </devices>
@@ -193,9 +192,9 @@ def start_domain():
     virsh("resume", DOMAIN)
     linuxvm.wait_watch(watch, 120, alive=lambda: True)
     args = open("/proc/%d/cmdline" % qemu_pid()).read().split("\0")
-    diag("libvirt started: " + " ".join(
-        a for a in args if a.startswith(("-add-fd", "socket,", "tap,",
-                                          '{"driver":"tap"'))))
+    diag("libvirt passed: " + " ".join(
+        a for a in args if a.startswith(("set=", "socket,")) or
+        '"tap"' in a or "fdset" in a))
     assert virsh("domstate", DOMAIN) == "running"
 
 

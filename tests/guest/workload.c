@@ -5,7 +5,8 @@
  *
  *  - heartbeat: "H <seq>" on /dev/ttyS0 every millisecond, and once a second
  *    a status line "S <seq> up=<ms> mem=<passes> net=<records>
- *    vda=<records> vdb=<records> err=<errors>" on ttyS0 and on /dev/ttyS1;
+ *    vda=<records> vdb=<records> err=<errors>" on ttyS0, and on ttyS1 and
+ *    ttyS2 where the VM has them;
  *  - memory: fills a region with a pattern that depends on the pass and
  *    verifies it before the next pass;
  *  - network: one TCP connection to the host peer carrying numbered 64-byte
@@ -53,7 +54,7 @@ static volatile uint64_t mem_passes, net_records, errors;
 static volatile uint64_t disk_records[2];
 static char last_error[160];
 static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
-static int tty0 = -1, tty1 = -1;
+static int tty0 = -1, tty1 = -1, tty2 = -1;
 
 static void fail(const char *fmt, ...)
 {
@@ -161,6 +162,9 @@ static void heartbeat(void)
             write_all(tty0, line, n);
             if (tty1 >= 0) {
                 write_all(tty1, line, n);
+            }
+            if (tty2 >= 0) {
+                write_all(tty2, line, n);
             }
         }
         seq++;
@@ -386,6 +390,7 @@ int main(void)
 
     tty0 = open("/dev/ttyS0", O_WRONLY | O_NOCTTY);
     tty1 = open("/dev/ttyS1", O_WRONLY | O_NOCTTY);
+    tty2 = open("/dev/ttyS2", O_WRONLY | O_NOCTTY);
     if (tty0 < 0) {
         return 1;
     }
