@@ -9,6 +9,7 @@ and the peer address live there."""
 
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -298,24 +299,32 @@ def kernel_cmdline(guest_mem_mb, peer):
 class LinuxVm:
     """QEMU running the Linux test guest with tap networking, a raw and a
     qcow2 virtio disk, the heartbeat on a unix-socket serial port and status
-    lines on a pty serial port.  Started paused; start() connects the
-    watchers and resumes."""
+    lines on a pty serial port, watched from the moment QEMU is up.
+    Started paused (or incoming); start() resumes."""
 
     def __init__(self, binary=cprlib.QEMU, mem_mb=1024, accel="tcg",
-                 guest_mem_mb=64, extra=(), tap="cprtap0", peer=True):
-        self.dir = tempfile.mkdtemp(prefix="cpr-linux-",
-                                    dir=os.path.join(TOP, "build"))
-        self.qmp_path = os.path.join(self.dir, "qmp.sock")
-        self.serial_path = os.path.join(self.dir, "serial0.sock")
+                 guest_mem_mb=64, extra=(), tap="cprtap0", peer=True,
+                 name="vm", workdir=None, watch=None, incoming=None):
+        """@peer: the guest streams to the host peer, which this VM runs
+        (on @tap) unless it is the destination of a migration
+        (@incoming); @workdir, @watch: the disks and the watchers of
+        another LinuxVm, for a migration destination."""
+        self.dir = workdir or tempfile.mkdtemp(
+            prefix="cpr-linux-", dir=os.path.join(TOP, "build"))
+        self.qmp_path = os.path.join(self.dir, name + "-qmp.sock")
+        self.serial_path = os.path.join(self.dir, name + "-serial0.sock")
         self.state = os.path.join(self.dir, "vm.cpr")
         self.tap = tap
-        self.watch = Watch()
-        self.raw, self.qcow2 = make_disks(self.dir)
+        self.watch = watch or Watch()
+        self.raw = os.path.join(self.dir, "disk.raw")
+        self.qcow2 = os.path.join(self.dir, "disk.qcow2")
+        if not workdir:
+            make_disks(self.dir)
         append = kernel_cmdline(guest_mem_mb, peer)
         self.lsock = None
         self.args = [
             binary, "-machine", "q35,memfd-alloc=on", "-accel", accel,
-            "-m", str(mem_mb), "-display", "none", "-S",
+            "-m", str(mem_mb), "-display", "none",
             "-kernel", os.path.join(GUEST_DIR, "vmlinuz"),
             "-initrd", os.path.join(GUEST_DIR, "initrd.img"),
             "-append", append,
@@ -332,11 +341,11 @@ class LinuxVm:
             "-blockdev", "qcow2,node-name=d1,file=f1",
             "-device", "virtio-blk-pci,drive=d1",
             "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
-        ] + list(extra)
+        ] + (["-incoming", incoming] if incoming else ["-S"]) + list(extra)
         self.proc = subprocess.Popen(self.args)
         self.pid = self.proc.pid
         self.qmp = cprlib.Qmp(self.qmp_path, self.proc)
-        if peer:
+        if peer and not incoming:
             self.lsock = start_peer(self.watch, tap)
         self.serial = attach_serial(self.watch, self.serial_path)
         pty = None
@@ -400,17 +409,19 @@ class LinuxVm:
         return (check_disk(self.raw, "raw", st.get("vda", 0)) +
                 check_disk(self.qcow2, "qcow2", st.get("vdb", 0)))
 
-    def kill(self):
+    def kill(self, remove=True):
+        """End QEMU and the watchers; @remove: and delete the directory
+        (not for the source of a migration whose destination uses it)."""
         self.qmp.close()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         # A VM taken back by the helper after a failed update is not our
-        # child: find it by the directory in its command line.
+        # child: find it by its QMP socket in its command line.
         for pid in os.listdir("/proc"):
             try:
                 with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    if self.dir.encode() in f.read():
+                    if self.qmp_path.encode() in f.read():
                         os.kill(int(pid), 9)
             except (OSError, ValueError):
                 pass
@@ -418,6 +429,5 @@ class LinuxVm:
             if sock:
                 sock.close()
         self.pty.close()
-        for name in os.listdir(self.dir):
-            os.unlink(os.path.join(self.dir, name))
-        os.rmdir(self.dir)
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)
