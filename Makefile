@@ -38,7 +38,7 @@ demo: build guest
 check: build build-b guest linux-guest
 	bash scripts/check.sh
 
-bench: build guest
+bench: build guest linux-guest
 	bash bench/blackout.sh
 
 clean:

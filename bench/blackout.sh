@@ -1,4 +1,9 @@
 #!/bin/bash
-# make bench: blackout of cprsave/cprload next to migrate-to-file.
+# make bench: blackout of cprsave/cprload next to the stock ways, for the
+# boot-sector guest at several RAM sizes and for the Linux guest with its
+# network and disks (needs root: network namespace, tap).
 set -euo pipefail
-exec python3 "$(dirname "$0")/blackout.py"
+here=$(dirname "$0")
+python3 "$here/blackout.py"
+echo
+python3 "$here/linux-blackout.py"

@@ -304,7 +304,8 @@ class LinuxVm:
 
     def __init__(self, binary=cprlib.QEMU, mem_mb=1024, accel="tcg",
                  guest_mem_mb=64, extra=(), tap="cprtap0", peer=True,
-                 name="vm", workdir=None, watch=None, incoming=None):
+                 name="vm", workdir=None, watch=None, incoming=None,
+                 machine="q35,memfd-alloc=on"):
         """@peer: the guest streams to the host peer, which this VM runs
         (on @tap) unless it is the destination of a migration
         (@incoming); @workdir, @watch: the disks and the watchers of
@@ -323,7 +324,7 @@ class LinuxVm:
         append = kernel_cmdline(guest_mem_mb, peer)
         self.lsock = None
         self.args = [
-            binary, "-machine", "q35,memfd-alloc=on", "-accel", accel,
+            binary, "-machine", machine, "-accel", accel,
             "-m", str(mem_mb), "-display", "none",
             "-kernel", os.path.join(GUEST_DIR, "vmlinuz"),
             "-initrd", os.path.join(GUEST_DIR, "initrd.img"),
