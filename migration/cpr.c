@@ -23,6 +23,7 @@
 #include "block/block.h"
 #include "chardev/char-socket-cpr.h"
 #include "hw/boards.h"
+#include "qemu/job.h"
 #include "migration/cpr.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
@@ -86,6 +87,25 @@ CprInfo *qmp_query_cpr(Error **errp)
     return info;
 }
 
+/*
+ * A job (snapshot-save/load/delete, block mirror, backup, stream, ...)
+ * would not exist in the new process: refuse until it has finished.
+ */
+static bool cpr_jobs_idle(Error **errp)
+{
+    Job *job;
+
+    JOB_LOCK_GUARD();
+    for (job = job_next_locked(NULL); job; job = job_next_locked(job)) {
+        if (!job_is_completed_locked(job)) {
+            error_setg(errp, "job '%s' (%s) is running; wait for it to end "
+                       "or cancel it", job->id, job_type_str(job));
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Everything that can be checked before the VM is touched */
 static bool cpr_save_allowed(const char *exec_path, Error **errp)
 {
@@ -106,6 +126,9 @@ static bool cpr_save_allowed(const char *exec_path, Error **errp)
     }
     if (!migration_is_idle()) {
         error_setg(errp, "a migration is in progress");
+        return false;
+    }
+    if (!cpr_jobs_idle(errp)) {
         return false;
     }
     blockers = cpr_blockers();

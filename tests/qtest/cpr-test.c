@@ -864,6 +864,34 @@ static void test_during_migration(void)
     vm_kill(vm);
 }
 
+/* A running block job (here a throttled mirror) refuses cprsave. */
+static void test_during_job(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *target = g_build_filename(vm->dir, "mirror.img", NULL);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'drive-mirror', 'arguments':"
+                        " {'job-id': 'mirror0', 'device': 'ide0-hd0',"
+                        " 'target': %s, 'format': 'raw', 'sync': 'full',"
+                        " 'speed': 1}}", target));
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert_cmpstr(err, ==, "job 'mirror0' (mirror) is running; wait for "
+                    "it to end or cancel it");
+    g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
+    check_moving(vm, before);
+    qobject_unref(vm_ok(vm, "{'execute': 'block-job-cancel', 'arguments':"
+                        " {'device': 'mirror0', 'force': true}}"));
+    unlink(target);
+    vm_kill(vm);
+}
+
 /* Write a copy of @src to @dst changed by @how. */
 static void write_bad_copy(const char *src, const char *dst, const char *how)
 {
@@ -1372,6 +1400,7 @@ int main(int argc, char **argv)
     add_test("restart/exec-fails", test_exec_fails);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
     add_test("restart/during-migration", test_during_migration);
+    add_test("restart/during-job", test_during_job);
     add_test("restart/new-binary-dies", test_new_binary_dies);
     add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
