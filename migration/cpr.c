@@ -23,7 +23,9 @@
 #include "block/block.h"
 #include "chardev/char-socket-cpr.h"
 #include "hw/boards.h"
+#include "qemu/config-file.h"
 #include "qemu/job.h"
+#include "qemu/option.h"
 #include "migration/cpr.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
@@ -61,15 +63,34 @@ static void cpr_add_unmigratable(const char *idstr, void *opaque)
     cpr_add_blocker(opaque, idstr, "device state cannot be saved");
 }
 
+static int cpr_add_sandbox_blocker(void *opaque, QemuOpts *opts,
+                                   Error **errp)
+{
+    const char *spawn = qemu_opt_get(opts, "spawn");
+
+    if (qemu_opt_get_bool(opts, "enable", false) && spawn &&
+        !strcmp(spawn, "deny")) {
+        cpr_add_blocker(opaque, "sandbox", "-sandbox spawn=deny makes the "
+                        "kernel kill QEMU when it executes the new binary; "
+                        "start QEMU without spawn=deny (libvirt: "
+                        "seccomp_sandbox = 0)");
+    }
+    return 0;
+}
+
 static CprBlockerList *cpr_blockers(void)
 {
     CprBlockerList *list = NULL, **tail = &list;
+    QemuOptsList *sandbox = qemu_find_opts_err("sandbox", NULL);
 
     if (is_daemonized()) {
         cpr_add_blocker(&tail, "daemonize", "QEMU was started with "
                         "-daemonize, which the restarted process would do "
                         "again; run QEMU in the foreground under a "
                         "supervisor");
+    }
+    if (sandbox) {
+        qemu_opts_foreach(sandbox, cpr_add_sandbox_blocker, &tail, NULL);
     }
     cpr_ram_add_blockers(&tail);
     qemu_savevm_foreach_unmigratable(cpr_add_unmigratable, &tail);

@@ -15,7 +15,7 @@ configure_and_build() {
     shift 2
     cfg="--target-list=x86_64-softmmu --enable-kvm --enable-tcg \
  --disable-docs --disable-user --disable-gtk --disable-sdl --disable-opengl \
- --disable-xen --disable-werror --with-git-submodules=ignore \
+ --disable-xen --disable-werror --with-git-submodules=ignore --enable-seccomp \
  --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu \
  --with-pkgversion=$pkgversion"
     if [ ! -f "$obj/build.ninja" ] ||

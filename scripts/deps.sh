@@ -62,6 +62,7 @@ apt-get install -y -qq --no-install-recommends \
     dpkg-dev build-essential ninja-build meson pkg-config python3 python3-venv \
     libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev libcap-ng-dev \
     libattr1-dev libaio-dev liburing-dev libzstd-dev libslirp-dev \
+    libseccomp-dev \
     flex bison quilt patch rsync perl \
     seabios ipxe-qemu qemu-system-data \
     binutils socat iproute2 procps cpio kmod gzip \

@@ -587,6 +587,15 @@ static void test_round_trip(void)
         g_assert_cmpint(vm->pid, ==, pid);
         /* The old address space is held until cprload, then reaped. */
         g_assert_cmpint(count_children(pid), ==, 1);
+        if (i == 2) {
+            /* A second cprsave before cprload is refused. */
+            g_autofree char *err = vm_error(vm_qmp(vm,
+                "{'execute': 'cprsave', 'arguments': {'file': %s,"
+                " 'mode': 'restart'}}", vm->state_path));
+
+            g_assert_cmpstr(err, ==, "this process is waiting for cprload; "
+                            "load the state before saving it again");
+        }
         if (i == 1) {
             g_autofree char *out = vm_hmp(vm, "cprload %s", vm->state_path);
 
@@ -831,6 +840,48 @@ static void test_blocked(void)
                           vm->state_path));
     g_assert(strstr(err, "blocked by 'pc.ram'"));
     g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    vm_kill(vm);
+}
+
+/*
+ * -sandbox spawn=deny (libvirt's default sandbox) would get QEMU killed
+ * at execve: it blocks cprsave.  A sandbox that allows spawning does not.
+ */
+static void test_sandbox(void)
+{
+    static const char *const deny[] = {
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+        "resourcecontrol=deny", NULL
+    };
+    static const char *const allow[] = {
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,"
+        "resourcecontrol=deny", NULL
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, deny, CONSOLE_FILE);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert(g_str_has_prefix(err, "cprsave is blocked by 'sandbox': "
+                              "-sandbox spawn=deny"));
+    g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    vm_kill(vm);
+
+    vm = vm_start_args(machine, -1, allow, CONSOLE_FILE);
+    vm_wait_passes(vm, 2);
+    g_free(before);
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
     g_assert_cmpstr(vm_status(vm), ==, "running");
     check_moving(vm, before);
     vm_kill(vm);
@@ -1399,6 +1450,7 @@ int main(int argc, char **argv)
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
+    add_test("restart/sandbox", test_sandbox);
     add_test("restart/during-migration", test_during_migration);
     add_test("restart/during-job", test_during_job);
     add_test("restart/new-binary-dies", test_new_binary_dies);
