@@ -94,6 +94,10 @@ class Watch:
                 if old and st["up"] <= old["up"]:
                     self.errors.append("guest uptime went from %d to %d ms" %
                                        (old["up"], st["up"]))
+                # The CMOS RTC follows the host's clock (base=utc).
+                if abs(st["rtc"] - time.time()) > 5:
+                    self.errors.append("guest RTC is %d, host time %d" %
+                                       (st["rtc"], time.time()))
                 if st["err"]:
                     self.errors.append("guest reports %d errors" % st["err"])
                 self.status = st

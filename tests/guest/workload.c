@@ -4,9 +4,9 @@
  * live update that loses or repeats anything is seen from the host:
  *
  *  - heartbeat: "H <seq>" on /dev/ttyS0 every millisecond, and once a second
- *    a status line "S <seq> up=<ms> mem=<passes> net=<records>
- *    vda=<records> vdb=<records> err=<errors>" on ttyS0, and on ttyS1 and
- *    ttyS2 where the VM has them;
+ *    a status line "S <seq> up=<ms> rtc=<RTC seconds> mem=<passes>
+ *    net=<records> vda=<records> vdb=<records> err=<errors>" on ttyS0, and
+ *    on ttyS1 and ttyS2 where the VM has them;
  *  - memory: fills a region with a pattern that depends on the pass and
  *    verifies it before the next pass;
  *  - network: one TCP connection to the host peer carrying numbered 64-byte
@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/fs.h>
+#include <linux/rtc.h>
 
 #define SECTOR 512
 #define REC_MAGIC 0x4345524450524351ULL /* "QCPRDREC" */
@@ -109,6 +110,28 @@ static char *cmdline_param(const char *name)
     return NULL;
 }
 
+/* Seconds since the epoch by the CMOS RTC (/dev/rtc0), or 0 */
+static uint64_t rtc_seconds(void)
+{
+    static int fd = -2;
+    struct rtc_time rt;
+    struct tm tm = { 0 };
+
+    if (fd == -2) {
+        fd = open("/dev/rtc0", O_RDONLY);
+    }
+    if (fd < 0 || ioctl(fd, RTC_RD_TIME, &rt) < 0) {
+        return 0;
+    }
+    tm.tm_sec = rt.tm_sec;
+    tm.tm_min = rt.tm_min;
+    tm.tm_hour = rt.tm_hour;
+    tm.tm_mday = rt.tm_mday;
+    tm.tm_mon = rt.tm_mon;
+    tm.tm_year = rt.tm_year;
+    return timegm(&tm);
+}
+
 static uint64_t now_ms(clockid_t clk)
 {
     struct timespec ts;
@@ -144,10 +167,11 @@ static void heartbeat(void)
         if (seq % 1000 == 0) {
             pthread_mutex_lock(&err_lock);
             n = snprintf(line, sizeof(line),
-                         "S %llu up=%llu mem=%llu net=%llu vda=%llu "
-                         "vdb=%llu err=%llu\n",
+                         "S %llu up=%llu rtc=%llu mem=%llu net=%llu "
+                         "vda=%llu vdb=%llu err=%llu\n",
                          (unsigned long long)seq,
                          (unsigned long long)now_ms(CLOCK_BOOTTIME),
+                         (unsigned long long)rtc_seconds(),
                          (unsigned long long)mem_passes,
                          (unsigned long long)net_records,
                          (unsigned long long)disk_records[0],
