@@ -16,7 +16,6 @@ Environment: CPR_BENCH_SIZES (GiB, default "1 4 16"), CPR_BENCH_RUNS
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "scripts"))
@@ -36,16 +35,6 @@ def cpr_pauses(gib, runs, accel):
         vm.kill()
 
 
-def wait_migration(qmp):
-    while True:
-        st = qmp.cmd("query-migrate").get("status")
-        if st == "completed":
-            return
-        if st in ("failed", "cancelled"):
-            raise cprlib.QmpError("migration " + st)
-        time.sleep(0.005)
-
-
 def stock_blackout(gib, accel, tmpdir):
     path = os.path.join(tmpdir, "cpr-bench-stock.mig")
     old = cprlib.Vm(gib * 1024, machine="q35", accel=accel)
@@ -54,14 +43,14 @@ def stock_blackout(gib, accel, tmpdir):
         old.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
         old.qmp.cmd("stop")
         old.qmp.cmd("migrate", uri="exec:cat > " + path)
-        wait_migration(old.qmp)
+        cprlib.wait_migration(old.qmp)
         stop = old.qmp.event_time("STOP")
         old.qmp.cmd("quit")
         old.proc.wait()
         new = cprlib.Vm(gib * 1024, machine="q35", accel=accel,
                         incoming="defer", workdir=old.dir)
         new.qmp.cmd("migrate-incoming", uri="exec:cat " + path)
-        wait_migration(new.qmp)
+        cprlib.wait_migration(new.qmp)
         new.qmp.cmd("cont")         # the VM was stopped for the save
         resume = new.qmp.event_time("RESUME")
         ok = new.status() == "running"

@@ -27,17 +27,6 @@ import linuxvm  # noqa: E402
 MEM = int(os.environ.get("CPR_BENCH_MEM_MB", "1024"))
 
 
-def wait_migration(qmp, timeout=600):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = qmp.cmd("query-migrate").get("status")
-        if st == "completed":
-            return
-        if st in ("failed", "cancelled") or time.monotonic() > deadline:
-            raise cprlib.QmpError("migration " + str(st))
-        time.sleep(0.005)
-
-
 def check(vm):
     errs = vm.watch.snapshot()["errors"]
     if errs:
@@ -57,57 +46,38 @@ def cpr_runs(runs):
         vm.kill()
 
 
-def local_migration():
-    """Stop, migrate to a second QEMU on this host over a unix socket
-    (shared disk images, the destination on another tap), continue there.
-    The VM is stopped first because live (pre-copy) migration of this
-    guest under TCG leaves it hung on the destination, with Debian's own
-    QEMU 7.2 as well as ours."""
+def stock_switch(to_file):
+    """The stock ways to move the VM to a new QEMU on this host: stop,
+    then migrate to a file, quit and restore in a new QEMU (@to_file), or
+    migrate over a unix socket to a QEMU started beforehand on another tap;
+    then continue.  Disk images are shared.  The VM is stopped first
+    because live (pre-copy) migration of this guest under TCG leaves it
+    hung on the destination, with Debian's own QEMU 7.2 as well as ours."""
     src = linuxvm.LinuxVm(mem_mb=MEM)
     dst = None
     try:
         src.start()
-        sock = os.path.join(src.dir, "mig.sock")
-        dst = linuxvm.LinuxVm(mem_mb=MEM, tap="cprtap9", name="dst",
-                              workdir=src.dir, watch=src.watch,
-                              incoming="defer")
-        dst.qmp.cmd("migrate-incoming", uri="unix:" + sock)
+        uri = "unix:" + os.path.join(src.dir, "mig.sock")
+        dst_args = dict(mem_mb=MEM, name="dst", workdir=src.dir,
+                        watch=src.watch, incoming="defer")
+        if to_file:
+            path = os.path.join(src.dir, "vm.mig")
+            uri = "exec:cat > " + path
+        else:
+            dst = linuxvm.LinuxVm(tap="cprtap9", **dst_args)
+            dst.qmp.cmd("migrate-incoming", uri=uri)
         src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
         t0 = time.monotonic()
         src.qmp.cmd("stop")
-        src.qmp.cmd("migrate", uri="unix:" + sock)
-        wait_migration(dst.qmp)
-        dst.qmp.cmd("cont")
+        src.qmp.cmd("migrate", uri=uri)
+        cprlib.wait_migration(src.qmp)
         stop = src.qmp.event_time("STOP")
-        resume = dst.qmp.event_time("RESUME")
-        dst.wait_progress()
-        check(dst)
-        return resume - stop, src.watch.max_gap(t0)
-    finally:
-        src.kill(remove=False)
-        if dst:
-            dst.kill()
-
-
-def migrate_to_file():
-    """Stop, migrate to a file, quit; a new QEMU restores and continues."""
-    src = linuxvm.LinuxVm(mem_mb=MEM)
-    dst = None
-    try:
-        src.start()
-        path = os.path.join(src.dir, "vm.mig")
-        src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-        t0 = time.monotonic()
-        src.qmp.cmd("stop")
-        src.qmp.cmd("migrate", uri="exec:cat > " + path)
-        wait_migration(src.qmp)
-        stop = src.qmp.event_time("STOP")
-        src.qmp.cmd("quit")
-        src.proc.wait()
-        dst = linuxvm.LinuxVm(mem_mb=MEM, name="dst", workdir=src.dir,
-                              watch=src.watch, incoming="defer")
-        dst.qmp.cmd("migrate-incoming", uri="exec:cat " + path)
-        wait_migration(dst.qmp)
+        if to_file:
+            src.qmp.cmd("quit")
+            src.proc.wait()
+            dst = linuxvm.LinuxVm(**dst_args)
+            dst.qmp.cmd("migrate-incoming", uri="exec:cat " + path)
+        cprlib.wait_migration(dst.qmp)
         dst.qmp.cmd("cont")
         resume = dst.qmp.event_time("RESUME")
         dst.wait_progress()
@@ -142,9 +112,9 @@ def main():
     print("|---|---|---|---|")
     base = row("cprsave/cprload", cpr_runs(runs))
     row("stop + local migration (unix socket) + cont",
-        [local_migration() for _ in range(stock)], base)
+        [stock_switch(False) for _ in range(stock)], base)
     row("migrate to file + restore",
-        [migrate_to_file() for _ in range(stock)], base)
+        [stock_switch(True) for _ in range(stock)], base)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,18 @@ class Vm:
         os.rmdir(self.dir)
 
 
+def wait_migration(qmp, timeout=600):
+    """Wait until the migration this QEMU runs (or receives) completes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = qmp.cmd("query-migrate").get("status")
+        if st == "completed":
+            return
+        if st in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise QmpError("migration " + str(st))
+        time.sleep(0.005)
+
+
 def cpr_update(vm, binary=None):
     """cprsave restart + cprload on the same QMP connection, which the new
     process keeps.  Returns the pause in seconds from the old process's STOP
