@@ -1,0 +1,65 @@
+#!/bin/bash
+# Build the L1 guest of the VFIO test into build/guest/vfio-l1: Debian's
+# kernel and an initramfs with busybox, the VFIO modules, our QEMU (with
+# its shared libraries and the firmware it needs), the edu L2 guest
+# (tests/guest/edu-guest.c) and the test program that runs inside L1
+# (tests/e2e/vfio-l1.c).  Rebuilt when any of them changes.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/scripts/guest-lib.sh"
+out=$top/build/guest/vfio-l1
+qemu=$(readlink -f "$top/build/qemu-system-x86_64")
+want="$(cat "$0" "$top/scripts/guest-lib.sh" "$top/tests/guest/edu-guest.c" \
+        "$top/tests/guest/edu-guest.ld" "$top/tests/e2e/vfio-l1.c" "$qemu" |
+        sha256sum | cut -c1-16)"
+if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$want" ]; then
+    exit 0
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fetch_kernel "$work"
+root=$work/root
+mkdir -p "$root"/{bin,dev,proc,sys,tmp,usr/bin,usr/share/qemu}
+cp "$work/pkg/bin/busybox" "$root/bin/busybox"
+install_modules "$root" vfio_iommu_type1 vfio-pci
+
+# QEMU, the libraries it links and the firmware an L2 guest needs
+cp "$qemu" "$root/usr/bin/qemu-system-x86_64"
+ldd "$qemu" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' |
+while read -r lib; do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+done
+for f in seabios/bios-256k.bin qemu/multiboot_dma.bin \
+         qemu/linuxboot_dma.bin qemu/kvmvapic.bin; do
+    cp -L "/usr/share/$f" "$root/usr/share/qemu/"
+done
+
+# The L2 guest and the test
+gcc -m32 -ffreestanding -fno-pic -fno-stack-protector -nostdlib -O2 -Wall \
+    -Werror -c -o "$work/edu-guest.o" "$top/tests/guest/edu-guest.c"
+ld -m elf_i386 --no-warn-rwx-segments -T "$top/tests/guest/edu-guest.ld" \
+    -o "$root/edu-guest.elf" "$work/edu-guest.o"
+gcc -static -O2 -Wall -Werror -o "$root/vfio-l1" "$top/tests/e2e/vfio-l1.c"
+
+cat >"$root/init" <<'EOI'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+for m in $(cat /modules.order); do
+    insmod /lib/modules/$m
+done
+/vfio-l1
+echo "vfio-l1: exit $?"
+poweroff -f
+EOI
+chmod 755 "$root/init" "$root/bin/busybox"
+mkdir -p "$out"
+pack_initrd "$root" "$out/initrd.img"
+cp "$work/pkg/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
+mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+echo "$want" >"$out/stamp"

@@ -1,0 +1,571 @@
+/*
+ * The VFIO live-update test, run inside the L1 guest (scripts/vfio-l1.sh)
+ * as part of its init.  L1 has an emulated edu device behind an emulated
+ * IOMMU; this program binds it to vfio-pci, starts our QEMU on the edu L2
+ * guest (tests/guest/edu-guest.c) with the device passed through, and
+ * checks that DMA and interrupts go on across cprsave/cprload.  Prints TAP
+ * on stdout (L1's console), which tests/e2e/vfio-update.py relays.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define QEMU            "/usr/bin/qemu-system-x86_64"
+#define QMP_PATH        "/tmp/qmp.sock"
+#define STATE           "/tmp/vm.cpr"
+#define MAILBOX         0x500000
+#define MAILBOX_MAGIC   0x45445547
+#define UPDATES         3
+
+struct mailbox {
+    uint32_t magic, edu_id, bar0, rounds, errors, last_error;
+    uint32_t dma_irqs, dma_done, spurious, fact;
+};
+
+static char edu_bdf[32];
+static pid_t qemu_pid;
+static int qmp = -1;
+static char qmp_buf[65536];
+static size_t qmp_len;
+static double ev_stop, ev_resume;
+static int test_no, failed;
+
+static void diag(const char *fmt, ...)
+{
+    va_list ap;
+
+    printf("# ");
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+}
+
+static void result(int ok, const char *name)
+{
+    printf("%sok %d - %s\n", ok ? "" : "not ", ++test_no, name);
+    fflush(stdout);
+    failed |= !ok;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int read_file(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY);
+    ssize_t n;
+
+    if (fd < 0) {
+        return -1;
+    }
+    n = read(fd, buf, len - 1);
+    close(fd);
+    if (n < 0) {
+        return -1;
+    }
+    buf[n] = 0;
+    return n;
+}
+
+static int write_file(const char *path, const char *s)
+{
+    int fd = open(path, O_WRONLY);
+    ssize_t n;
+
+    if (fd < 0) {
+        return -1;
+    }
+    n = write(fd, s, strlen(s));
+    close(fd);
+    return n == (ssize_t)strlen(s) ? 0 : -1;
+}
+
+/* Find edu (1234:11e8) and bind it to vfio-pci. */
+static int bind_edu(char *group, size_t glen)
+{
+    char path[512], buf[64];
+    struct dirent *de;
+    DIR *d = opendir("/sys/bus/pci/devices");
+    ssize_t n;
+
+    while (d && (de = readdir(d)) != NULL) {
+        snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vendor",
+                 de->d_name);
+        if (read_file(path, buf, sizeof(buf)) < 0 ||
+            strncmp(buf, "0x1234", 6)) {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/device",
+                 de->d_name);
+        if (read_file(path, buf, sizeof(buf)) >= 0 &&
+            !strncmp(buf, "0x11e8", 6)) {
+            snprintf(edu_bdf, sizeof(edu_bdf), "%.31s", de->d_name);
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+    if (!edu_bdf[0]) {
+        diag("no edu device in L1");
+        return -1;
+    }
+    if (write_file("/sys/bus/pci/drivers/vfio-pci/new_id", "1234 11e8") < 0) {
+        diag("cannot bind edu to vfio-pci: %s", strerror(errno));
+        return -1;
+    }
+    snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group",
+             edu_bdf);
+    n = readlink(path, buf, sizeof(buf) - 1);
+    if (n < 0) {
+        diag("edu has no IOMMU group");
+        return -1;
+    }
+    buf[n] = 0;
+    snprintf(group, glen, "/dev/vfio/%s", strrchr(buf, '/') + 1);
+    return access(group, F_OK);
+}
+
+static pid_t start_qemu(int with_edu, int memfd)
+{
+    char dev[64], machine[64];
+    const char *argv[32];
+    int i = 0, fd;
+    pid_t pid;
+
+    snprintf(dev, sizeof(dev), "vfio-pci,host=%s,id=edu0", edu_bdf);
+    snprintf(machine, sizeof(machine), "q35,memfd-alloc=%s",
+             memfd ? "on" : "off");
+    argv[i++] = QEMU;
+    argv[i++] = "-L";
+    argv[i++] = "/usr/share/qemu";
+    argv[i++] = "-machine";
+    argv[i++] = machine;
+    argv[i++] = "-accel";
+    argv[i++] = "tcg";
+    argv[i++] = "-m";
+    argv[i++] = "128";
+    argv[i++] = "-nodefaults";
+    argv[i++] = "-display";
+    argv[i++] = "none";
+    argv[i++] = "-kernel";
+    argv[i++] = "/edu-guest.elf";
+    argv[i++] = "-qmp";
+    argv[i++] = "unix:" QMP_PATH ",server=on,wait=off";
+    if (with_edu) {
+        argv[i++] = "-device";
+        argv[i++] = dev;
+    }
+    argv[i] = NULL;
+    unlink(QMP_PATH);
+    pid = fork();
+    if (pid == 0) {
+        fd = open("/tmp/qemu.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+        execv(QEMU, (char **)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Read one line from QMP; events are noted (STOP/RESUME times) and skipped
+ * by qmp_cmd. */
+static char *qmp_line(void)
+{
+    char *nl;
+    ssize_t n;
+
+    while (!(nl = memchr(qmp_buf, '\n', qmp_len))) {
+        if (qmp_len == sizeof(qmp_buf)) {
+            return NULL;
+        }
+        n = read(qmp, qmp_buf + qmp_len, sizeof(qmp_buf) - qmp_len);
+        if (n <= 0) {
+            return NULL;
+        }
+        qmp_len += n;
+    }
+    *nl = 0;
+    {
+        char *line = strdup(qmp_buf);
+
+        qmp_len -= nl + 1 - qmp_buf;
+        memmove(qmp_buf, nl + 1, qmp_len);
+        return line;
+    }
+}
+
+static double event_time(const char *line)
+{
+    const char *s = strstr(line, "\"seconds\":");
+    const char *us = strstr(line, "\"microseconds\":");
+
+    if (!s || !us) {
+        return 0;
+    }
+    return atof(s + 10) + atof(us + 15) / 1e6;
+}
+
+/* Send a command; the reply line (caller frees), NULL if QMP went away. */
+static char *qmp_cmd(const char *fmt, ...)
+{
+    char cmd[1024], *line;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(cmd, sizeof(cmd) - 1, fmt, ap);
+    va_end(ap);
+    cmd[n++] = '\n';
+    if (write(qmp, cmd, n) != n) {
+        return NULL;
+    }
+    while ((line = qmp_line()) != NULL) {
+        if (!strstr(line, "\"event\"")) {
+            return line;
+        }
+        if (strstr(line, "\"STOP\"")) {
+            ev_stop = event_time(line);
+        } else if (strstr(line, "\"RESUME\"")) {
+            ev_resume = event_time(line);
+        }
+        free(line);
+    }
+    return NULL;
+}
+
+/* Run a command that must succeed. */
+static int qmp_ok(const char *fmt, ...)
+{
+    char cmd[1024], *line;
+    va_list ap;
+    int ok;
+
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    line = qmp_cmd("%s", cmd);
+    ok = line && strstr(line, "\"return\"");
+    if (!ok) {
+        diag("%s -> %s", cmd, line ? line : "(connection lost)");
+    }
+    free(line);
+    return ok;
+}
+
+/* QEMU's stderr, for the record when something went wrong */
+static void show_qemu_log(void)
+{
+    static char buf[4096];
+    char *line;
+
+    if (read_file("/tmp/qemu.log", buf, sizeof(buf)) < 0) {
+        return;
+    }
+    for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        diag("qemu: %s", line);
+    }
+}
+
+static int qmp_connect(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    double deadline = now() + 120;
+    char *greeting;
+
+    strcpy(sa.sun_path, QMP_PATH);
+    for (;;) {
+        qmp = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (connect(qmp, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+            break;
+        }
+        close(qmp);
+        if (now() > deadline || waitpid(qemu_pid, NULL, WNOHANG) != 0) {
+            diag("cannot connect to QMP");
+            return -1;
+        }
+        usleep(50000);
+    }
+    qmp_len = 0;
+    greeting = qmp_line();
+    free(greeting);
+    if (!qmp_ok("{\"execute\": \"qmp_capabilities\"}")) {
+        show_qemu_log();
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_qemu(void)
+{
+    if (qmp >= 0) {
+        close(qmp);
+        qmp = -1;
+    }
+    if (qemu_pid > 0) {
+        kill(qemu_pid, SIGKILL);
+        waitpid(qemu_pid, NULL, 0);
+        qemu_pid = 0;
+    }
+}
+
+static int read_mailbox(struct mailbox *mb)
+{
+    int fd;
+
+    if (!qmp_ok("{\"execute\": \"pmemsave\", \"arguments\": {\"val\": %d,"
+                " \"size\": %zu, \"filename\": \"/tmp/mb\"}}",
+                MAILBOX, sizeof(*mb))) {
+        return -1;
+    }
+    fd = open("/tmp/mb", O_RDONLY);
+    if (fd < 0 || read(fd, mb, sizeof(*mb)) != sizeof(*mb)) {
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+/* Wait until the guest has completed @n more rounds; 0 if it did. */
+static int wait_rounds(struct mailbox *mb, uint32_t n, double timeout)
+{
+    struct mailbox cur;
+    double deadline = now() + timeout;
+    uint32_t start;
+
+    if (read_mailbox(&cur) < 0) {
+        return -1;
+    }
+    start = cur.magic == MAILBOX_MAGIC ? cur.rounds : 0;
+    while (cur.magic != MAILBOX_MAGIC || cur.rounds < start + n) {
+        if (now() > deadline) {
+            diag("guest made no progress: magic %x rounds %u errors %u "
+                 "last error %u", cur.magic, cur.rounds, cur.errors,
+                 cur.last_error);
+            return -1;
+        }
+        usleep(100000);
+        if (read_mailbox(&cur) < 0) {
+            return -1;
+        }
+    }
+    *mb = cur;
+    return 0;
+}
+
+/* The guest's own checks, and every DMA completion interrupt delivered
+ * (the last one may still be on its way). */
+static int mailbox_good(const struct mailbox *mb, uint32_t fact)
+{
+    if (mb->errors || mb->fact != fact || mb->spurious ||
+        mb->dma_irqs + 1 < mb->dma_done) {
+        diag("guest: rounds %u errors %u (last %u) fact %u/%u dma %u "
+             "irqs %u spurious %u", mb->rounds, mb->errors, mb->last_error,
+             mb->fact, fact, mb->dma_done, mb->dma_irqs, mb->spurious);
+        return 0;
+    }
+    return 1;
+}
+
+/* Interrupts L1's kernel has taken for the passed-through edu so far */
+static long vfio_irq_count(void)
+{
+    static char buf[65536];
+    char *line;
+    long total = 0;
+
+    if (read_file("/proc/interrupts", buf, sizeof(buf)) < 0) {
+        return -1;
+    }
+    for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        if (strstr(line, "vfio-msi")) {
+            char *p = strchr(line, ':');
+
+            total += p ? atol(p + 1) : 0;
+        }
+    }
+    return total;
+}
+
+/* PCI command register of edu as L1 sees it: bus mastering must stay on */
+static int edu_bus_master(void)
+{
+    char path[128];
+    uint8_t cfg[8];
+    int fd;
+
+    snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config", edu_bdf);
+    fd = open(path, O_RDONLY);
+    if (fd < 0 || pread(fd, cfg, sizeof(cfg), 0) != sizeof(cfg)) {
+        return -1;
+    }
+    close(fd);
+    return (cfg[4] & 0x4) != 0;
+}
+
+/* cprsave + cprload; the pause in ms from the QMP events, or -1. */
+static double update(int *irq_during)
+{
+    long before, after;
+    char *line;
+
+    ev_stop = ev_resume = 0;
+    line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"file\": \""
+                   STATE "\", \"mode\": \"restart\"}}");
+    if (!line || !strstr(line, "\"return\"")) {
+        diag("cprsave: %s", line ? line : "(connection lost)");
+        free(line);
+        return -1;
+    }
+    free(line);
+    /* edu's DMA takes 100 ms: one in flight completes now, while no QEMU
+     * runs the VM, and its interrupt must reach the guest after cprload. */
+    before = vfio_irq_count();
+    usleep(300000);
+    after = vfio_irq_count();
+    *irq_during = after > before;
+    if (!qmp_ok("{\"execute\": \"cprload\", \"arguments\": {\"file\": \""
+                STATE "\"}}")) {
+        return -1;
+    }
+    return (ev_resume - ev_stop) * 1e3 - 300;
+}
+
+static void test_updates(void)
+{
+    struct mailbox mb;
+    double pause[UPDATES];
+    int i, ok, during = 0, irq;
+    uint32_t fact;
+
+    ok = wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
+    result(ok, "edu DMA and MSI work before the update");
+    if (!ok) {
+        return;
+    }
+    fact = mb.fact;
+    diag("edu %08x at %08x, %u rounds, %u DMA interrupts", mb.edu_id,
+         mb.bar0, mb.rounds, mb.dma_irqs);
+
+    ok = 1;
+    for (i = 0; i < UPDATES && ok; i++) {
+        pause[i] = update(&irq);
+        during += irq;
+        ok = pause[i] >= 0 && wait_rounds(&mb, 3, 600) == 0 &&
+             mailbox_good(&mb, fact) && edu_bus_master() == 1;
+    }
+    result(ok, "DMA, MSI and edu's registers go on across updates");
+    if (ok) {
+        diag("%d updates; pause with the VFIO device (ms, without the 300 "
+             "ms wait before cprload): %.1f %.1f %.1f", UPDATES, pause[0],
+             pause[1], pause[2]);
+    }
+    result(ok && during > 0,
+           "an interrupt raised while no QEMU ran the VM was delivered");
+    diag("updates during which edu raised an interrupt: %d of %d", during,
+         UPDATES);
+}
+
+static void test_exec_fails(void)
+{
+    struct mailbox mb;
+    char *line;
+    int fd, ok;
+
+    fd = open("/tmp/not-a-program", O_WRONLY | O_CREAT | O_TRUNC, 0700);
+    ok = fd >= 0 && write(fd, "junk\n", 5) == 5;
+    close(fd);
+    line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"file\": \""
+                   STATE "\", \"mode\": \"restart\", \"binary\":"
+                   " \"/tmp/not-a-program\"}}");
+    ok = ok && line && strstr(line, "cannot execute");
+    if (!ok) {
+        diag("cprsave to a non-program: %s", line ? line : "(lost)");
+    }
+    free(line);
+    ok = ok && wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
+    result(ok, "a failed execve gives the old process its DMA mappings back");
+}
+
+static void test_blocked(void)
+{
+    struct mailbox mb;
+    char *line;
+    int ok;
+
+    stop_qemu();
+    qemu_pid = start_qemu(1, 0);
+    ok = qmp_connect() == 0 && wait_rounds(&mb, 2, 600) == 0;
+    line = ok ? qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"file\":"
+                        " \"" STATE "\", \"mode\": \"restart\"}}") : NULL;
+    ok = ok && line && strstr(line, "blocked by 'pc.ram'");
+    if (!ok) {
+        diag("cprsave with anonymous RAM: %s", line ? line : "(none)");
+    }
+    free(line);
+    ok = ok && wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
+    result(ok, "a blocked cprsave leaves the device's DMA alone");
+}
+
+/* The same update without the VFIO device, for comparison */
+static void test_pause_without_vfio(void)
+{
+    int irq, ok;
+    double p;
+
+    stop_qemu();
+    qemu_pid = start_qemu(0, 1);
+    ok = qmp_connect() == 0;
+    usleep(2000000);
+    p = ok ? update(&irq) : -1;
+    result(p >= 0, "update without the VFIO device");
+    diag("pause without the VFIO device: %.1f ms", p);
+}
+
+int main(void)
+{
+    char group[64];
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("TAP version 14\n1..7\n");
+    if (bind_edu(group, sizeof(group)) < 0) {
+        result(0, "edu bound to vfio-pci");
+        return 1;
+    }
+    result(1, "edu bound to vfio-pci");
+    diag("edu at %s, group %s", edu_bdf, group);
+    qemu_pid = start_qemu(1, 1);
+    if (qmp_connect() < 0) {
+        result(0, "QEMU starts with edu passed through");
+        return 1;
+    }
+    test_updates();
+    test_exec_fails();
+    test_blocked();
+    test_pause_without_vfio();
+    stop_qemu();
+    return failed;
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""VFIO live update with a real kernel VFIO: boot the L1 guest of
+scripts/vfio-l1.sh under TCG with an emulated IOMMU and an edu device; the
+test program inside it (tests/e2e/vfio-l1.c) passes edu through to an L2
+guest with our QEMU, live-updates it and prints TAP, which this script
+relays.  The rest of L1's console goes to build/vfio-l1.console."""
+
+import os
+import re
+import subprocess
+import sys
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+L1 = os.path.join(TOP, "build", "guest", "vfio-l1")
+QEMU = os.path.join(TOP, "build", "qemu-system-x86_64")
+TAP = re.compile(r"^(TAP version|1\.\.\d+|ok \d|not ok \d|# )")
+
+
+def main():
+    args = [QEMU, "-machine", "q35,kernel-irqchip=split", "-accel", "tcg",
+            "-m", "2048", "-display", "none", "-nodefaults", "-no-reboot",
+            "-device", "intel-iommu,caching-mode=on,intremap=on",
+            "-device", "edu",
+            "-kernel", os.path.join(L1, "vmlinuz"),
+            "-initrd", os.path.join(L1, "initrd.img"),
+            "-append", "console=ttyS0 intel_iommu=on loglevel=3",
+            "-serial", "stdio"]
+    plan = None
+    oks = 0
+    bad = 0
+    with open(os.path.join(TOP, "build", "vfio-l1.console"), "w") as log, \
+            subprocess.Popen(args, stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL) as proc:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            log.write(line + "\n")
+            log.flush()
+            if not TAP.match(line):
+                continue
+            print(line, flush=True)
+            if line.startswith("1.."):
+                plan = int(line[3:])
+            elif line.startswith("ok "):
+                oks += 1
+            elif line.startswith("not ok "):
+                bad += 1
+    if plan is None or oks + bad != plan:
+        print("# L1 ended after %d of %s tests; see build/vfio-l1.console"
+              % (oks + bad, plan))
+        return 1
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
