@@ -6,7 +6,7 @@ QEMU      := build/qemu-system-x86_64
 
 LINUX_GUEST := build/guest/linux/stamp
 
-.PHONY: all deps build build-b guest linux-guest demo check bench clean
+.PHONY: all deps build build-b guest linux-guest vfio-l1 demo check bench clean
 
 all: build
 
@@ -24,6 +24,9 @@ guest: deps $(GUEST_IMG)
 linux-guest: deps
 	bash scripts/linux-guest.sh
 
+vfio-l1: build
+	bash scripts/vfio-l1.sh
+
 $(GUEST_IMG): tests/guest/cpr-guest.S | deps
 	@mkdir -p $(@D)
 	$(CC) -c -o $(@D)/cpr-guest.o $<
@@ -35,7 +38,7 @@ $(GUEST_IMG): tests/guest/cpr-guest.S | deps
 demo: build guest
 	bash scripts/demo.sh
 
-check: build build-b guest linux-guest
+check: build build-b guest linux-guest vfio-l1
 	bash scripts/check.sh
 
 bench: build guest linux-guest

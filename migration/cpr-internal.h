@@ -57,8 +57,4 @@ void cpr_state_set_helper(pid_t pid);
 GArray *cpr_state_exec_closing_fds(void);
 void cpr_forget_fd(const char *name, int id);
 
-/* cpr.c */
-void cpr_add_blocker(CprBlockerList ***tail, const char *object,
-                     const char *fmt, ...) G_GNUC_PRINTF(3, 4);
-
 #endif

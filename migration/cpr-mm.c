@@ -113,6 +113,12 @@ static int cpr_mm_helper(void *opaque)
                 _NSIG / 8);
         syscall(SYS_execve, "/proc/self/exe", h->argv, h->envp);
     }
+    /*
+     * The new process has the VM: let go of the kept descriptors (a VFIO
+     * group, a tap) at once rather than after the teardown in exit, which
+     * runs at idle priority and can take long.
+     */
+    syscall(SYS_close_range, 0, ~0U, 0);
     syscall(SYS_exit, 0);
     return 0;
 }

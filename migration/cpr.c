@@ -53,9 +53,54 @@ void cpr_add_blocker(CprBlockerList ***tail, const char *object,
     QAPI_LIST_APPEND(*tail, b);
 }
 
+static NotifierWithReturnList cpr_notifiers =
+    NOTIFIER_WITH_RETURN_LIST_INITIALIZER(cpr_notifiers);
+static GSList *cpr_allowed_blockers;     /* Error * */
+static GSList *cpr_blocker_fns;          /* CprBlockerFn * */
+static bool cpr_saving;
+
+void cpr_add_notifier(NotifierWithReturn *n)
+{
+    notifier_with_return_list_add(&cpr_notifiers, n);
+}
+
+void cpr_remove_notifier(NotifierWithReturn *n)
+{
+    notifier_with_return_remove(n);
+}
+
+static bool cpr_notify(CprEvent event, Error **errp)
+{
+    CprNotifyData data = { .event = event, .errp = errp };
+
+    return notifier_with_return_list_notify(&cpr_notifiers, &data) == 0;
+}
+
+bool cpr_save_in_progress(void)
+{
+    return cpr_saving;
+}
+
+void cpr_allow_migration_blocker(Error *reason)
+{
+    cpr_allowed_blockers = g_slist_prepend(cpr_allowed_blockers, reason);
+}
+
+void cpr_disallow_migration_blocker(Error *reason)
+{
+    cpr_allowed_blockers = g_slist_remove(cpr_allowed_blockers, reason);
+}
+
+void cpr_add_blocker_fn(CprBlockerFn *fn)
+{
+    cpr_blocker_fns = g_slist_append(cpr_blocker_fns, fn);
+}
+
 static void cpr_add_migration_blocker(Error *err, void *opaque)
 {
-    cpr_add_blocker(opaque, "migration", "%s", error_get_pretty(err));
+    if (!g_slist_find(cpr_allowed_blockers, err)) {
+        cpr_add_blocker(opaque, "migration", "%s", error_get_pretty(err));
+    }
 }
 
 static void cpr_add_unmigratable(const char *idstr, void *opaque)
@@ -82,6 +127,7 @@ static CprBlockerList *cpr_blockers(void)
 {
     CprBlockerList *list = NULL, **tail = &list;
     QemuOptsList *sandbox = qemu_find_opts_err("sandbox", NULL);
+    GSList *fns;
 
     if (is_daemonized()) {
         cpr_add_blocker(&tail, "daemonize", "QEMU was started with "
@@ -95,6 +141,9 @@ static CprBlockerList *cpr_blockers(void)
     cpr_ram_add_blockers(&tail);
     qemu_savevm_foreach_unmigratable(cpr_add_unmigratable, &tail);
     migration_foreach_blocker(cpr_add_migration_blocker, &tail);
+    for (fns = cpr_blocker_fns; fns; fns = fns->next) {
+        ((CprBlockerFn *)fns->data)(&tail);
+    }
     return list;
 }
 
@@ -178,8 +227,8 @@ static void cpr_exec(const char *exec_path, Error **errp)
     monitor_qmp_cpr_register(true);
     monitor_fdset_cpr_register(true);
     tap_cpr_register();
-    if (!cpr_mm_prepare(errp)) {
-        goto out;
+    if (!cpr_notify(CPR_EVENT_EXEC, errp) || !cpr_mm_prepare(errp)) {
+        goto undo;
     }
     if (!cpr_state_exec_prepare(errp)) {
         helper = -1;
@@ -205,7 +254,8 @@ abort:
     cpr_state_exec_abort();
 release:
     cpr_mm_release(helper);
-out:
+undo:
+    cpr_notify(CPR_EVENT_EXEC_FAILED, NULL);
     tap_cpr_unregister();
     monitor_fdset_cpr_register(false);
     monitor_qmp_cpr_register(false);
@@ -230,9 +280,12 @@ void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
         error_setg(errp, "cannot flush block devices before saving");
         goto resume;
     }
+    cpr_saving = true;
     if (!cpr_file_write(file, mode, errp)) {
+        cpr_saving = false;
         goto resume;
     }
+    cpr_saving = false;
     cpr_exec(exec_path, errp);
     unlink(file);
 
@@ -249,6 +302,7 @@ void qmp_cprload(const char *file, Error **errp)
     ERRP_GUARD();
     g_autoptr(CprFile) cf = NULL;
     const char *machine = MACHINE_GET_CLASS(current_machine)->name;
+    Error *err = NULL;
     RunState state;
 
     if (!cpr_is_incoming()) {
@@ -276,6 +330,9 @@ void qmp_cprload(const char *file, Error **errp)
     bdrv_activate_all(errp);
     if (*errp) {
         return;
+    }
+    if (!cpr_notify(CPR_EVENT_LOADED, &err)) {
+        warn_report_err(err);
     }
 
     state = global_state_received() ? global_state_get_runstate()

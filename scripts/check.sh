@@ -16,7 +16,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test linux_e2e libvirt_e2e style)
+suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e style)
 n=0
 failed=0
 
@@ -60,6 +60,12 @@ linux_e2e() {
 # The same guest managed by Debian's libvirt, updated through virsh.
 libvirt_e2e() {
     in_session libvirt-e2e python3 "$top/tests/e2e/libvirt-update.py"
+}
+
+# A device passed through with a real kernel VFIO, inside an L1 guest
+# (tests/e2e/vfio-update.py).
+vfio_e2e() {
+    in_session vfio-e2e python3 "$top/tests/e2e/vfio-update.py"
 }
 
 # QEMU coding style on our C files and on every patch.

@@ -15,6 +15,7 @@
 #define MIGRATION_CPR_H
 
 #include "exec/cpu-common.h"
+#include "qemu/notify.h"
 
 /* Environment variable naming the inherited descriptor of the CPR state */
 #define CPR_STATE_ENV "QEMU_CPR_STATE"
@@ -81,6 +82,51 @@ void cpr_state_incoming_done(void);
 /* The argument vector and binary this process was started with */
 char **cpr_get_argv(void);
 const char *cpr_get_exec_path(void);
+
+/* cpr.c: hooks for devices that keep more than descriptors */
+
+typedef enum CprEvent {
+    /*
+     * Before execve, after the state file is written: register what must
+     * cross execve and prepare for it.  Failing (with errp set) makes
+     * cprsave fail and the VM resume.
+     */
+    CPR_EVENT_EXEC,
+    /* execve, or something after CPR_EVENT_EXEC, failed: undo it. */
+    CPR_EVENT_EXEC_FAILED,
+    /* In the new process: cprload loaded the state; the VM is not running. */
+    CPR_EVENT_LOADED,
+} CprEvent;
+
+typedef struct CprNotifyData {
+    CprEvent event;
+    Error **errp;
+} CprNotifyData;
+
+/* @n->notify gets a CprNotifyData; it returns 0, or -1 with errp set. */
+void cpr_add_notifier(NotifierWithReturn *n);
+void cpr_remove_notifier(NotifierWithReturn *n);
+
+/* True while cprsave writes the device state (for VMStateDescription.needed) */
+bool cpr_save_in_progress(void);
+
+/*
+ * A migration blocker that does not block cprsave restart: the device it
+ * belongs to handles live update itself (VFIO).
+ */
+void cpr_allow_migration_blocker(Error *reason);
+void cpr_disallow_migration_blocker(Error *reason);
+
+/*
+ * Subsystems report their own blockers: @fn appends to the list with
+ * cpr_add_blocker() when query-cpr or cprsave asks.
+ */
+typedef struct CprBlocker CprBlocker;
+typedef struct CprBlockerList CprBlockerList;
+typedef void CprBlockerFn(CprBlockerList ***tail);
+void cpr_add_blocker_fn(CprBlockerFn *fn);
+void cpr_add_blocker(CprBlockerList ***tail, const char *object,
+                     const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 
 /* cpr-ram.c: guest RAM kept in shared memory across execve */
 
