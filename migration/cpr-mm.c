@@ -89,8 +89,6 @@ static int cpr_mm_helper(void *opaque)
     syscall(SYS_write, h->ready_fd, &c, 1);
     syscall(SYS_close, h->ready_fd);
 
-    /* The teardown must not take CPU time from QEMU. */
-    syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &param);
     for (;;) {
         n = syscall(SYS_read, h->wait_fd, &c, 1);
         if (n < 0) {
@@ -108,7 +106,6 @@ static int cpr_mm_helper(void *opaque)
         }
         /* The new process is gone without a word: take the VM back. */
         syscall(SYS_close, h->wait_fd);
-        syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &param);
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &h->sigmask, NULL,
                 _NSIG / 8);
         syscall(SYS_execve, "/proc/self/exe", h->argv, h->envp);
@@ -119,6 +116,8 @@ static int cpr_mm_helper(void *opaque)
      * runs at idle priority and can take long.
      */
     syscall(SYS_close_range, 0, ~0U, 0);
+    /* The teardown of the old address space must not take CPU from QEMU. */
+    syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &param);
     syscall(SYS_exit, 0);
     return 0;
 }
