@@ -9,19 +9,11 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/scripts/guest-lib.sh"
 out=$top/build/guest/vfio-l1
 qemu=$(readlink -f "$top/build/qemu-system-x86_64")
-want="$(cat "$0" "$top/scripts/guest-lib.sh" "$top/tests/guest/edu-guest.c" \
-        "$top/tests/guest/edu-guest.ld" "$top/tests/e2e/vfio-l1.c" "$qemu" |
-        sha256sum | cut -c1-16)"
-if [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$want" ]; then
-    exit 0
-fi
-
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fetch_kernel "$work"
-root=$work/root
-mkdir -p "$root"/{bin,dev,proc,sys,tmp,usr/bin,usr/share/qemu}
-cp "$work/pkg/bin/busybox" "$root/bin/busybox"
+stamp_check "$out" "$0" "$top/scripts/guest-lib.sh" \
+    "$top/tests/guest/edu-guest.c" "$top/tests/guest/edu-guest.ld" \
+    "$top/tests/e2e/vfio-l1.c" "$qemu"
+new_root
+mkdir -p "$root"/{usr/bin,usr/share/qemu}
 install_modules "$root" vfio_iommu_type1 vfio-pci
 
 # QEMU, the libraries it links and the firmware an L2 guest needs
@@ -43,23 +35,9 @@ ld -m elf_i386 --no-warn-rwx-segments -T "$top/tests/guest/edu-guest.ld" \
     -o "$root/edu-guest.elf" "$work/edu-guest.o"
 gcc -static -O2 -Wall -Werror -o "$root/vfio-l1" "$top/tests/e2e/vfio-l1.c"
 
-cat >"$root/init" <<'EOI'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-for m in $(cat /modules.order); do
-    insmod /lib/modules/$m
-done
+write_init <<'EOF'
 /vfio-l1
 echo "vfio-l1: exit $?"
 poweroff -f
-EOI
-chmod 755 "$root/init" "$root/bin/busybox"
-mkdir -p "$out"
-pack_initrd "$root" "$out/initrd.img"
-cp "$work/pkg/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
-mv "$out/vmlinuz.tmp" "$out/vmlinuz"
-echo "$want" >"$out/stamp"
+EOF
+finish_image "$out"
