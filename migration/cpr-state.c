@@ -339,6 +339,14 @@ void cpr_init(int argc, char **argv, Error **errp)
         return;
     }
     close(fd);
+    /* Kept for this process alone: not for the children it may run. */
+    for (i = 0; cpr_incoming && i < cpr_incoming->len; i++) {
+        CprFd *elem = g_ptr_array_index(cpr_incoming, i);
+
+        if (elem->fd >= 0) {
+            qemu_set_cloexec(elem->fd);
+        }
+    }
     cpr_incoming_pending = true;
     if (getenv(CPR_RECOVERY_ENV)) {
         cpr_recovery = true;

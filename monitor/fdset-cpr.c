@@ -90,7 +90,6 @@ void monitor_fdset_cpr_restore(void)
             g_autofree char *fd_opaque = cpr_find_str(str);
             AddfdInfo *info;
 
-            qemu_set_cloexec(fd);
             info = monitor_fdset_add_fd(fd, true, set, !!fd_opaque,
                                         fd_opaque, &error_abort);
             qapi_free_AddfdInfo(info);

@@ -105,7 +105,6 @@ int vfio_cpr_notifier_init(VFIODevice *vbasedev, EventNotifier *e,
 
     if (fd >= 0) {
         trace_vfio_cpr_notifier_kept(vbasedev->name, kind, nr, fd);
-        qemu_set_cloexec(fd);
         event_notifier_init_fd(e, fd);
         return 0;
     }

@@ -1276,6 +1276,35 @@ static guint count_matching(GPtrArray *list, const char *pattern)
     return n;
 }
 
+/* Descriptors of @pid whose target contains @what and lack FD_CLOEXEC */
+static int count_inheritable(pid_t pid, const char *what)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/fd", pid);
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    int n = 0;
+
+    g_assert(d);
+    while ((name = g_dir_read_name(d)) != NULL) {
+        g_autofree char *link_path = g_build_filename(dir, name, NULL);
+        g_autofree char *target = g_file_read_link(link_path, NULL);
+        g_autofree char *info_path = g_strdup_printf("/proc/%d/fdinfo/%s",
+                                                     pid, name);
+        g_autofree char *info = NULL;
+        const char *flags;
+
+        if (!target || !strstr(target, what) ||
+            !g_file_get_contents(info_path, &info, NULL, NULL)) {
+            continue;
+        }
+        flags = strstr(info, "flags:");
+        g_assert(flags);
+        n += !(strtoul(flags + 6, NULL, 8) & O_CLOEXEC);
+    }
+    g_dir_close(d);
+    return n;
+}
+
 static void test_only_registered_fds(void)
 {
     g_autofree char *machine = memfd_machine();
@@ -1306,6 +1335,8 @@ static void test_only_registered_fds(void)
     run_fds = fd_targets(vm->pid);
     g_assert_cmpuint(count_matching(run_fds, "/memfd:"), ==,
                      count_matching(old_fds, "/memfd:"));
+    /* Kept for QEMU itself: a program QEMU runs does not inherit them. */
+    g_assert_cmpint(count_inheritable(vm->pid, "/memfd:"), ==, 0);
     unlink(marker);
     vm_kill(vm);
 }
