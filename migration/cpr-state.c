@@ -343,8 +343,11 @@ void cpr_init(int argc, char **argv, Error **errp)
     for (i = 0; cpr_incoming && i < cpr_incoming->len; i++) {
         CprFd *elem = g_ptr_array_index(cpr_incoming, i);
 
-        if (elem->fd >= 0) {
-            qemu_set_cloexec(elem->fd);
+        int flags = elem->fd >= 0 ? fcntl(elem->fd, F_GETFD) : -1;
+
+        /* (a process taking the VM back lacks the helper's pipe) */
+        if (flags >= 0) {
+            fcntl(elem->fd, F_SETFD, flags | FD_CLOEXEC);
         }
     }
     cpr_incoming_pending = true;

@@ -380,10 +380,12 @@ class LinuxVm:
     def alive(self):
         if self.pid == self.proc.pid:
             return self.proc.poll() is None
+        # A VM taken back after a failed update is not our child: once it
+        # exits it may stay a zombie if nothing reaps it.
         try:
-            os.kill(self.pid, 0)
-            return True
-        except OSError:
+            with open("/proc/%d/stat" % self.pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
             return False
 
     def fd_count(self):
@@ -406,7 +408,10 @@ class LinuxVm:
         deadline = time.monotonic() + timeout
         while self.alive():
             if time.monotonic() > deadline:
-                raise cprlib.QmpError("guest did not power off")
+                raise cprlib.QmpError(
+                    "guest did not power off (power button %s, QEMU %d "
+                    "still running)" % ("seen" if self.watch.poweroff
+                                        else "not seen", self.pid))
             time.sleep(0.05)
 
     def check_disks(self):
