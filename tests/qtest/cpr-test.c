@@ -1291,7 +1291,8 @@ static int count_inheritable(pid_t pid, const char *what)
         g_autofree char *info_path = g_strdup_printf("/proc/%d/fdinfo/%s",
                                                      pid, name);
         g_autofree char *info = NULL;
-        const char *flags;
+        const char *flags, *end;
+        unsigned long bits;
 
         if (!target || !strstr(target, what) ||
             !g_file_get_contents(info_path, &info, NULL, NULL)) {
@@ -1299,7 +1300,12 @@ static int count_inheritable(pid_t pid, const char *what)
         }
         flags = strstr(info, "flags:");
         g_assert(flags);
-        n += !(strtoul(flags + 6, NULL, 8) & O_CLOEXEC);
+        flags += 6;
+        while (*flags == ' ' || *flags == '\t') {
+            flags++;
+        }
+        g_assert(qemu_strtoul(flags, &end, 8, &bits) == 0);
+        n += !(bits & O_CLOEXEC);
     }
     g_dir_close(d);
     return n;
