@@ -192,8 +192,10 @@ static pid_t start_qemu(int with_edu, int memfd)
     return pid;
 }
 
-/* Read one line from QMP; events are noted (STOP/RESUME times) and skipped
- * by qmp_cmd. */
+/*
+ * Read one line from QMP; events are noted (STOP/RESUME times) and skipped
+ * by qmp_cmd.
+ */
 static char *qmp_line(void)
 {
     char *nl;
@@ -442,8 +444,10 @@ static int wait_rounds(struct mailbox *mb, uint32_t n, double timeout)
 
 static long vfio_irq_count(void);
 
-/* The guest's own checks, and every DMA completion interrupt delivered
- * (the last one may still be on its way). */
+/*
+ * The guest's own checks, and every DMA completion interrupt delivered
+ * (the last one may still be on its way).
+ */
 static int mailbox_good(const struct mailbox *mb, uint32_t fact)
 {
     if (mb->errors || mb->fact != fact || mb->spurious ||

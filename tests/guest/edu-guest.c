@@ -49,8 +49,15 @@ struct mailbox {
 #define ERR_DMA_STUCK   4
 #define ERR_NO_MSI      5
 
-static volatile struct mailbox *const mb = (struct mailbox *)MAILBOX;
-static volatile uint32_t *edu;
+/*
+ * Memory the device or the host reads and writes behind the compiler's
+ * back: edu's registers, the local APIC, DMA pages, the mailbox.
+ */
+typedef volatile uint32_t shared_u32;
+typedef volatile struct mailbox shared_mailbox;     /* the same */
+
+static shared_mailbox *const mb = (shared_mailbox *)MAILBOX;
+static shared_u32 *edu;
 
 /* Multiboot header: magic, flags (align, meminfo), checksum */
 __attribute__((section(".multiboot"), used, aligned(4)))
@@ -114,10 +121,9 @@ void edu_irq(void)
         mb->spurious++;
     }
     edu[0x64 / 4] = st;
-    *(volatile uint32_t *)(LAPIC + 0xb0) = 0;
+    *(shared_u32 *)(LAPIC + 0xb0) = 0;
 }
 
-void irq_entry(void);
 asm(".globl irq_entry\n"
     "irq_entry:\n"
     "  pusha\n"
@@ -129,9 +135,10 @@ asm(".globl irq_entry\n"
 static void setup_interrupts(void)
 {
     struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr;
-    uint32_t handler = (uint32_t)irq_entry;
+    uint32_t handler;
     uint16_t cs;
 
+    asm("mov $irq_entry, %0" : "=r"(handler));
     asm volatile("mov %%cs, %0" : "=r"(cs));
     idt[MSI_VECTOR].off_lo = handler & 0xffff;
     idt[MSI_VECTOR].off_hi = handler >> 16;
@@ -144,7 +151,7 @@ static void setup_interrupts(void)
     outb(0x21, 0xff);
     outb(0xa1, 0xff);
     /* Software-enable the local APIC, spurious vector 0xff. */
-    *(volatile uint32_t *)(LAPIC + 0xf0) = 0x1ff;
+    *(shared_u32 *)(LAPIC + 0xf0) = 0x1ff;
     asm volatile("sti");
 }
 
@@ -221,7 +228,7 @@ void main(void)
     /* Memory space, bus master, INTx off */
     pci_write(dev, 4, (pci_read(dev, 4) & 0xffff) | 0x6 | (1 << 10));
     mb->bar0 = pci_read(dev, 0x10) & ~0xfu;
-    edu = (volatile uint32_t *)mb->bar0;
+    edu = (shared_u32 *)mb->bar0;
     mb->edu_id = edu[0];
     setup_interrupts();
     if (enable_msi(dev) < 0) {
@@ -235,11 +242,11 @@ void main(void)
     mb->magic = MAILBOX_MAGIC;
 
     for (round = 1;; round++) {
-        volatile uint32_t *src, *dst;
+        shared_u32 *src, *dst;
 
         k = round % 16;
-        src = (volatile uint32_t *)(SRC_PAGES + k * 4096);
-        dst = (volatile uint32_t *)(DST_PAGES + k * 4096);
+        src = (shared_u32 *)(SRC_PAGES + k * 4096);
+        dst = (shared_u32 *)(DST_PAGES + k * 4096);
         for (i = 0; i < DMA_LEN / 4; i++) {
             src[i] = pattern(round, i);
             dst[i] = 0;

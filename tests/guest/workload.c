@@ -51,8 +51,9 @@
 #define REC_MAGIC 0x4345524450524351ULL /* "QCPRDREC" */
 #define NET_REC 64
 
+/* Written by one thread, read by the heartbeat: no stale copies. */
 static volatile uint64_t mem_passes, net_records, errors;
-static volatile uint64_t disk_records[2];
+static volatile uint64_t disk_records[2];   /* likewise */
 static char last_error[160];
 static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
 static int tty0 = -1, tty1 = -1, tty2 = -1;
@@ -103,7 +104,7 @@ static char *cmdline_param(const char *name)
     for (p = cmdline; (p = strstr(p, key)) != NULL; p++) {
         if (p == cmdline || p[-1] == ' ') {
             p += strlen(key);
-            len = strcspn(p, " \n");
+            len = strcspn(p, "\n ");
             return strndup(p, len);
         }
     }
