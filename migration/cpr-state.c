@@ -150,6 +150,13 @@ int cpr_find_fd(const char *name, int id)
     return fd;
 }
 
+bool cpr_has_fd(const char *name, int id)
+{
+    QEMU_LOCK_GUARD(&cpr_incoming_lock);
+
+    return cpr_fd_index(cpr_incoming, name, id) >= 0;
+}
+
 char *cpr_find_str(const char *name)
 {
     QEMU_LOCK_GUARD(&cpr_incoming_lock);

@@ -45,6 +45,11 @@ int cpr_find_fd(const char *name, int id)
     return -1;
 }
 
+bool cpr_has_fd(const char *name, int id)
+{
+    return false;
+}
+
 char *cpr_find_str(const char *name)
 {
     return NULL;

@@ -28,7 +28,7 @@
  *
  * Names in the CPR state: "vfio-container" and "vfio-group" with the group
  * number as id, "vfio-device:<name>", "vfio-irq:<name>:<kind>" with the
- * vector as id (kinds: intx, msi, msi-kvm, err, req).
+ * vector as id (kinds: intx, msi, msix, msi-kvm, err, req).
  */
 
 #include "qemu/osdep.h"
@@ -109,6 +109,13 @@ int vfio_cpr_notifier_init(VFIODevice *vbasedev, EventNotifier *e,
         return 0;
     }
     return event_notifier_init(e, 0);
+}
+
+bool vfio_cpr_irq_kept(VFIODevice *vbasedev, const char *kind, int nr)
+{
+    g_autofree char *key = vfio_cpr_irq_name(vbasedev, kind);
+
+    return vbasedev->cpr_resume && cpr_has_fd(key, nr);
 }
 
 /*
@@ -338,14 +345,21 @@ static void vfio_cpr_save_device(VFIODevice *vbasedev, bool keep)
     }
     if (vdev->interrupt == VFIO_INT_INTx) {
         vfio_cpr_save_irq(vbasedev, "intx", 0, &vdev->intx.interrupt, keep);
-    } else if (vdev->interrupt == VFIO_INT_MSI) {
+    } else if (vdev->interrupt == VFIO_INT_MSI ||
+               vdev->interrupt == VFIO_INT_MSIX) {
+        const char *kind = vdev->interrupt == VFIO_INT_MSI ? "msi" : "msix";
+
+        /*
+         * Every vector the kernel signals, masked or not: a masked MSI-X
+         * vector's eventfd is the one that sets its pending bit.
+         */
         for (i = 0; i < vdev->nr_vectors; i++) {
             VFIOMSIVector *v = &vdev->msi_vectors[i];
 
             if (!v->use) {
                 continue;
             }
-            vfio_cpr_save_irq(vbasedev, "msi", i, &v->interrupt, keep);
+            vfio_cpr_save_irq(vbasedev, kind, i, &v->interrupt, keep);
             if (v->virq >= 0) {
                 vfio_cpr_save_irq(vbasedev, "msi-kvm", i, &v->kvm_interrupt,
                                   keep);
@@ -509,8 +523,6 @@ static void vfio_cpr_blockers(CprBlockerList ***tail)
                             "IOMMU cannot be kept yet", group->groupid);
         }
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
-            VFIOPCIDevice *vdev;
-
             if (vbasedev->type != VFIO_DEVICE_TYPE_PCI) {
                 cpr_add_blocker(tail, vbasedev->name, "only VFIO PCI "
                                 "devices can be kept");
@@ -520,11 +532,6 @@ static void vfio_cpr_blockers(CprBlockerList ***tail)
                 cpr_add_blocker(tail, vbasedev->name, "a mediated device "
                                 "cannot keep a valid address window");
                 continue;
-            }
-            vdev = container_of(vbasedev, VFIOPCIDevice, vbasedev);
-            if (vdev->interrupt == VFIO_INT_MSIX) {
-                cpr_add_blocker(tail, vbasedev->name, "MSI-X is enabled; "
-                                "only INTx and MSI are kept so far");
             }
         }
     }

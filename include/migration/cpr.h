@@ -64,6 +64,9 @@ void cpr_delete_fd(const char *name, int id);
  */
 int cpr_find_fd(const char *name, int id);
 
+/* cpr_has_fd: whether a descriptor is inherited under @name and @id. */
+bool cpr_has_fd(const char *name, int id);
+
 /* cpr_find_str: the string inherited under @name (caller frees), or NULL. */
 char *cpr_find_str(const char *name);
 

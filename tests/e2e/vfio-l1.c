@@ -1,10 +1,11 @@
 /*
  * The VFIO live-update test, run inside the L1 guest (scripts/vfio-l1.sh)
- * as part of its init.  L1 has an emulated edu device behind an emulated
- * IOMMU; this program binds it to vfio-pci, starts our QEMU on the edu L2
- * guest (tests/guest/edu-guest.c) with the device passed through, and
- * checks that DMA and interrupts go on across cprsave/cprload.  Prints TAP
- * on stdout (L1's console), which tests/e2e/vfio-update.py relays.
+ * as part of its init.  L1 has an emulated edu device (MSI) and an NVMe
+ * controller (MSI-X) behind an emulated IOMMU; this program binds them to
+ * vfio-pci, starts our QEMU on an L2 guest driving one of them
+ * (tests/guest/edu-guest.c, nvme-guest.c) with the device passed through,
+ * and checks that DMA and interrupts go on across cprsave/cprload.  Prints
+ * TAP on stdout (L1's console), which tests/e2e/vfio-update.py relays.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -32,13 +33,32 @@
 #define MAILBOX_MAGIC   0x45445547
 #define UPDATES         3
 
+/* The mailboxes of tests/guest/edu-guest.c and nvme-guest.c */
 struct mailbox {
     uint32_t magic, edu_id, bar0, rounds, errors, last_error;
     uint32_t dma_irqs, dma_done, spurious, fact;
 };
 
-static char edu_bdf[32];
-static char vfio_group[64];
+#define NVME_MAGIC      0x454d564e
+#define NVME_PENDING    1
+#define NVME_MASKED     2
+
+struct nvme_mailbox {
+    uint32_t magic, bar0, rounds, errors, last_error;
+    uint32_t irqs[2], completions[2];
+    uint32_t phase, pending_ok, masked_ok;
+};
+
+/* A device of L1 given to vfio-pci */
+struct l1_dev {
+    const char *name, *id;      /* sysfs "vendor device", as new_id takes */
+    char bdf[32];
+    char group[64];             /* /dev/vfio/N */
+};
+
+static struct l1_dev edu = { "edu", "1234 11e8" };
+static struct l1_dev nvme = { "nvme", "1b36 0010" };
+static struct l1_dev *passed;   /* the device the running QEMU has */
 static pid_t qemu_pid;
 static int qmp = -1;
 static char qmp_buf[65536];
@@ -103,59 +123,68 @@ static int write_file(const char *path, const char *s)
     return n == (ssize_t)strlen(s) ? 0 : -1;
 }
 
-/* Find edu (1234:11e8) and bind it to vfio-pci. */
-static int bind_edu(char *group, size_t glen)
+/* Find @dev in L1 and bind it to vfio-pci. */
+static int bind_device(struct l1_dev *dev)
 {
-    char path[512], buf[64];
+    char path[512], buf[64], vendor[16], device[16];
     struct dirent *de;
     DIR *d = opendir("/sys/bus/pci/devices");
     ssize_t n;
 
+    snprintf(vendor, sizeof(vendor), "0x%.4s", dev->id);
+    snprintf(device, sizeof(device), "0x%.4s", dev->id + 5);
     while (d && (de = readdir(d)) != NULL) {
         snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vendor",
                  de->d_name);
         if (read_file(path, buf, sizeof(buf)) < 0 ||
-            strncmp(buf, "0x1234", 6)) {
+            strncmp(buf, vendor, 6)) {
             continue;
         }
         snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/device",
                  de->d_name);
         if (read_file(path, buf, sizeof(buf)) >= 0 &&
-            !strncmp(buf, "0x11e8", 6)) {
-            snprintf(edu_bdf, sizeof(edu_bdf), "%.31s", de->d_name);
+            !strncmp(buf, device, 6)) {
+            snprintf(dev->bdf, sizeof(dev->bdf), "%.31s", de->d_name);
         }
     }
     if (d) {
         closedir(d);
     }
-    if (!edu_bdf[0]) {
-        diag("no edu device in L1");
+    if (!dev->bdf[0]) {
+        diag("no %s device in L1", dev->name);
         return -1;
     }
-    if (write_file("/sys/bus/pci/drivers/vfio-pci/new_id", "1234 11e8") < 0) {
-        diag("cannot bind edu to vfio-pci: %s", strerror(errno));
+    if (write_file("/sys/bus/pci/drivers/vfio-pci/new_id", dev->id) < 0) {
+        diag("cannot bind %s to vfio-pci: %s", dev->name, strerror(errno));
         return -1;
     }
     snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group",
-             edu_bdf);
+             dev->bdf);
     n = readlink(path, buf, sizeof(buf) - 1);
     if (n < 0) {
-        diag("edu has no IOMMU group");
+        diag("%s has no IOMMU group", dev->name);
         return -1;
     }
     buf[n] = 0;
-    snprintf(group, glen, "/dev/vfio/%s", strrchr(buf, '/') + 1);
-    return access(group, F_OK);
+    snprintf(dev->group, sizeof(dev->group), "/dev/vfio/%s",
+             strrchr(buf, '/') + 1);
+    diag("%s at %s, group %s", dev->name, dev->bdf, dev->group);
+    return access(dev->group, F_OK);
 }
 
-static pid_t start_qemu(int with_edu, int memfd)
+/* QEMU on the L2 guest @kernel, with @dev passed through if not NULL */
+static pid_t start_qemu(const char *kernel, struct l1_dev *dev, int memfd)
 {
-    char dev[64], machine[64];
+    char vfio[96], machine[64];
     const char *argv[32];
     int i = 0, fd;
     pid_t pid;
 
-    snprintf(dev, sizeof(dev), "vfio-pci,host=%s,id=edu0", edu_bdf);
+    passed = dev;
+    if (dev) {
+        snprintf(vfio, sizeof(vfio), "vfio-pci,host=%s,id=%s0", dev->bdf,
+                 dev->name);
+    }
     snprintf(machine, sizeof(machine), "q35,memfd-alloc=%s",
              memfd ? "on" : "off");
     argv[i++] = QEMU;
@@ -171,12 +200,12 @@ static pid_t start_qemu(int with_edu, int memfd)
     argv[i++] = "-display";
     argv[i++] = "none";
     argv[i++] = "-kernel";
-    argv[i++] = "/edu-guest.elf";
+    argv[i++] = kernel;
     argv[i++] = "-qmp";
     argv[i++] = "unix:" QMP_PATH ",server=on,wait=off";
-    if (with_edu) {
+    if (dev) {
         argv[i++] = "-device";
-        argv[i++] = dev;
+        argv[i++] = vfio;
     }
     argv[i] = NULL;
     unlink(QMP_PATH);
@@ -375,7 +404,10 @@ static void wait_group_free(void)
     double deadline = now() + 10;
     int fd;
 
-    while ((fd = open(vfio_group, O_RDWR)) < 0 && errno == EBUSY &&
+    if (!passed) {
+        return;
+    }
+    while ((fd = open(passed->group, O_RDWR)) < 0 && errno == EBUSY &&
            now() < deadline) {
         usleep(10000);
     }
@@ -398,21 +430,27 @@ static void stop_qemu(void)
     }
 }
 
-static int read_mailbox(struct mailbox *mb)
+/* The guest's mailbox, @len bytes of it */
+static int read_mem(void *mb, size_t len)
 {
-    int fd;
+    int fd, ok;
 
     if (!qmp_ok("{\"execute\": \"pmemsave\", \"arguments\": {\"val\": %d,"
                 " \"size\": %zu, \"filename\": \"/tmp/mb\"}}",
-                MAILBOX, sizeof(*mb))) {
+                MAILBOX, len)) {
         return -1;
     }
     fd = open("/tmp/mb", O_RDONLY);
-    if (fd < 0 || read(fd, mb, sizeof(*mb)) != sizeof(*mb)) {
-        return -1;
+    ok = fd >= 0 && read(fd, mb, len) == (ssize_t)len;
+    if (fd >= 0) {
+        close(fd);
     }
-    close(fd);
-    return 0;
+    return ok ? 0 : -1;
+}
+
+static int read_mailbox(struct mailbox *mb)
+{
+    return read_mem(mb, sizeof(*mb));
 }
 
 /* Wait until the guest has completed @n more rounds; 0 if it did. */
@@ -442,7 +480,7 @@ static int wait_rounds(struct mailbox *mb, uint32_t n, double timeout)
     return 0;
 }
 
-static long vfio_irq_count(void);
+static long vfio_irq_count(const struct l1_dev *dev);
 
 /*
  * The guest's own checks, and every DMA completion interrupt delivered
@@ -455,14 +493,14 @@ static int mailbox_good(const struct mailbox *mb, uint32_t fact)
         diag("guest: rounds %u errors %u (last %u) fact %u/%u dma %u "
              "irqs %u spurious %u; L1 took %ld", mb->rounds, mb->errors,
              mb->last_error, mb->fact, fact, mb->dma_done, mb->dma_irqs,
-             mb->spurious, vfio_irq_count());
+             mb->spurious, vfio_irq_count(&edu));
         return 0;
     }
     return 1;
 }
 
-/* Interrupts L1's kernel has taken for the passed-through edu so far */
-static long vfio_irq_count(void)
+/* Interrupts L1's kernel has taken for a passed-through device so far */
+static long vfio_irq_count(const struct l1_dev *dev)
 {
     static char buf[65536];
     char *line;
@@ -472,7 +510,7 @@ static long vfio_irq_count(void)
         return -1;
     }
     for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-        if (strstr(line, "vfio-msi")) {
+        if (strstr(line, "vfio-msi") && strstr(line, dev->bdf)) {
             char *p = strchr(line, ':');
 
             total += p ? atol(p + 1) : 0;
@@ -481,14 +519,18 @@ static long vfio_irq_count(void)
     return total;
 }
 
-/* PCI command register of edu as L1 sees it: bus mastering must stay on */
-static int edu_bus_master(void)
+/*
+ * PCI command register of a device as L1 sees it: bus mastering must stay
+ * on (a reset clears it)
+ */
+static int bus_master(const struct l1_dev *dev)
 {
     char path[128];
     uint8_t cfg[8];
     int fd;
 
-    snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config", edu_bdf);
+    snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/config",
+             dev->bdf);
     fd = open(path, O_RDONLY);
     if (fd < 0 || pread(fd, cfg, sizeof(cfg), 0) != sizeof(cfg)) {
         return -1;
@@ -503,21 +545,34 @@ static int edu_bus_master(void)
  * delivered to the guest after it; @during: some of them were raised
  * while no QEMU ran the VM (after the guest's state was saved).
  */
-static double update(long *raised, int *during)
+static int cprsave(void)
 {
-    struct mailbox frozen;
-    char *line;
-
     ev_stop = ev_resume = 0;
-    line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"file\": \""
-                   STATE "\", \"mode\": \"restart\"}}");
-    if (!line || !strstr(line, "\"return\"")) {
-        diag("cprsave: %s", line ? line : "(connection lost)");
-        free(line);
+    if (!qmp_ok("{\"execute\": \"cprsave\", \"arguments\": {\"file\": \""
+                STATE "\", \"mode\": \"restart\"}}")) {
         show_qemu_log();
         return -1;
     }
-    free(line);
+    return 0;
+}
+
+static int cprload(void)
+{
+    if (!qmp_ok("{\"execute\": \"cprload\", \"arguments\": {\"file\": \""
+                STATE "\"}}")) {
+        show_qemu_log();
+        return -1;
+    }
+    return 0;
+}
+
+static double update(long *raised, int *during)
+{
+    struct mailbox frozen;
+
+    if (cprsave() < 0) {
+        return -1;
+    }
     /*
      * The guest's counters as saved; edu's DMA takes 100 ms, so one that
      * was running completes while the new process waits for cprload.
@@ -526,11 +581,9 @@ static double update(long *raised, int *during)
         return -1;
     }
     usleep(300000);
-    *raised = vfio_irq_count();
+    *raised = vfio_irq_count(&edu);
     *during = *raised > (long)frozen.dma_irqs;
-    if (!qmp_ok("{\"execute\": \"cprload\", \"arguments\": {\"file\": \""
-                STATE "\"}}")) {
-        show_qemu_log();
+    if (cprload() < 0) {
         return -1;
     }
     return (ev_resume - ev_stop) * 1e3 - 300;
@@ -539,12 +592,7 @@ static double update(long *raised, int *during)
 /* An update as an operator does it, for the pause: cprload at once. */
 static double update_plain(void)
 {
-    ev_stop = ev_resume = 0;
-    if (!qmp_ok("{\"execute\": \"cprsave\", \"arguments\": {\"file\": \""
-                STATE "\", \"mode\": \"restart\"}}") ||
-        !qmp_ok("{\"execute\": \"cprload\", \"arguments\": {\"file\": \""
-                STATE "\"}}")) {
-        show_qemu_log();
+    if (cprsave() < 0 || cprload() < 0) {
         return -1;
     }
     return (ev_resume - ev_stop) * 1e3;
@@ -588,7 +636,7 @@ static void test_updates(const char *irq)
     for (i = 0; i < UPDATES && ok; i++) {
         pause = update(&raised, &d);
         ok = pause >= 0 && wait_rounds(&mb, 3, 600) == 0 &&
-             mailbox_good(&mb, fact) && edu_bus_master() == 1;
+             mailbox_good(&mb, fact) && bus_master(&edu) == 1;
         if (ok && d) {
             during++;
             if (mb.dma_irqs < raised) {
@@ -650,7 +698,7 @@ static void test_blocked(void)
     int ok;
 
     stop_qemu();
-    qemu_pid = start_qemu(1, 0);
+    qemu_pid = start_qemu("/edu-guest.elf", &edu, 0);
     ok = qmp_connect() == 0 && wait_rounds(&mb, 2, 600) == 0 &&
          cprsave_refused("", "blocked by 'pc.ram'") &&
          wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
@@ -663,7 +711,7 @@ static void test_pause_without_vfio(void)
     int ok;
 
     stop_qemu();
-    qemu_pid = start_qemu(0, 1);
+    qemu_pid = start_qemu("/edu-guest.elf", NULL, 1);
     ok = qmp_connect() == 0;
     usleep(2000000);
     if (ok) {
@@ -673,18 +721,148 @@ static void test_pause_without_vfio(void)
     result(ok, "updates without the VFIO device");
 }
 
+/* NVMe (MSI-X): see tests/guest/nvme-guest.c */
+
+static int nvme_good(const struct nvme_mailbox *mb)
+{
+    if (mb->magic != NVME_MAGIC || mb->errors) {
+        diag("guest: magic %x rounds %u errors %u (last %u) irqs %u/%u "
+             "completions %u/%u pending %u masked %u; L1 took %ld",
+             mb->magic, mb->rounds, mb->errors, mb->last_error, mb->irqs[0],
+             mb->irqs[1], mb->completions[0], mb->completions[1],
+             mb->pending_ok, mb->masked_ok, vfio_irq_count(&nvme));
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * Wait until the guest has done @rounds more rounds and @windows more
+ * masked windows of each kind, with no error; 0 if it did.
+ */
+static int nvme_wait(struct nvme_mailbox *mb, uint32_t rounds,
+                     uint32_t windows)
+{
+    struct nvme_mailbox start = { 0 }, cur;
+    double deadline = now() + 300;
+
+    if (read_mem(&cur, sizeof(cur)) < 0) {
+        return -1;
+    }
+    if (cur.magic == NVME_MAGIC) {
+        start = cur;
+    }
+    while (cur.magic != NVME_MAGIC || cur.errors ||
+           cur.rounds < start.rounds + rounds ||
+           cur.pending_ok < start.pending_ok + windows ||
+           cur.masked_ok < start.masked_ok + windows) {
+        if (cur.errors || now() > deadline) {
+            nvme_good(&cur);
+            return -1;
+        }
+        usleep(100000);
+        if (read_mem(&cur, sizeof(cur)) < 0) {
+            return -1;
+        }
+    }
+    *mb = cur;
+    return 0;
+}
+
+/*
+ * Update the VM while the guest has vector 1 masked in window @phase;
+ * 1 if done (then the window must end well), 0 if no update fell into
+ * such a window, -1 on failure.
+ */
+static int nvme_update_in(uint32_t phase)
+{
+    struct nvme_mailbox cur, frozen;
+    int tries;
+
+    for (tries = 0; tries < 10; tries++) {
+        double deadline = now() + 60;
+
+        do {
+            if (read_mem(&cur, sizeof(cur)) < 0 || now() > deadline) {
+                return -1;
+            }
+        } while (cur.phase != phase);
+        if (cprsave() < 0 || read_mem(&frozen, sizeof(frozen)) < 0 ||
+            cprload() < 0) {
+            return -1;
+        }
+        if (frozen.phase == phase) {
+            uint32_t before = phase == NVME_PENDING ? frozen.pending_ok :
+                              frozen.masked_ok;
+
+            deadline = now() + 60;
+            while (read_mem(&cur, sizeof(cur)) == 0 && !cur.errors &&
+                   (phase == NVME_PENDING ? cur.pending_ok :
+                    cur.masked_ok) == before) {
+                if (now() > deadline) {
+                    break;
+                }
+                usleep(100000);
+            }
+            return nvme_good(&cur) && (phase == NVME_PENDING ?
+                                       cur.pending_ok : cur.masked_ok) >
+                   before ? 1 : -1;
+        }
+    }
+    diag("no update fell into a masked window in %d tries", tries);
+    return 0;
+}
+
+static void test_nvme(void)
+{
+    struct nvme_mailbox mb;
+    int i, ok;
+
+    stop_qemu();
+    qemu_pid = start_qemu("/nvme-guest.elf", &nvme, 1);
+    ok = qmp_connect() == 0 && nvme_wait(&mb, 50, 1) == 0;
+    result(ok, "NVMe DMA, MSI-X on two vectors and masking work before "
+           "the update");
+    if (!ok) {
+        show_qemu_log();
+        result(0, "NVMe updates (not run)");
+        result(0, "masked MSI-X vector, pending (not run)");
+        result(0, "masked MSI-X vector, signalled (not run)");
+        return;
+    }
+    diag("nvme at %08x: %u rounds, interrupts %u + %u", mb.bar0, mb.rounds,
+         mb.irqs[0], mb.irqs[1]);
+    for (i = 0; i < UPDATES && ok; i++) {
+        ok = cprsave() == 0 && cprload() == 0 && nvme_wait(&mb, 50, 0) == 0 &&
+             bus_master(&nvme) == 1;
+    }
+    if (ok) {
+        pauses("with the VFIO device (NVMe, MSI-X)");
+        ok = nvme_wait(&mb, 50, 1) == 0;
+    }
+    result(ok, "NVMe DMA, MSI-X and the controller's registers go on across "
+           "updates");
+    result(ok && nvme_update_in(NVME_PENDING) == 1, "an interrupt pending on "
+           "a masked MSI-X vector at the update is delivered on unmask");
+    result(ok && nvme_update_in(NVME_MASKED) == 1, "a vector masked at the "
+           "update and signalled after it shows pending, and is delivered "
+           "on unmask");
+    if (!ok) {
+        show_qemu_log();
+    }
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
-    printf("TAP version 14\n1..7\n");
-    if (bind_edu(vfio_group, sizeof(vfio_group)) < 0) {
-        result(0, "edu bound to vfio-pci");
+    printf("TAP version 14\n1..11\n");
+    if (bind_device(&edu) < 0 || bind_device(&nvme) < 0) {
+        result(0, "edu and NVMe bound to vfio-pci");
         return 1;
     }
-    result(1, "edu bound to vfio-pci");
-    diag("edu at %s, group %s", edu_bdf, vfio_group);
-    qemu_pid = start_qemu(1, 1);
+    result(1, "edu and NVMe bound to vfio-pci");
+    qemu_pid = start_qemu("/edu-guest.elf", &edu, 1);
     if (qmp_connect() < 0) {
         result(0, "QEMU starts with edu passed through");
         return 1;
@@ -693,6 +871,7 @@ int main(void)
     test_exec_fails();
     test_blocked();
     test_pause_without_vfio();
+    test_nvme();
     stop_qemu();
     return failed;
 }

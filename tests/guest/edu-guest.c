@@ -12,19 +12,17 @@
  * Results live in a mailbox at MAILBOX (see struct mailbox), read by the
  * test with pmemsave; COM1 gets a '.' per 16 rounds.
  *
- * Built 32-bit and freestanding: QEMU's multiboot loader starts it in flat
- * protected mode with SeaBIOS having assigned the PCI BARs.
+ * Start-up and helpers shared with the other L2 guest are in l2.c.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
-#include <stdint.h>
+#include "l2.h"
 
 #define MAILBOX         0x500000
 #define SRC_PAGES       0x600000
 #define DST_PAGES       0x700000
 #define EDU_BUF         0x40000
 #define MSI_VECTOR      0x40
-#define LAPIC           0xfee00000u
 #define DMA_IRQ         0x100
 /* edu in QEMU 7.2 refuses a transfer that ends at its buffer's end */
 #define DMA_LEN         2048
@@ -49,51 +47,11 @@ struct mailbox {
 #define ERR_DMA_STUCK   4
 #define ERR_NO_MSI      5
 
-/*
- * Memory the device or the host reads and writes behind the compiler's
- * back: edu's registers, the local APIC, DMA pages, the mailbox.
- */
-typedef volatile uint32_t shared_u32;
-typedef volatile struct mailbox shared_mailbox;     /* the same */
+/* Written by the guest, read by the host behind the compiler's back */
+typedef volatile struct mailbox shared_mailbox;
 
 static shared_mailbox *const mb = (shared_mailbox *)MAILBOX;
 static shared_u32 *edu;
-
-/* Multiboot header: magic, flags (align, meminfo), checksum */
-__attribute__((section(".multiboot"), used, aligned(4)))
-static const uint32_t multiboot_header[3] = {
-    0x1badb002, 0x3, -(0x1badb002 + 0x3)
-};
-
-static inline void outl(uint16_t port, uint32_t v)
-{
-    asm volatile("outl %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline uint32_t inl(uint16_t port)
-{
-    uint32_t v;
-
-    asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
-    return v;
-}
-
-static inline void outb(uint16_t port, uint8_t v)
-{
-    asm volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static uint32_t pci_read(int dev, int off)
-{
-    outl(0xcf8, 0x80000000u | (dev << 11) | (off & 0xfc));
-    return inl(0xcfc);
-}
-
-static void pci_write(int dev, int off, uint32_t v)
-{
-    outl(0xcf8, 0x80000000u | (dev << 11) | (off & 0xfc));
-    outl(0xcfc, v);
-}
 
 static void fail(uint32_t what)
 {
@@ -101,15 +59,7 @@ static void fail(uint32_t what)
     mb->last_error = what;
 }
 
-/* Interrupt gate for the MSI vector, and its handler. */
-struct idt_entry {
-    uint16_t off_lo, sel;
-    uint8_t zero, type;
-    uint16_t off_hi;
-} __attribute__((packed));
-
-static struct idt_entry idt[256];
-
+/* The MSI handler */
 void edu_irq(void)
 {
     uint32_t st = edu[0x24 / 4];
@@ -121,70 +71,30 @@ void edu_irq(void)
         mb->spurious++;
     }
     edu[0x64 / 4] = st;
-    *(shared_u32 *)(LAPIC + 0xb0) = 0;
+    lapic_eoi();
 }
 
-asm(".globl irq_entry\n"
-    "irq_entry:\n"
-    "  pusha\n"
-    "  cld\n"
-    "  call edu_irq\n"
-    "  popa\n"
-    "  iret\n");
+L2_IRQ_ENTRY(irq_entry, edu_irq);
 
 static void setup_interrupts(void)
 {
-    struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr;
-    uint32_t handler;
-    uint16_t cs;
-
-    asm("mov $irq_entry, %0" : "=r"(handler));
-    asm volatile("mov %%cs, %0" : "=r"(cs));
-    idt[MSI_VECTOR].off_lo = handler & 0xffff;
-    idt[MSI_VECTOR].off_hi = handler >> 16;
-    idt[MSI_VECTOR].sel = cs;
-    idt[MSI_VECTOR].type = 0x8e;
-    idtr.limit = sizeof(idt) - 1;
-    idtr.base = (uint32_t)idt;
-    asm volatile("lidt %0" : : "m"(idtr));
-    /* Mask the 8259s: only the MSI vector has a gate. */
-    outb(0x21, 0xff);
-    outb(0xa1, 0xff);
-    /* Software-enable the local APIC, spurious vector 0xff. */
-    *(shared_u32 *)(LAPIC + 0xf0) = 0x1ff;
-    asm volatile("sti");
-}
-
-static int find_edu(void)
-{
-    int dev;
-
-    for (dev = 0; dev < 32; dev++) {
-        if (pci_read(dev, 0) == 0x11e81234) {
-            return dev;
-        }
-    }
-    return -1;
+    l2_set_gate(MSI_VECTOR, irq_entry);
+    l2_irq_setup();
 }
 
 /* Enable MSI (64-bit capable, one vector) towards the boot CPU. */
 static int enable_msi(int dev)
 {
-    int cap = pci_read(dev, 0x34) & 0xfc;
+    int cap = pci_find_cap(dev, 0x05);
 
-    while (cap) {
-        uint32_t hdr = pci_read(dev, cap);
-
-        if ((hdr & 0xff) == 0x05) {
-            pci_write(dev, cap + 4, LAPIC);
-            pci_write(dev, cap + 8, 0);
-            pci_write(dev, cap + 12, MSI_VECTOR);
-            pci_write(dev, cap, hdr | (1 << 16));
-            return 0;
-        }
-        cap = (hdr >> 8) & 0xfc;
+    if (!cap) {
+        return -1;
     }
-    return -1;
+    pci_write(dev, cap + 4, LAPIC);
+    pci_write(dev, cap + 8, 0);
+    pci_write(dev, cap + 12, MSI_VECTOR);
+    pci_write(dev, cap, pci_read(dev, cap) | (1 << 16));
+    return 0;
 }
 
 static int dma(uint32_t src, uint32_t dst, uint32_t cmd)
@@ -201,7 +111,7 @@ static int dma(uint32_t src, uint32_t dst, uint32_t cmd)
             fail(ERR_DMA_STUCK);
             return -1;
         }
-        asm volatile("pause");
+        cpu_relax();
     }
     mb->dma_done++;
     return 0;
@@ -218,12 +128,10 @@ void main(void)
     int dev;
 
     mb->magic = 0;
-    dev = find_edu();
+    dev = pci_find(0x11e81234);
     if (dev < 0) {
         fail(ERR_NO_EDU);
-        for (;;) {
-            asm volatile("hlt");
-        }
+        halt();
     }
     /* Memory space, bus master, INTx off */
     pci_write(dev, 4, (pci_read(dev, 4) & 0xffff) | 0x6 | (1 << 10));
@@ -236,7 +144,7 @@ void main(void)
     }
     edu[0x08 / 4] = 5;
     while (edu[0x20 / 4] & 1) {
-        asm volatile("pause");
+        cpu_relax();
     }
     mb->fact = edu[0x08 / 4];
     mb->magic = MAILBOX_MAGIC;
@@ -272,10 +180,3 @@ void main(void)
         }
     }
 }
-
-asm(".globl _start\n"
-    "_start:\n"
-    "  mov $0x80000, %esp\n"
-    "  call main\n"
-    "1: hlt\n"
-    "  jmp 1b\n");
