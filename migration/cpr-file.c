@@ -65,8 +65,20 @@ static void put_string(GByteArray *b, const char *s)
     g_byte_array_append(b, (const guint8 *)s, len);
 }
 
-/* Append the device and CPU state stream to @b. */
+/* The device and CPU state stream, with its length before it, into @b */
 static bool cpr_file_save_devices(GByteArray *b, Error **errp)
+{
+    g_autoptr(GByteArray) devices = g_byte_array_new();
+
+    if (!cpr_save_devices(devices, errp)) {
+        return false;
+    }
+    put_be64(b, devices->len);
+    g_byte_array_append(b, devices->data, devices->len);
+    return true;
+}
+
+bool cpr_save_devices(GByteArray *b, Error **errp)
 {
     QIOChannelBuffer *bioc = qio_channel_buffer_new(256 * KiB);
     QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
@@ -80,7 +92,6 @@ static bool cpr_file_save_devices(GByteArray *b, Error **errp)
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot save device state");
     } else {
-        put_be64(b, bioc->usage);
         g_byte_array_append(b, bioc->data, bioc->usage);
     }
     qemu_fclose(f);
@@ -295,18 +306,23 @@ CprFile *cpr_file_read(const char *path, Error **errp)
 
 bool cpr_file_load_devices(CprFile *cf, Error **errp)
 {
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(cf->devices_len);
+    return cpr_load_devices(cf->data + cf->devices_offset, cf->devices_len,
+                            errp);
+}
+
+bool cpr_load_devices(const uint8_t *data, size_t len, Error **errp)
+{
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
     QEMUFile *f;
     int ret;
 
-    memcpy(bioc->data, cf->data + cf->devices_offset, cf->devices_len);
-    bioc->usage = cf->devices_len;
+    memcpy(bioc->data, data, len);
+    bioc->usage = len;
     f = qemu_file_new_input(QIO_CHANNEL(bioc));
 
     if (qemu_get_be32(f) != QEMU_VM_FILE_MAGIC ||
         qemu_get_be32(f) != QEMU_VM_FILE_VERSION) {
-        error_setg(errp, "device state in the CPR state file has no valid "
-                   "header");
+        error_setg(errp, "the device state has no valid header");
         ret = -EINVAL;
         goto out;
     }

@@ -29,6 +29,9 @@ typedef struct CprFile {
 } CprFile;
 
 bool cpr_file_write(const char *path, CprMode mode, Error **errp);
+/* The device and CPU state stream, appended to @b / loaded from @data */
+bool cpr_save_devices(GByteArray *b, Error **errp);
+bool cpr_load_devices(const uint8_t *data, size_t len, Error **errp);
 CprFile *cpr_file_read(const char *path, Error **errp);
 bool cpr_file_load_devices(CprFile *cf, Error **errp);
 void cpr_file_free(CprFile *cf);
@@ -50,6 +53,9 @@ pid_t cpr_mm_start(Error **errp);
 void cpr_mm_release(pid_t pid);
 void cpr_mm_done(void);
 void cpr_mm_incoming(pid_t pid);
+
+/* cpr-snapshot.c */
+CprSnapshotInfo *cpr_snapshot_info(void);
 
 /* cpr-state.c */
 void cpr_state_set_helper(pid_t pid);

@@ -154,6 +154,8 @@ CprInfo *qmp_query_cpr(Error **errp)
     QAPI_LIST_PREPEND(info->modes, CPR_MODE_RESTART);
     info->blockers = cpr_blockers();
     info->load_pending = cpr_is_incoming();
+    info->snapshot = cpr_snapshot_info();
+    info->has_snapshot = info->snapshot != NULL;
     return info;
 }
 

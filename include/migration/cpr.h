@@ -16,6 +16,7 @@
 
 #include "exec/cpu-common.h"
 #include "qemu/notify.h"
+#include "qapi/qapi-builtin-types.h"
 
 /* Environment variable naming the inherited descriptor of the CPR state */
 #define CPR_STATE_ENV "QEMU_CPR_STATE"
@@ -148,5 +149,25 @@ void *cpr_ram_alloc_memfd(RAMBlock *rb, Error **errp);
  * block over @rb's memory, at the same host address.
  */
 void cpr_ram_adopt(RAMBlock *rb);
+
+/* cpr-snapshot.c: in-memory snapshot and restore (fuzzing) */
+
+/*
+ * cpr_snapshot_take: snapshot the VM (RAM except the memory backends
+ * named in @exclude, device and CPU state) and track RAM writes from
+ * then on; replaces the snapshot there was.
+ */
+bool cpr_snapshot_take(strList *exclude, Error **errp);
+
+/*
+ * cpr_snapshot_restore: put the VM back into the snapshot's state; it
+ * resumes if it was running.
+ */
+bool cpr_snapshot_restore(Error **errp);
+
+/* cpr_snapshot_drop: forget the snapshot, if any */
+void cpr_snapshot_drop(void);
+
+bool cpr_snapshot_exists(void);
 
 #endif

@@ -1,0 +1,402 @@
+/*
+ * CPR snapshot: an in-memory snapshot of the running VM, restored in place
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The same state path as cprsave without execve, for fuzzers that put a
+ * VM back into a known state after every input.
+ *
+ * Taking a snapshot stops the VM, copies every RAM block (except the
+ * excluded ones, which the host uses to pass inputs and results) into a
+ * shadow buffer, writes device and CPU state into memory with
+ * qemu_save_device_state(), and starts dirty tracking of guest RAM.
+ *
+ * Restoring stops the VM, copies back only the pages dirtied since the
+ * snapshot or the last restore (QEMU's DIRTY_MEMORY_MIGRATION bitmap, fed
+ * by TCG's write tracking or by KVM's dirty log), drops translated code
+ * of those pages under TCG, loads the saved device and CPU state and
+ * resumes the VM if it was running.
+ *
+ * While a snapshot exists, migration and cprsave are blocked (they would
+ * have to carry it along); dropping it frees the shadow memory.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/clone-visitor.h"
+#include "qapi/qapi-builtin-visit.h"
+#include "qapi/qapi-commands-cpr.h"
+#include "qemu/bitops.h"
+#include "qemu/memalign.h"
+#include "qemu/rcu.h"
+#include "qemu/timer.h"
+#include "exec/exec-all.h"
+#include "exec/ram_addr.h"
+#include "exec/ramblock.h"
+#include "exec/memory.h"
+#include "migration/blocker.h"
+#include "migration/global_state.h"
+#include "migration/cpr.h"
+#include "migration/migration.h"
+#include "migration/misc.h"
+#include "qom/object.h"
+#include "sysemu/hostmem.h"
+#include "sysemu/runstate.h"
+#include "sysemu/tcg.h"
+#include "cpr-internal.h"
+#include "trace.h"
+
+/* One RAM block as it was at the snapshot */
+typedef struct CprSnapBlock {
+    RAMBlock *rb;
+    char *idstr;
+    uint64_t length;
+    uint8_t *shadow;
+} CprSnapBlock;
+
+typedef struct CprSnapshot {
+    GArray *blocks;             /* CprSnapBlock */
+    GByteArray *devices;        /* device and CPU state stream */
+    strList *excluded;          /* memory backends left alone */
+    uint64_t restores;
+    uint64_t last_pages;        /* pages copied back by the last restore */
+    int64_t last_ram_ns;        /* its time resetting and copying RAM */
+    int64_t last_devices_ns;    /* its time loading device and CPU state */
+    Error *blocker;
+} CprSnapshot;
+
+static CprSnapshot *cpr_snap;
+
+static void cpr_snap_block_clear(gpointer p)
+{
+    CprSnapBlock *b = p;
+
+    g_free(b->idstr);
+    qemu_vfree(b->shadow);
+}
+
+static void cpr_snapshot_free(CprSnapshot *s)
+{
+    if (s->blocker) {
+        migrate_del_blocker(s->blocker);
+        error_free(s->blocker);
+    }
+    if (s->blocks) {
+        g_array_free(s->blocks, true);
+    }
+    if (s->devices) {
+        g_byte_array_unref(s->devices);
+    }
+    qapi_free_strList(s->excluded);
+    g_free(s);
+}
+
+bool cpr_snapshot_exists(void)
+{
+    return cpr_snap != NULL;
+}
+
+/* The RAM blocks of the memory backends named in @ids */
+static GPtrArray *cpr_snapshot_excluded_blocks(strList *ids, Error **errp)
+{
+    g_autoptr(GPtrArray) rbs = g_ptr_array_new();
+    strList *e;
+
+    for (e = ids; e; e = e->next) {
+        Object *obj = object_resolve_path_component(object_get_objects_root(),
+                                                    e->value);
+        HostMemoryBackend *be;
+        MemoryRegion *mr;
+
+        if (!obj || !object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
+            error_setg(errp, "'%s' is not a memory backend", e->value);
+            return NULL;
+        }
+        be = MEMORY_BACKEND(obj);
+        mr = host_memory_backend_get_memory(be);
+        if (!host_memory_backend_is_mapped(be) || !mr->ram_block) {
+            error_setg(errp, "memory backend '%s' is not in use", e->value);
+            return NULL;
+        }
+        if (!be->share) {
+            error_setg(errp, "memory backend '%s' is not shared (share=on): "
+                       "the host could not pass inputs through it",
+                       e->value);
+            return NULL;
+        }
+        g_ptr_array_add(rbs, mr->ram_block);
+    }
+    return g_steal_pointer(&rbs);
+}
+
+/* Forget what was dirtied so far in @rb: the snapshot is its new base. */
+static void cpr_snapshot_clear_dirty(RAMBlock *rb)
+{
+    cpu_physical_memory_test_and_clear_dirty(rb->offset, rb->used_length,
+                                             DIRTY_MEMORY_MIGRATION);
+}
+
+/* Refuse what cannot be snapshotted or restored now */
+static bool cpr_snapshot_allowed(Error **errp)
+{
+    if (cpr_save_in_progress()) {
+        error_setg(errp, "cprsave is in progress");
+        return false;
+    }
+    if (cpr_is_incoming()) {
+        error_setg(errp, "the VM waits for cprload");
+        return false;
+    }
+    if (!migration_is_idle()) {
+        error_setg(errp, "a migration is in progress");
+        return false;
+    }
+    return true;
+}
+
+bool cpr_snapshot_take(strList *exclude, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(GPtrArray) excluded = NULL;
+    bool running = runstate_is_running();
+    CprSnapshot *s;
+    RAMBlock *rb;
+
+    if (!cpr_snapshot_allowed(errp)) {
+        return false;
+    }
+    excluded = cpr_snapshot_excluded_blocks(exclude, errp);
+    if (!excluded) {
+        return false;
+    }
+    /* Taking a snapshot replaces the one there was. */
+    cpr_snapshot_drop();
+    /* Device state that cannot be migrated cannot be restored either. */
+    if (migration_is_blocked(errp)) {
+        error_prepend(errp, "cannot snapshot: ");
+        return false;
+    }
+
+    s = g_new0(CprSnapshot, 1);
+    s->excluded = QAPI_CLONE(strList, exclude);
+    s->blocks = g_array_new(false, true, sizeof(CprSnapBlock));
+    g_array_set_clear_func(s->blocks, cpr_snap_block_clear);
+    error_setg(&s->blocker, "a CPR snapshot exists; drop it with "
+               "cpr-snapshot-drop first");
+    if (migrate_add_blocker(s->blocker, errp) < 0) {
+        error_free(s->blocker);
+        s->blocker = NULL;
+        cpr_snapshot_free(s);
+        return false;
+    }
+
+    global_state_store();
+    if (running) {
+        vm_stop(RUN_STATE_SAVE_VM);
+    }
+    memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION);
+    memory_global_dirty_log_sync();
+    WITH_RCU_READ_LOCK_GUARD() {
+        RAMBLOCK_FOREACH(rb) {
+            CprSnapBlock b = { .rb = rb };
+
+            if (g_ptr_array_find(excluded, rb, NULL)) {
+                continue;
+            }
+            b.idstr = g_strdup(rb->idstr);
+            b.length = rb->used_length;
+            b.shadow = qemu_try_memalign(qemu_real_host_page_size(),
+                                         b.length);
+            if (!b.shadow) {
+                error_setg(errp, "no memory for a copy of RAM block '%s' "
+                           "(%" PRIu64 " bytes)", rb->idstr, b.length);
+                g_free(b.idstr);
+                break;
+            }
+            memcpy(b.shadow, rb->host, b.length);
+            cpr_snapshot_clear_dirty(rb);
+            g_array_append_val(s->blocks, b);
+        }
+    }
+    if (!*errp) {
+        s->devices = g_byte_array_new();
+        cpr_save_devices(s->devices, errp);
+    }
+    if (*errp) {
+        memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION);
+        cpr_snapshot_free(s);
+    } else {
+        cpr_snap = s;
+        trace_cpr_snapshot_take(s->blocks->len, s->devices->len);
+    }
+    if (running) {
+        vm_start();
+    }
+    return !*errp;
+}
+
+/*
+ * Copy back the pages of @b dirtied since the snapshot (or the last
+ * restore) and clear their dirty bits; the number of pages.
+ */
+static uint64_t cpr_snapshot_restore_block(CprSnapBlock *b)
+{
+    RAMBlock *rb = b->rb;
+    unsigned long first = rb->offset >> TARGET_PAGE_BITS;
+    unsigned long end = first + (b->length >> TARGET_PAGE_BITS);
+    unsigned long page = first;
+    uint64_t pages = 0;
+
+    WITH_RCU_READ_LOCK_GUARD() {
+        DirtyMemoryBlocks *blocks =
+            qatomic_rcu_read(&ram_list.dirty_memory[DIRTY_MEMORY_MIGRATION]);
+
+        while (page < end) {
+            unsigned long *map = blocks->blocks[page /
+                                                DIRTY_MEMORY_BLOCK_SIZE];
+            unsigned long base = page - page % DIRTY_MEMORY_BLOCK_SIZE;
+            unsigned long stop = MIN(end - base, DIRTY_MEMORY_BLOCK_SIZE);
+            unsigned long bit = find_next_bit(map, stop, page - base);
+
+            while (bit < stop) {
+                unsigned long zero = find_next_zero_bit(map, stop, bit);
+                ram_addr_t start = (base + bit) << TARGET_PAGE_BITS;
+                ram_addr_t len = (zero - bit) << TARGET_PAGE_BITS;
+                ram_addr_t off = start - rb->offset;
+
+                memcpy(rb->host + off, b->shadow + off, len);
+#ifdef CONFIG_TCG
+                if (tcg_enabled()) {
+                    tb_invalidate_phys_range(start, start + len);
+                }
+#endif
+                cpu_physical_memory_set_dirty_range(start, len,
+                                                    1 << DIRTY_MEMORY_VGA);
+                pages += zero - bit;
+                bit = find_next_bit(map, stop, zero);
+            }
+            page = base + stop;
+        }
+    }
+    if (pages) {
+        cpr_snapshot_clear_dirty(rb);
+    }
+    return pages;
+}
+
+/* The snapshot's RAM blocks must still be there, the same size. */
+static bool cpr_snapshot_blocks_present(CprSnapshot *s, Error **errp)
+{
+    guint i;
+
+    for (i = 0; i < s->blocks->len; i++) {
+        CprSnapBlock *b = &g_array_index(s->blocks, CprSnapBlock, i);
+        RAMBlock *rb = qemu_ram_block_by_name(b->idstr);
+
+        if (rb != b->rb || rb->used_length != b->length) {
+            error_setg(errp, "RAM block '%s' changed since the snapshot; "
+                       "take a new one", b->idstr);
+            return false;
+        }
+    }
+    return true;
+}
+
+bool cpr_snapshot_restore(Error **errp)
+{
+    bool running = runstate_is_running();
+    CprSnapshot *s = cpr_snap;
+    int64_t t0, t1, t2;
+    uint64_t pages = 0;
+    guint i;
+    bool ok;
+
+    if (!s) {
+        error_setg(errp, "there is no CPR snapshot to restore; take one "
+                   "with cpr-snapshot first");
+        return false;
+    }
+    if (!cpr_snapshot_allowed(errp) || !cpr_snapshot_blocks_present(s, errp)) {
+        return false;
+    }
+    if (running) {
+        vm_stop(RUN_STATE_RESTORE_VM);
+    }
+    /*
+     * Devices load their state as if into a machine fresh from reset (as
+     * for loadvm and an incoming migration).  A reset writes ROMs into
+     * guest RAM, which makes their pages dirty: restore RAM after it.
+     */
+    t0 = get_clock();
+    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+    memory_global_dirty_log_sync();
+    for (i = 0; i < s->blocks->len; i++) {
+        pages += cpr_snapshot_restore_block(&g_array_index(s->blocks,
+                                                           CprSnapBlock, i));
+    }
+    t1 = get_clock();
+    ok = cpr_load_devices(s->devices->data, s->devices->len, errp);
+    t2 = get_clock();
+    s->restores++;
+    s->last_pages = pages;
+    s->last_ram_ns = t1 - t0;
+    s->last_devices_ns = t2 - t1;
+    trace_cpr_snapshot_restore(pages, t1 - t0, t2 - t1);
+    if (running) {
+        vm_start();
+    }
+    return ok;
+}
+
+void cpr_snapshot_drop(void)
+{
+    if (cpr_snap) {
+        cpr_snapshot_free(cpr_snap);
+        cpr_snap = NULL;
+        memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION);
+        trace_cpr_snapshot_drop();
+    }
+}
+
+CprSnapshotInfo *cpr_snapshot_info(void)
+{
+    CprSnapshot *s = cpr_snap;
+    CprSnapshotInfo *info;
+    guint i;
+
+    if (!s) {
+        return NULL;
+    }
+    info = g_new0(CprSnapshotInfo, 1);
+    for (i = 0; i < s->blocks->len; i++) {
+        info->ram_bytes += g_array_index(s->blocks, CprSnapBlock, i).length;
+    }
+    info->device_bytes = s->devices->len;
+    info->excluded = QAPI_CLONE(strList, s->excluded);
+    info->restores = s->restores;
+    info->last_restore_pages = s->last_pages;
+    info->last_restore_ram_ns = s->last_ram_ns;
+    info->last_restore_devices_ns = s->last_devices_ns;
+    return info;
+}
+
+void qmp_cpr_snapshot(bool has_exclude, strList *exclude, Error **errp)
+{
+    cpr_snapshot_take(exclude, errp);
+}
+
+void qmp_cpr_restore(Error **errp)
+{
+    cpr_snapshot_restore(errp);
+}
+
+void qmp_cpr_snapshot_drop(Error **errp)
+{
+    if (!cpr_snap) {
+        error_setg(errp, "there is no CPR snapshot");
+        return;
+    }
+    cpr_snapshot_drop();
+}
