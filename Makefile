@@ -2,6 +2,9 @@
 # Debian bookworm's QEMU 7.2.  See README.md.
 
 GUEST_IMG := build/guest/cpr-guest.img
+FUZZ_GUEST := build/guest/fuzz-guest.elf
+L2_CFLAGS := -m32 -ffreestanding -fno-pic -fno-stack-protector -nostdlib \
+             -O2 -Wall -Werror
 QEMU      := build/qemu-system-x86_64
 
 LINUX_GUEST := build/guest/linux/stamp
@@ -19,7 +22,7 @@ build: deps
 build-b: build
 	bash scripts/build.sh b
 
-guest: deps $(GUEST_IMG)
+guest: deps $(GUEST_IMG) $(FUZZ_GUEST)
 
 linux-guest: deps
 	bash scripts/linux-guest.sh
@@ -34,6 +37,15 @@ $(GUEST_IMG): tests/guest/cpr-guest.S | deps
 	test "$$(stat -c %s $@.tmp)" = 512
 	truncate -s 1M $@.tmp
 	mv $@.tmp $@
+
+# The fuzzing harness guest (multiboot, shares tests/guest/l2.c)
+$(FUZZ_GUEST): tests/guest/fuzz-guest.c tests/guest/l2.c tests/guest/l2.h \
+               tests/guest/l2.ld | deps
+	@mkdir -p $(@D)
+	$(CC) $(L2_CFLAGS) -c -o $(@D)/l2.o tests/guest/l2.c
+	$(CC) $(L2_CFLAGS) -c -o $(@D)/fuzz-guest.o tests/guest/fuzz-guest.c
+	ld -m elf_i386 --no-warn-rwx-segments -T tests/guest/l2.ld -o $@ \
+	    $(@D)/l2.o $(@D)/fuzz-guest.o
 
 demo: build guest
 	bash scripts/demo.sh

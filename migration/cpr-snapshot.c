@@ -62,8 +62,9 @@ typedef struct CprSnapshot {
     strList *excluded;          /* memory backends left alone */
     uint64_t restores;
     uint64_t last_pages;        /* pages copied back by the last restore */
-    int64_t last_ram_ns;        /* its time resetting and copying RAM */
-    int64_t last_devices_ns;    /* its time loading device and CPU state */
+    int64_t last_ram_ns;        /* its time on guest RAM */
+    int64_t last_devices_ns;    /* its time on device and CPU state */
+    int64_t last_total_ns;      /* all its time, stop to resume */
     Error *blocker;
 } CprSnapshot;
 
@@ -96,6 +97,11 @@ static void cpr_snapshot_free(CprSnapshot *s)
 bool cpr_snapshot_exists(void)
 {
     return cpr_snap != NULL;
+}
+
+uint64_t cpr_snapshot_restores(void)
+{
+    return cpr_snap ? cpr_snap->restores : 0;
 }
 
 /* The RAM blocks of the memory backends named in @ids */
@@ -308,7 +314,7 @@ bool cpr_snapshot_restore(Error **errp)
 {
     bool running = runstate_is_running();
     CprSnapshot *s = cpr_snap;
-    int64_t t0, t1, t2;
+    int64_t t0, t1, t2, t3;
     uint64_t pages = 0;
     guint i;
     bool ok;
@@ -321,32 +327,44 @@ bool cpr_snapshot_restore(Error **errp)
     if (!cpr_snapshot_allowed(errp) || !cpr_snapshot_blocks_present(s, errp)) {
         return false;
     }
+    t0 = get_clock();
     if (running) {
         vm_stop(RUN_STATE_RESTORE_VM);
     }
+    t1 = get_clock();
     /*
-     * Devices load their state as if into a machine fresh from reset (as
-     * for loadvm and an incoming migration).  A reset writes ROMs into
-     * guest RAM, which makes their pages dirty: restore RAM after it.
+     * Guest RAM first: dirtied pages back, and under TCG their translated
+     * code dropped.
      */
-    t0 = get_clock();
-    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
     memory_global_dirty_log_sync();
     for (i = 0; i < s->blocks->len; i++) {
         pages += cpr_snapshot_restore_block(&g_array_index(s->blocks,
                                                            CprSnapBlock, i));
     }
-    t1 = get_clock();
-    ok = cpr_load_devices(s->devices->data, s->devices->len, errp);
     t2 = get_clock();
-    s->restores++;
-    s->last_pages = pages;
-    s->last_ram_ns = t1 - t0;
-    s->last_devices_ns = t2 - t1;
-    trace_cpr_snapshot_restore(pages, t1 - t0, t2 - t1);
+    /*
+     * Devices load their state as if into a machine fresh from reset (as
+     * for loadvm and an incoming migration).  One memory transaction for
+     * the reset and the load: the memory map changes they make are
+     * applied once, at the end.  The reset writes ROMs into guest RAM;
+     * those are restored RAM too, and stay so (ROM blobs are written at
+     * the first reset only).
+     */
+    memory_region_transaction_begin();
+    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+    ok = cpr_load_devices(s->devices->data, s->devices->len, errp);
+    memory_region_transaction_commit();
+    t3 = get_clock();
     if (running) {
         vm_start();
     }
+    s->restores++;
+    s->last_pages = pages;
+    s->last_ram_ns = t2 - t1;
+    s->last_devices_ns = t3 - t2;
+    s->last_total_ns = get_clock() - t0;
+    trace_cpr_snapshot_restore(pages, s->last_ram_ns, s->last_devices_ns,
+                               s->last_total_ns);
     return ok;
 }
 
@@ -379,6 +397,7 @@ CprSnapshotInfo *cpr_snapshot_info(void)
     info->last_restore_pages = s->last_pages;
     info->last_restore_ram_ns = s->last_ram_ns;
     info->last_restore_devices_ns = s->last_devices_ns;
+    info->last_restore_ns = s->last_total_ns;
     return info;
 }
 

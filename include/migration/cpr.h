@@ -170,4 +170,7 @@ void cpr_snapshot_drop(void);
 
 bool cpr_snapshot_exists(void);
 
+/* cpr_snapshot_restores: restores done from the snapshot so far */
+uint64_t cpr_snapshot_restores(void);
+
 #endif

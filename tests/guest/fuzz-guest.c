@@ -1,0 +1,129 @@
+/*
+ * Fuzzing harness guest for CPR snapshots: a multiboot kernel that takes
+ * a snapshot through the cpr-trigger device and then runs "iterations"
+ * without end, each ended by a restore request.
+ *
+ * The host talks to it through an ivshmem-plain device whose memory the
+ * snapshot leaves alone (struct fuzz_io, at the start of its BAR 2): it
+ * sets how many pages an iteration dirties, and reads the counters.
+ *
+ * Each iteration starts right after the snapshot command (the guest's
+ * next instruction after the snapshot, again after every restore) and
+ *  - checks that STATUS says TAKEN or RESTORED;
+ *  - checks that RAM is as at the snapshot: a counter in guest RAM is
+ *    still 0, and the first word of each page it dirtied last time holds
+ *    the value it had then;
+ *  - dirties io->pages pages (one word each) and the counter;
+ *  - counts the iteration in the excluded memory and asks for a restore,
+ *    with the iteration number as RESULT.
+ * Errors are counted in the excluded memory (see ERR_).
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include "l2.h"
+
+#define WORK            0x1000000       /* pages dirtied by iterations */
+#define MAX_PAGES       4096
+#define PATTERN         0x5eed0000u
+
+#define REG_MAGIC       0
+#define REG_COMMAND     1
+#define REG_STATUS      2
+#define REG_RESULT      3
+#define CMD_SNAPSHOT    1
+#define CMD_RESTORE     2
+#define ST_TAKEN        1
+#define ST_RESTORED     2
+
+/* In the memory the snapshot leaves alone */
+struct fuzz_io {
+    uint32_t magic;             /* IO_MAGIC once the guest runs */
+    uint32_t pages;             /* set by the host: pages to dirty */
+    uint32_t iterations;
+    uint32_t errors;
+    uint32_t last_error;        /* ERR_ */
+    uint32_t last_status;       /* STATUS seen by the last iteration */
+    uint32_t restored;          /* iterations that started restored */
+};
+
+#define IO_MAGIC        0x5a5a4655      /* "UFZZ" */
+#define ERR_NO_DEVICE   1
+#define ERR_STATUS      2       /* STATUS neither TAKEN nor RESTORED */
+#define ERR_COUNTER     3       /* RAM counter not back to its value */
+#define ERR_PAGE        4       /* a dirtied page not back to its value */
+#define ERR_RESTORE     5       /* the restore request came back */
+
+/* Shared with the host and the device behind the compiler's back */
+typedef volatile struct fuzz_io shared_io;
+
+static shared_io *io;
+static shared_u32 *trigger;
+/* Guest RAM the iterations change: restored every time */
+static volatile uint32_t counter;
+
+static void fail(uint32_t what)
+{
+    io->errors++;
+    io->last_error = what;
+}
+
+static uint32_t page_word(uint32_t i)
+{
+    return *(shared_u32 *)(WORK + i * 4096);
+}
+
+static void set_page_word(uint32_t i, uint32_t v)
+{
+    *(shared_u32 *)(WORK + i * 4096) = v;
+}
+
+void main(void)
+{
+    int trig = pci_find(0xc9701234), shm = pci_find(0x11101af4);
+    uint32_t i, n, status;
+
+    if (trig < 0 || shm < 0 || !pci_bar(trig, 0) || !pci_bar(shm, 2)) {
+        halt();
+    }
+    pci_write(trig, 4, pci_read(trig, 4) | 2);
+    pci_write(shm, 4, pci_read(shm, 4) | 2);
+    trigger = (shared_u32 *)pci_bar(trig, 0);
+    io = (shared_io *)pci_bar(shm, 2);
+    if (trigger[REG_MAGIC] != 0x54525043) {
+        fail(ERR_NO_DEVICE);
+        halt();
+    }
+    for (i = 0; i < MAX_PAGES; i++) {
+        set_page_word(i, PATTERN + i);
+    }
+    io->magic = IO_MAGIC;
+
+    trigger[REG_COMMAND] = CMD_SNAPSHOT;
+    /* Each iteration starts here. */
+    status = trigger[REG_STATUS];
+    io->last_status = status;
+    if (status == ST_RESTORED) {
+        io->restored++;
+    } else if (status != ST_TAKEN) {
+        fail(ERR_STATUS);
+    }
+    if (counter != 0) {
+        fail(ERR_COUNTER);
+    }
+    n = io->pages < MAX_PAGES ? io->pages : MAX_PAGES;
+    for (i = 0; i < n; i++) {
+        if (page_word(i) != PATTERN + i) {
+            fail(ERR_PAGE);
+            break;
+        }
+    }
+    counter++;
+    for (i = 0; i < n; i++) {
+        set_page_word(i, io->iterations);
+    }
+    io->iterations++;
+    trigger[REG_RESULT] = io->iterations;
+    trigger[REG_COMMAND] = CMD_RESTORE;
+    fail(ERR_RESTORE);
+    halt();
+}
