@@ -337,3 +337,37 @@ out:
     object_unref(OBJECT(bioc));
     return ret >= 0;
 }
+
+/*
+ * The stream is the file magic and version, then sections: type byte
+ * QEMU_VM_SECTION_FULL, section id, name (length byte + bytes), instance
+ * id, version id, the fields, and a footer (QEMU_VM_SECTION_FOOTER +
+ * section id).  Fields have no length, so a section ends at the first
+ * footer for its id; good enough to name where two streams differ.
+ */
+char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at)
+{
+    char name[256] = "header";
+    size_t pos = 8;
+
+    while (pos + 6 <= len && data[pos] == QEMU_VM_SECTION_FULL) {
+        uint8_t footer[5] = { QEMU_VM_SECTION_FOOTER };
+        size_t nlen = data[pos + 5], end;
+        const uint8_t *f;
+
+        if (pos + 6 + nlen + 8 > len) {
+            break;
+        }
+        memcpy(footer + 1, data + pos + 1, 4);
+        memcpy(name, data + pos + 6, nlen);
+        name[nlen] = 0;
+        pos += 6 + nlen + 8;
+        f = memmem(data + pos, len - pos, footer, sizeof(footer));
+        end = f ? f - data + sizeof(footer) : len;
+        if (at < end) {
+            return g_strdup(name);
+        }
+        pos = end;
+    }
+    return g_strdup(at < pos ? name : "end of stream");
+}

@@ -32,6 +32,8 @@ bool cpr_file_write(const char *path, CprMode mode, Error **errp);
 /* The device and CPU state stream, appended to @b / loaded from @data */
 bool cpr_save_devices(GByteArray *b, Error **errp);
 bool cpr_load_devices(const uint8_t *data, size_t len, Error **errp);
+/* The name of the section of a device state stream that holds byte @at */
+char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at);
 CprFile *cpr_file_read(const char *path, Error **errp);
 bool cpr_file_load_devices(CprFile *cf, Error **errp);
 void cpr_file_free(CprFile *cf);

@@ -43,6 +43,7 @@
 #include "migration/misc.h"
 #include "qom/object.h"
 #include "sysemu/hostmem.h"
+#include "sysemu/kvm.h"
 #include "sysemu/runstate.h"
 #include "sysemu/tcg.h"
 #include "cpr-internal.h"
@@ -292,6 +293,19 @@ static uint64_t cpr_snapshot_restore_block(CprSnapBlock *b)
     return pages;
 }
 
+/* Copy back every page dirtied since the last time; how many */
+static uint64_t cpr_snapshot_restore_ram(CprSnapshot *s)
+{
+    uint64_t pages = 0;
+    guint i;
+
+    for (i = 0; i < s->blocks->len; i++) {
+        pages += cpr_snapshot_restore_block(&g_array_index(s->blocks,
+                                                           CprSnapBlock, i));
+    }
+    return pages;
+}
+
 /* The snapshot's RAM blocks must still be there, the same size. */
 static bool cpr_snapshot_blocks_present(CprSnapshot *s, Error **errp)
 {
@@ -310,13 +324,40 @@ static bool cpr_snapshot_blocks_present(CprSnapshot *s, Error **errp)
     return true;
 }
 
-bool cpr_snapshot_restore(Error **errp)
+/*
+ * Save device and CPU state again and compare it with the snapshot's;
+ * an error names the first section that differs.
+ */
+static bool cpr_snapshot_verify(CprSnapshot *s, Error **errp)
+{
+    g_autoptr(GByteArray) now = g_byte_array_new();
+    g_autofree char *where = NULL;
+    guint i;
+
+    if (!cpr_save_devices(now, errp)) {
+        return false;
+    }
+    for (i = 0; i < MIN(now->len, s->devices->len); i++) {
+        if (now->data[i] != s->devices->data[i]) {
+            break;
+        }
+    }
+    if (i < now->len || i < s->devices->len) {
+        where = cpr_devices_section_at(s->devices->data, s->devices->len, i);
+        error_setg(errp, "device state after the restore differs from the "
+                   "snapshot's at byte %u of %u (%s)", i, s->devices->len,
+                   where);
+        return false;
+    }
+    return true;
+}
+
+bool cpr_snapshot_restore(bool verify, Error **errp)
 {
     bool running = runstate_is_running();
     CprSnapshot *s = cpr_snap;
-    int64_t t0, t1, t2, t3;
-    uint64_t pages = 0;
-    guint i;
+    int64_t t0, t1, t2, t3, t4, t5;
+    uint64_t pages;
     bool ok;
 
     if (!s) {
@@ -331,37 +372,48 @@ bool cpr_snapshot_restore(Error **errp)
     if (running) {
         vm_stop(RUN_STATE_RESTORE_VM);
     }
-    t1 = get_clock();
-    /*
-     * Guest RAM first: dirtied pages back, and under TCG their translated
-     * code dropped.
-     */
-    memory_global_dirty_log_sync();
-    for (i = 0; i < s->blocks->len; i++) {
-        pages += cpr_snapshot_restore_block(&g_array_index(s->blocks,
-                                                           CprSnapBlock, i));
-    }
-    t2 = get_clock();
     /*
      * Devices load their state as if into a machine fresh from reset (as
-     * for loadvm and an incoming migration).  One memory transaction for
-     * the reset and the load: the memory map changes they make are
-     * applied once, at the end.  The reset writes ROMs into guest RAM;
-     * those are restored RAM too, and stay so (ROM blobs are written at
-     * the first reset only).
+     * for loadvm and an incoming migration).  The reset may write guest
+     * RAM (ROMs, firmware tables), which dirties those pages: restore
+     * RAM after it, then load the devices, which see the snapshot's RAM.
+     * Loading may write guest RAM (under KVM, the CPU's kvmclock MSRs
+     * make KVM write the clock structures): the pages written go back to
+     * the snapshot too, so that RAM is
+     * exactly the snapshot's.  One memory transaction for it all: the
+     * memory map changes of the reset and the load are applied once, at
+     * the end.
      */
     memory_region_transaction_begin();
+    t1 = get_clock();
     qemu_system_reset(SHUTDOWN_CAUSE_NONE);
-    ok = cpr_load_devices(s->devices->data, s->devices->len, errp);
-    memory_region_transaction_commit();
+    t2 = get_clock();
+    memory_global_dirty_log_sync();
+    pages = cpr_snapshot_restore_ram(s);
     t3 = get_clock();
+    ok = cpr_load_devices(s->devices->data, s->devices->len, errp);
+    t4 = get_clock();
+    /*
+     * QEMU's own writes are in the dirty bitmap already; KVM's (it writes
+     * the kvmclock and wall clock structures when their MSRs are loaded)
+     * are in its dirty log.
+     */
+    if (kvm_enabled()) {
+        memory_global_dirty_log_sync();
+    }
+    pages += cpr_snapshot_restore_ram(s);
+    memory_region_transaction_commit();
+    t5 = get_clock();
+    if (ok && verify) {
+        ok = cpr_snapshot_verify(s, errp);
+    }
     if (running) {
         vm_start();
     }
     s->restores++;
     s->last_pages = pages;
-    s->last_ram_ns = t2 - t1;
-    s->last_devices_ns = t3 - t2;
+    s->last_ram_ns = (t3 - t2) + (t5 - t4);
+    s->last_devices_ns = (t2 - t1) + (t4 - t3);
     s->last_total_ns = get_clock() - t0;
     trace_cpr_snapshot_restore(pages, s->last_ram_ns, s->last_devices_ns,
                                s->last_total_ns);
@@ -406,9 +458,9 @@ void qmp_cpr_snapshot(bool has_exclude, strList *exclude, Error **errp)
     cpr_snapshot_take(exclude, errp);
 }
 
-void qmp_cpr_restore(Error **errp)
+void qmp_cpr_restore(bool has_verify, bool verify, Error **errp)
 {
-    cpr_snapshot_restore(errp);
+    cpr_snapshot_restore(has_verify && verify, errp);
 }
 
 void qmp_cpr_snapshot_drop(Error **errp)

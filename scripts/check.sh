@@ -16,7 +16,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e style)
+suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e snapshot_e2e style)
 n=0
 failed=0
 
@@ -66,6 +66,13 @@ libvirt_e2e() {
 # (tests/e2e/vfio-update.py).
 vfio_e2e() {
     in_session vfio-e2e python3 "$top/tests/e2e/vfio-update.py"
+}
+
+# In-process snapshot and restore (fuzzing): QMP, the cpr-trigger device
+# with the harness guest, the doorbell, a Linux guest restored 1000 times.
+snapshot_e2e() {
+    CPR_TEST_ACCEL=$accels in_session snapshot-e2e python3 \
+        "$top/tests/e2e/snapshot.py"
 }
 
 # QEMU coding style on our C files and on every patch.

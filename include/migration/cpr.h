@@ -161,9 +161,10 @@ bool cpr_snapshot_take(strList *exclude, Error **errp);
 
 /*
  * cpr_snapshot_restore: put the VM back into the snapshot's state; it
- * resumes if it was running.
+ * resumes if it was running.  With @verify, check that saving device
+ * and CPU state again gives the snapshot's.
  */
-bool cpr_snapshot_restore(Error **errp);
+bool cpr_snapshot_restore(bool verify, Error **errp);
 
 /* cpr_snapshot_drop: forget the snapshot, if any */
 void cpr_snapshot_drop(void);

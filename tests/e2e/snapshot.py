@@ -1,0 +1,442 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""In-process snapshot and restore (fuzzing): cpr-snapshot, cpr-restore,
+cpr-snapshot-drop over QMP, and the cpr-trigger device driven by the
+harness guest tests/guest/fuzz-guest.c, with its input/output memory
+excluded from restores and the host's doorbell.  Prints TAP.
+
+CPR_TEST_ACCEL (tcg,kvm) picks the accelerators of the cases that run
+under both; the Linux guest runs under TCG only."""
+
+import hashlib
+import mmap
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "scripts"))
+import cprlib  # noqa: E402
+
+TOP = cprlib.TOP
+FUZZ_GUEST = os.path.join(TOP, "build", "guest", "fuzz-guest.elf")
+LINUX_DIR = os.path.join(TOP, "build", "guest", "linux")
+ACCELS = os.environ.get("CPR_TEST_ACCEL", "tcg").split(",")
+LINUX_RESTORES = int(os.environ.get("CPR_SNAP_LINUX_RESTORES", "1000"))
+IO_SIZE = 1 << 20
+IO_MAGIC = 0x5a5a4655
+IO_FIELDS = ("magic", "pages", "iterations", "errors", "last_error",
+             "last_status", "restored")
+
+results = []
+
+
+def diag(msg):
+    print("# " + msg, flush=True)
+
+
+def case(fn):
+    results.append(fn)
+    return fn
+
+
+class FuzzVm:
+    """QEMU on the harness guest: cpr-trigger, and an ivshmem-plain device
+    on a shared file the host maps (struct fuzz_io), excluded from
+    snapshots.  @doorbell: a unix socket chardev for the trigger."""
+
+    def __init__(self, accel, pages=16, doorbell=False, mem_mb=256,
+                 machine="q35", extra=()):
+        self.dir = tempfile.mkdtemp(prefix="cpr-snap-")
+        self.io_path = "/dev/shm/cpr-fuzz-%d-%d" % (os.getpid(), id(self))
+        with open(self.io_path, "wb") as f:
+            f.truncate(IO_SIZE)
+        fd = os.open(self.io_path, os.O_RDWR)
+        self.io_map = mmap.mmap(fd, IO_SIZE)
+        os.close(fd)
+        self.set("pages", pages)
+        qmp_path = os.path.join(self.dir, "qmp.sock")
+        trigger = "cpr-trigger,exclude=io"
+        args = [cprlib.QEMU, "-machine", machine, "-accel", accel,
+                "-m", str(mem_mb), "-display", "none", "-nodefaults",
+                "-rtc", "clock=vm", "-kernel", FUZZ_GUEST,
+                "-object", "memory-backend-file,id=io,mem-path=%s,"
+                "size=%d,share=on" % (self.io_path, IO_SIZE),
+                "-device", "ivshmem-plain,memdev=io,master=on",
+                "-qmp", "unix:%s,server=on,wait=off" % qmp_path]
+        if doorbell:
+            self.bell_path = os.path.join(self.dir, "bell.sock")
+            args += ["-chardev", "socket,id=bell,path=%s,server=on,"
+                     "wait=off" % self.bell_path]
+            trigger += ",chardev=bell"
+        args += ["-device", trigger] + list(extra)
+        self.proc = subprocess.Popen(args)
+        self.qmp = cprlib.Qmp(qmp_path, self.proc)
+        self.bell = None
+        if doorbell:
+            self.bell = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.bell.connect(self.bell_path)
+
+    def io(self):
+        return dict(zip(IO_FIELDS, struct.unpack_from("<7I", self.io_map)))
+
+    def set(self, field, value):
+        struct.pack_into("<I", self.io_map, 4 * IO_FIELDS.index(field),
+                         value)
+
+    def wait(self, cond, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not cond(self.io()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise cprlib.QmpError("guest made no progress: %s" %
+                                      self.io())
+            time.sleep(0.01)
+        return self.io()
+
+    def snapshot_info(self):
+        return self.qmp.cmd("query-cpr").get("snapshot")
+
+    def kill(self):
+        self.qmp.close()
+        if self.bell:
+            self.bell.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.io_map.close()
+        os.unlink(self.io_path)
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        os.rmdir(self.dir)
+
+
+def ram_hash(vm, mem_mb):
+    path = os.path.join(vm.dir, "ram")
+    vm.qmp.cmd("pmemsave", val=0, size=mem_mb << 20, filename=path)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    os.unlink(path)
+    return digest
+
+
+def accel_cases(fn):
+    """Run @fn once per accelerator."""
+    for accel in ACCELS:
+        results.append(lambda a=accel: fn(a))
+    return fn
+
+
+@accel_cases
+def host_trigger(accel):
+    """cpr-guest changes every page of RAM without end; it is restored
+    20 times from QMP, running a full pass in between, half of the times
+    while running, half while paused.  After each paused restore the
+    device and CPU state saved again equals the snapshot's (saving a
+    running VM reads clocks that moved on); at the end guest RAM hashes as
+    at the snapshot."""
+    mem = 256
+    vm = cprlib.Vm(mem, machine="q35", accel=accel,
+                   extra=["-rtc", "clock=vm"])
+    try:
+        vm.wait_passes(2)
+        vm.qmp.cmd("stop")
+        before = ram_hash(vm, mem)
+        vm.qmp.cmd("cpr-snapshot")
+        vm.qmp.cmd("cont")
+        pages = []
+        for i in range(20):
+            vm.wait_passes(1)
+            if i % 2:
+                vm.qmp.cmd("stop")
+                vm.qmp.cmd("cpr-restore", verify=True)
+                vm.qmp.cmd("cont")
+            else:
+                vm.qmp.cmd("cpr-restore")
+            info = vm.qmp.cmd("query-cpr")["snapshot"]
+            pages.append(info["last-restore-pages"])
+            if vm.status() != "running":
+                raise cprlib.QmpError("VM %s after a restore" % vm.status())
+        vm.wait_passes(1)
+        vm.qmp.cmd("stop")
+        changed = ram_hash(vm, mem) != before
+        vm.qmp.cmd("cpr-restore", verify=True)
+        after = ram_hash(vm, mem)
+        info = vm.qmp.cmd("query-cpr")["snapshot"]
+        diag("%s: 21 restores, pages copied back each time: %d..%d; "
+             "snapshot holds %d bytes of RAM, %d of device state" %
+             (accel, min(pages), max(pages), info["ram-bytes"],
+              info["device-bytes"]))
+        return (changed and after == before and info["restores"] == 21 and
+                min(pages) > (mem << 20) // 4096 // 2,
+                "%s: host-triggered restores bring RAM, devices and CPU "
+                "back to the snapshot" % accel)
+    finally:
+        vm.kill()
+
+
+@accel_cases
+def guest_trigger(accel):
+    """The harness guest snapshots itself and asks for a restore at the
+    end of each iteration; each iteration checks that it starts from the
+    snapshot (status RESTORED, RAM as at the snapshot).  Its counters live
+    in the excluded memory: they go on across restores, and the host
+    changes the number of pages to dirty as it runs."""
+    vm = FuzzVm(accel, pages=16)
+    try:
+        vm.wait(lambda io: io["iterations"] >= 2000, timeout=300)
+        vm.set("pages", 300)
+        vm.set("iterations", 100000)
+        io = vm.wait(lambda io: io["iterations"] >= 102000)
+        info = vm.snapshot_info()
+        diag("%s: %s; last restore copied %d pages" %
+             (accel, io, info["last-restore-pages"]))
+        ok = (io["magic"] == IO_MAGIC and io["errors"] == 0 and
+              io["restored"] >= 4000 and io["last_status"] == 2 and
+              info["restores"] >= 4000 and
+              300 < info["last-restore-pages"] < 310 and
+              info["excluded"] == ["io"])
+        return ok, ("%s: guest-triggered snapshot and thousands of restores; "
+                    "the excluded memory keeps what the host writes" % accel)
+    finally:
+        vm.kill()
+
+
+@case
+def doorbell():
+    """With the doorbell, each restore request reaches the host (done +
+    RESULT) and waits for it; the host writes the next input (pages to
+    dirty) and rings back."""
+    vm = FuzzVm("tcg", pages=4, doorbell=True)
+    try:
+        vm.bell.settimeout(120)
+        bad = 0
+        for i in range(300):
+            msg = b""
+            while len(msg) < 8:
+                chunk = vm.bell.recv(8 - len(msg))
+                if not chunk:
+                    raise cprlib.QmpError("doorbell closed")
+                msg += chunk
+            event, result = struct.unpack("<II", msg)
+            io = vm.io()
+            if event != 1 or result != io["iterations"] or \
+                    io["iterations"] != i + 1:
+                bad += 1
+            vm.set("pages", 1 + i % 64)
+            vm.bell.sendall(b"r")
+        io = vm.wait(lambda io: io["iterations"] >= 301)
+        info = vm.snapshot_info()
+        diag("doorbell: %s, %d restores, %d bad messages" %
+             (io, info["restores"], bad))
+        return (bad == 0 and io["errors"] == 0 and info["restores"] == 300,
+                "doorbell: the host learns each iteration's end, writes the "
+                "next input and lets the guest go on")
+    finally:
+        vm.kill()
+
+
+def refused(vm, cmd, expect, **args):
+    try:
+        vm.qmp.cmd(cmd, **args)
+    except cprlib.QmpError as e:
+        if expect in str(e):
+            return True
+        diag("%s: %s" % (cmd, e))
+        return False
+    diag("%s succeeded" % cmd)
+    return False
+
+
+@case
+def bad_requests():
+    """Refusals name the problem and leave the VM running."""
+    vm = FuzzVm("tcg", machine="q35,memfd-alloc=on", extra=[
+        "-object", "memory-backend-ram,id=priv,size=1M",
+        "-device", "ivshmem-plain,memdev=priv,master=on",
+        "-object", "memory-backend-ram,id=unused,size=1M"])
+    ok = True
+    try:
+        vm.wait(lambda io: io["iterations"] >= 10)
+        vm.qmp.cmd("cpr-snapshot-drop")
+        ok &= refused(vm, "cpr-restore", "there is no CPR snapshot")
+        ok &= refused(vm, "cpr-snapshot-drop", "there is no CPR snapshot")
+        ok &= refused(vm, "cpr-snapshot", "'nope' is not a memory backend",
+                      exclude=["nope"])
+        ok &= refused(vm, "cpr-snapshot", "'priv' is not shared",
+                      exclude=["priv"])
+        ok &= refused(vm, "cpr-snapshot", "'unused' is not in use",
+                      exclude=["unused"])
+        ok &= vm.snapshot_info() is None
+        vm.qmp.cmd("cpr-snapshot", exclude=["io"])
+        ok &= refused(vm, "migrate", "a CPR snapshot exists",
+                      uri="exec:cat >/dev/null")
+        ok &= refused(vm, "cprsave", "a CPR snapshot exists",
+                      file=os.path.join(vm.dir, "vm.cpr"), mode="restart")
+        ok &= vm.qmp.cmd("query-status")["status"] == "running"
+        vm.qmp.cmd("cpr-snapshot-drop")
+        ok &= vm.snapshot_info() is None
+    finally:
+        vm.kill()
+    # A process started by cprsave, waiting for cprload
+    vm = cprlib.Vm(64)
+    try:
+        vm.wait_passes(1)
+        vm.qmp.cmd("cprsave", file=vm.state, mode="restart")
+        ok &= refused(vm, "cpr-snapshot", "the VM waits for cprload")
+        ok &= refused(vm, "cpr-restore", "there is no CPR snapshot")
+        vm.qmp.cmd("cprload", file=vm.state)
+        vm.wait_passes(1)
+    finally:
+        vm.kill()
+    return ok, ("bad requests (no snapshot, bad exclusions, migration or "
+                "cprsave with a snapshot, snapshot before cprload) are "
+                "refused and the VM runs on")
+
+
+class Heartbeat:
+    """The Linux guest's heartbeat ("H <seq>") on a unix-socket serial
+    port; lines garbled by a restore (the UART goes back too) are
+    skipped."""
+
+    def __init__(self, path):
+        self.lock = threading.Lock()
+        self.last = -1
+        self.restarts = []      # where the sequence went back to
+        self.errors = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        threading.Thread(target=self.reader, daemon=True).start()
+
+    def reader(self):
+        buf = b""
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                m = re.fullmatch(rb"H (\d+)\r?", line)
+                with self.lock:
+                    if m:
+                        seq = int(m.group(1))
+                        if seq <= self.last:
+                            self.restarts.append(seq)
+                        self.last = seq
+                    elif line.startswith(b"E "):
+                        self.errors.append(line.decode(errors="replace"))
+
+    def seq(self):
+        with self.lock:
+            return self.last
+
+    def wait_restart(self, n, timeout=60):
+        """Wait for the @n-th time the sequence goes back; where to."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if len(self.restarts) >= n:
+                    return self.restarts[n - 1]
+            if time.monotonic() > deadline:
+                raise cprlib.QmpError("heartbeat did not go back (last %d)"
+                                      % self.seq())
+            time.sleep(0.0005)
+
+    def wait(self, cond, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not cond(self.seq()):
+            if time.monotonic() > deadline:
+                raise cprlib.QmpError("no heartbeat (last %d)" % self.seq())
+            time.sleep(0.0005)
+        return self.seq()
+
+
+@case
+def linux():
+    """A Linux guest (the live-update test's workload: heartbeat, memory
+    fill and verify) restored LINUX_RESTORES times: after each restore its
+    heartbeat starts again from the snapshot point, and it keeps
+    working."""
+    work = tempfile.mkdtemp(prefix="cpr-snap-linux-")
+    serial = os.path.join(work, "serial.sock")
+    qmp_path = os.path.join(work, "qmp.sock")
+    proc = subprocess.Popen([
+        cprlib.QEMU, "-machine", "q35", "-accel", "tcg", "-m", "512",
+        "-display", "none", "-nodefaults", "-rtc", "clock=vm",
+        "-kernel", os.path.join(LINUX_DIR, "vmlinuz"),
+        "-initrd", os.path.join(LINUX_DIR, "initrd.img"),
+        "-append", "console=ttyS0 loglevel=1 cpr.mem=16",
+        "-chardev", "socket,id=ser0,path=%s,server=on,wait=off" % serial,
+        "-serial", "chardev:ser0",
+        "-qmp", "unix:%s,server=on,wait=off" % qmp_path])
+    try:
+        qmp = cprlib.Qmp(qmp_path, proc)
+        hb = Heartbeat(serial)
+        hb.wait(lambda s: s >= 100, timeout=120)
+        qmp.cmd("stop")
+        time.sleep(0.1)
+        base = hb.seq()
+        qmp.cmd("cpr-snapshot")
+        qmp.cmd("cont")
+        worst = 0
+        restarts = 0
+        t0 = time.monotonic()
+        for i in range(LINUX_RESTORES):
+            hb.wait(lambda s: s > base + 2)
+            qmp.cmd("cpr-restore")
+            # The first full heartbeat after the restore: the snapshot's
+            # next one, or one shortly after it (a line garbled by the
+            # restore is skipped).
+            first = hb.wait_restart(i + 1)
+            restarts += base <= first <= base + 3
+            worst = max(worst, first - base)
+        elapsed = time.monotonic() - t0
+        qmp.cmd("cpr-snapshot-drop")
+        hb.wait(lambda s: s > base + 2000, timeout=120)
+        info = qmp.cmd("query-status")
+        diag("linux: %d restores in %.1f s, heartbeat restarted at the "
+             "snapshot point + %d at most; afterwards %d heartbeats, "
+             "guest errors %s" % (LINUX_RESTORES, elapsed, worst,
+                                  hb.seq() - base, hb.errors))
+        return (restarts == LINUX_RESTORES and not hb.errors and
+                info["status"] == "running",
+                "a Linux guest restored %d times restarts from the "
+                "snapshot each time and keeps working" % LINUX_RESTORES)
+    finally:
+        proc.kill()
+        proc.wait()
+        for name in os.listdir(work):
+            os.unlink(os.path.join(work, name))
+        os.rmdir(work)
+
+
+def main():
+    print("TAP version 14")
+    print("1..%d" % len(results))
+    failed = 0
+    for n, fn in enumerate(results, 1):
+        try:
+            ok, name = fn()
+        except Exception as e:  # a case that blows up fails, the rest run
+            ok, name = False, "%s: %s" % (getattr(fn, "__name__", "case"), e)
+        print("%sok %d - %s" % ("" if ok else "not ", n, name), flush=True)
+        failed |= not ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
