@@ -1,9 +1,12 @@
 #!/bin/bash
 # make bench: blackout of cprsave/cprload next to the stock ways, for the
 # boot-sector guest at several RAM sizes and for the Linux guest with its
-# network and disks (needs root: network namespace, tap).
+# network and disks (needs root: network namespace, tap); then restores
+# per second of the in-process snapshot next to loadvm.
 set -euo pipefail
 here=$(dirname "$0")
 python3 "$here/blackout.py"
 echo
 python3 "$here/linux-blackout.py"
+echo
+python3 "$here/snapshot.py"

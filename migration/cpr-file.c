@@ -23,6 +23,7 @@
 #include "qemu/osdep.h"
 #include <zlib.h>
 #include "qemu/bswap.h"
+#include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "io/channel-buffer.h"
@@ -307,11 +308,13 @@ CprFile *cpr_file_read(const char *path, Error **errp)
 bool cpr_file_load_devices(CprFile *cf, Error **errp)
 {
     return cpr_load_devices(cf->data + cf->devices_offset, cf->devices_len,
-                            errp);
+                            NULL, errp);
 }
 
-bool cpr_load_devices(const uint8_t *data, size_t len, Error **errp)
+bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
+                      Error **errp)
 {
+    int64_t t;
     QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
     QEMUFile *f;
     int ret;
@@ -327,10 +330,17 @@ bool cpr_load_devices(const uint8_t *data, size_t len, Error **errp)
         goto out;
     }
     cpu_synchronize_all_pre_loadvm();
-    ret = qemu_load_device_state(f);
+    /* As qemu_load_device_state(), timing the CPUs' own part */
+    ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
     if (ret < 0) {
         error_setg(errp, "cannot load device state (%s); see the error log "
                    "for the device that refused it", strerror(-ret));
+        goto out;
+    }
+    t = get_clock();
+    cpu_synchronize_all_post_init();
+    if (cpu_ns) {
+        *cpu_ns = get_clock() - t;
     }
 out:
     qemu_fclose(f);

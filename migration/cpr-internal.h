@@ -29,9 +29,14 @@ typedef struct CprFile {
 } CprFile;
 
 bool cpr_file_write(const char *path, CprMode mode, Error **errp);
-/* The device and CPU state stream, appended to @b / loaded from @data */
+/*
+ * The device and CPU state stream, appended to @b / loaded from @data;
+ * @cpu_ns, if not NULL, gets the time spent putting the CPUs' state back
+ * into the accelerator.
+ */
 bool cpr_save_devices(GByteArray *b, Error **errp);
-bool cpr_load_devices(const uint8_t *data, size_t len, Error **errp);
+bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
+                      Error **errp);
 /* The name of the section of a device state stream that holds byte @at */
 char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at);
 CprFile *cpr_file_read(const char *path, Error **errp);

@@ -64,7 +64,8 @@ typedef struct CprSnapshot {
     uint64_t restores;
     uint64_t last_pages;        /* pages copied back by the last restore */
     int64_t last_ram_ns;        /* its time on guest RAM */
-    int64_t last_devices_ns;    /* its time on device and CPU state */
+    int64_t last_cpu_ns;        /* its time putting CPU state back */
+    int64_t last_devices_ns;    /* its time on the rest of the state */
     int64_t last_total_ns;      /* all its time, stop to resume */
     Error *blocker;
 } CprSnapshot;
@@ -356,7 +357,7 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
 {
     bool running = runstate_is_running();
     CprSnapshot *s = cpr_snap;
-    int64_t t0, t1, t2, t3, t4, t5;
+    int64_t t0, t1, t2, t3, t4, t5, cpu_ns = 0;
     uint64_t pages;
     bool ok;
 
@@ -391,7 +392,8 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     memory_global_dirty_log_sync();
     pages = cpr_snapshot_restore_ram(s);
     t3 = get_clock();
-    ok = cpr_load_devices(s->devices->data, s->devices->len, errp);
+    ok = cpr_load_devices(s->devices->data, s->devices->len, &cpu_ns,
+                          errp);
     t4 = get_clock();
     /*
      * QEMU's own writes are in the dirty bitmap already; KVM's (it writes
@@ -413,9 +415,11 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     s->restores++;
     s->last_pages = pages;
     s->last_ram_ns = (t3 - t2) + (t5 - t4);
-    s->last_devices_ns = (t2 - t1) + (t4 - t3);
+    s->last_cpu_ns = cpu_ns;
+    s->last_devices_ns = (t2 - t1) + (t4 - t3) - cpu_ns;
     s->last_total_ns = get_clock() - t0;
-    trace_cpr_snapshot_restore(pages, s->last_ram_ns, s->last_devices_ns,
+    trace_cpr_snapshot_restore(pages, s->last_ram_ns, s->last_cpu_ns,
+                               s->last_devices_ns, t2 - t1,
                                s->last_total_ns);
     return ok;
 }
@@ -448,6 +452,7 @@ CprSnapshotInfo *cpr_snapshot_info(void)
     info->restores = s->restores;
     info->last_restore_pages = s->last_pages;
     info->last_restore_ram_ns = s->last_ram_ns;
+    info->last_restore_cpu_ns = s->last_cpu_ns;
     info->last_restore_devices_ns = s->last_devices_ns;
     info->last_restore_ns = s->last_total_ns;
     return info;

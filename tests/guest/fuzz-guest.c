@@ -16,7 +16,9 @@
  *  - dirties io->pages pages (one word each) and the counter;
  *  - counts the iteration in the excluded memory and asks for a restore,
  *    with the iteration number as RESULT.
- * Errors are counted in the excluded memory (see ERR_).
+ * Errors are counted in the excluded memory (see ERR_).  Before the
+ * snapshot, the guest writes every page of RAM from FILL_START up to
+ * io->fill_mb MiB, so that RAM is not mostly zero (for benchmarks).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -25,6 +27,7 @@
 #define WORK            0x1000000       /* pages dirtied by iterations */
 #define MAX_PAGES       4096
 #define PATTERN         0x5eed0000u
+#define FILL_START      0x2000000
 
 #define REG_MAGIC       0
 #define REG_COMMAND     1
@@ -44,6 +47,7 @@ struct fuzz_io {
     uint32_t last_error;        /* ERR_ */
     uint32_t last_status;       /* STATUS seen by the last iteration */
     uint32_t restored;          /* iterations that started restored */
+    uint32_t fill_mb;           /* set by the host: fill RAM up to here */
 };
 
 #define IO_MAGIC        0x5a5a4655      /* "UFZZ" */
@@ -95,6 +99,9 @@ void main(void)
     }
     for (i = 0; i < MAX_PAGES; i++) {
         set_page_word(i, PATTERN + i);
+    }
+    for (i = FILL_START; i < io->fill_mb << 20; i += 4096) {
+        *(shared_u32 *)i = i | 1;
     }
     io->magic = IO_MAGIC;
 
