@@ -326,14 +326,30 @@ static bool cpr_snapshot_blocks_present(CprSnapshot *s, Error **errp)
 }
 
 /*
- * Save device and CPU state again and compare it with the snapshot's;
- * an error names the first section that differs.
+ * Compare every RAM block with its copy in the snapshot, then save device
+ * and CPU state again and compare it with the snapshot's; an error names
+ * the first block and page, or section, that differs.
  */
 static bool cpr_snapshot_verify(CprSnapshot *s, Error **errp)
 {
     g_autoptr(GByteArray) now = g_byte_array_new();
     g_autofree char *where = NULL;
+    uint64_t off;
     guint i;
+
+    for (i = 0; i < s->blocks->len; i++) {
+        CprSnapBlock *b = &g_array_index(s->blocks, CprSnapBlock, i);
+
+        for (off = 0; off < b->length; off += TARGET_PAGE_SIZE) {
+            if (memcmp(b->rb->host + off, b->shadow + off,
+                       MIN(TARGET_PAGE_SIZE, b->length - off))) {
+                error_setg(errp, "RAM block '%s' differs from the snapshot "
+                           "at offset 0x%" PRIx64 " after the restore",
+                           b->idstr, off);
+                return false;
+            }
+        }
+    }
 
     if (!cpr_save_devices(now, errp)) {
         return false;
@@ -355,6 +371,7 @@ static bool cpr_snapshot_verify(CprSnapshot *s, Error **errp)
 
 bool cpr_snapshot_restore(bool verify, Error **errp)
 {
+    ERRP_GUARD();
     bool running = runstate_is_running();
     CprSnapshot *s = cpr_snap;
     int64_t t0, t1, t2, t3, t4, t5, cpu_ns = 0;
@@ -380,10 +397,9 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
      * RAM after it, then load the devices, which see the snapshot's RAM.
      * Loading may write guest RAM (under KVM, the CPU's kvmclock MSRs
      * make KVM write the clock structures): the pages written go back to
-     * the snapshot too, so that RAM is
-     * exactly the snapshot's.  One memory transaction for it all: the
-     * memory map changes of the reset and the load are applied once, at
-     * the end.
+     * the snapshot too, so that RAM is exactly the snapshot's.  One
+     * memory transaction for it all: the memory map changes of the reset
+     * and the load are applied once, at the end.
      */
     memory_region_transaction_begin();
     t1 = get_clock();
@@ -409,7 +425,11 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     if (ok && verify) {
         ok = cpr_snapshot_verify(s, errp);
     }
-    if (running) {
+    if (!ok) {
+        /* Not a machine to run: keep it paused, the snapshot is there. */
+        error_append_hint(errp, "The VM stays paused; the snapshot is "
+                          "kept.\n");
+    } else if (running) {
         vm_start();
     }
     s->restores++;

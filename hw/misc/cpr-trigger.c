@@ -274,6 +274,15 @@ static void cpr_trigger_realize(PCIDevice *pdev, Error **errp)
                              true);
 }
 
+static void cpr_trigger_reset(DeviceState *dev)
+{
+    CprTriggerState *s = CPR_TRIGGER(dev);
+
+    s->status = CPR_TRIGGER_ST_NONE;
+    s->result = 0;
+    s->replay = false;
+}
+
 static void cpr_trigger_exit(PCIDevice *pdev)
 {
     CprTriggerState *s = CPR_TRIGGER(pdev);
@@ -313,6 +322,7 @@ static void cpr_trigger_class_init(ObjectClass *klass, void *data)
     k->class_id = PCI_CLASS_OTHERS;
     dc->desc = "CPR snapshot trigger (guest-driven snapshot/restore)";
     dc->vmsd = &vmstate_cpr_trigger;
+    dc->reset = cpr_trigger_reset;
     device_class_set_props(dc, cpr_trigger_properties);
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);
 }

@@ -13,6 +13,9 @@
  *  - checks that RAM is as at the snapshot: a counter in guest RAM is
  *    still 0, and the first word of each page it dirtied last time holds
  *    the value it had then;
+ *  - calls a routine in RAM, which must return what it did at the
+ *    snapshot, then rewrites it and calls it again (under TCG, code
+ *    translated from the rewritten routine must not survive a restore);
  *  - dirties io->pages pages (one word each) and the counter;
  *  - counts the iteration in the excluded memory and asks for a restore,
  *    with the iteration number as RESULT.
@@ -28,6 +31,9 @@
 #define MAX_PAGES       4096
 #define PATTERN         0x5eed0000u
 #define FILL_START      0x2000000
+#define CODE            0x0f00000       /* a routine the guest rewrites */
+#define CODE_SNAPSHOT   0x600d600d
+#define CODE_CHANGED    0xbad0bad0
 
 #define REG_MAGIC       0
 #define REG_COMMAND     1
@@ -56,14 +62,31 @@ struct fuzz_io {
 #define ERR_COUNTER     3       /* RAM counter not back to its value */
 #define ERR_PAGE        4       /* a dirtied page not back to its value */
 #define ERR_RESTORE     5       /* the restore request came back */
+#define ERR_CODE        6       /* the routine in RAM not as expected */
 
 /* Shared with the host and the device behind the compiler's back */
 typedef volatile struct fuzz_io shared_io;
+typedef volatile uint8_t shared_u8;                 /* the same */
 
 static shared_io *io;
 static shared_u32 *trigger;
 /* Guest RAM the iterations change: restored every time */
 static volatile uint32_t counter;
+
+typedef uint32_t routine(void);
+
+/* The routine at CODE: "mov $value, %eax; ret" */
+static void write_routine(uint32_t value)
+{
+    shared_u8 *code = (shared_u8 *)CODE;
+    int i;
+
+    code[0] = 0xb8;
+    for (i = 0; i < 4; i++) {
+        code[1 + i] = value >> (8 * i);
+    }
+    code[5] = 0xc3;
+}
 
 static void fail(uint32_t what)
 {
@@ -103,6 +126,7 @@ void main(void)
     for (i = FILL_START; i < io->fill_mb << 20; i += 4096) {
         *(shared_u32 *)i = i | 1;
     }
+    write_routine(CODE_SNAPSHOT);
     io->magic = IO_MAGIC;
 
     trigger[REG_COMMAND] = CMD_SNAPSHOT;
@@ -123,6 +147,13 @@ void main(void)
             fail(ERR_PAGE);
             break;
         }
+    }
+    if (((routine *)CODE)() != CODE_SNAPSHOT) {
+        fail(ERR_CODE);
+    }
+    write_routine(CODE_CHANGED);
+    if (((routine *)CODE)() != CODE_CHANGED) {
+        fail(ERR_CODE);
     }
     counter++;
     for (i = 0; i < n; i++) {
