@@ -132,6 +132,11 @@ def guest_trigger(accel):
         vm.kill()
 
 
+# KVM's dirty ring instead of its dirty bitmap
+if "kvm" in ACCELS:
+    results.append(lambda: guest_trigger("kvm,dirty-ring-size=4096"))
+
+
 @case
 def doorbell():
     """With the doorbell, each restore request reaches the host (done +
