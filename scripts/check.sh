@@ -69,7 +69,7 @@ vfio_e2e() {
 }
 
 # In-process snapshot and restore (fuzzing): QMP, the cpr-trigger device
-# with the harness guest, the doorbell, a Linux guest restored 1000 times.
+# with the harness guest, the doorbell, a Linux guest restored 2000 times.
 snapshot_e2e() {
     CPR_TEST_ACCEL=$accels in_session snapshot-e2e python3 \
         "$top/tests/e2e/snapshot.py"

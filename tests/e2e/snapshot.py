@@ -27,7 +27,7 @@ from fuzzvm import FuzzVm, IO_MAGIC  # noqa: E402
 TOP = cprlib.TOP
 LINUX_DIR = os.path.join(TOP, "build", "guest", "linux")
 ACCELS = os.environ.get("CPR_TEST_ACCEL", "tcg").split(",")
-LINUX_RESTORES = int(os.environ.get("CPR_SNAP_LINUX_RESTORES", "1000"))
+LINUX_RESTORES = int(os.environ.get("CPR_SNAP_LINUX_RESTORES", "2000"))
 
 results = []
 
