@@ -36,6 +36,7 @@
 #include "exec/ram_addr.h"
 #include "exec/ramblock.h"
 #include "exec/memory.h"
+#include "hw/boards.h"
 #include "migration/blocker.h"
 #include "migration/global_state.h"
 #include "migration/cpr.h"
@@ -44,6 +45,7 @@
 #include "qom/object.h"
 #include "sysemu/hostmem.h"
 #include "sysemu/kvm.h"
+#include "sysemu/reset.h"
 #include "sysemu/runstate.h"
 #include "sysemu/tcg.h"
 #include "cpr-internal.h"
@@ -307,6 +309,22 @@ static uint64_t cpr_snapshot_restore_ram(CprSnapshot *s)
     return pages;
 }
 
+/*
+ * qemu_system_reset() without its CPU synchronisation: under KVM it would
+ * read every vCPU's registers before the reset and write them back after
+ * it, and the load that follows writes them all anyway.
+ */
+static void cpr_snapshot_reset(void)
+{
+    MachineClass *mc = MACHINE_GET_CLASS(current_machine);
+
+    if (mc->reset) {
+        mc->reset(current_machine, SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+    } else {
+        qemu_devices_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+    }
+}
+
 /* The snapshot's RAM blocks must still be there, the same size. */
 static bool cpr_snapshot_blocks_present(CprSnapshot *s, Error **errp)
 {
@@ -403,7 +421,7 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
      */
     memory_region_transaction_begin();
     t1 = get_clock();
-    qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+    cpr_snapshot_reset();
     t2 = get_clock();
     memory_global_dirty_log_sync();
     pages = cpr_snapshot_restore_ram(s);
