@@ -73,6 +73,7 @@ typedef struct CprSnapshot {
 } CprSnapshot;
 
 static CprSnapshot *cpr_snap;
+static bool cpr_snap_restoring;
 
 static void cpr_snap_block_clear(gpointer p)
 {
@@ -101,6 +102,11 @@ static void cpr_snapshot_free(CprSnapshot *s)
 bool cpr_snapshot_exists(void)
 {
     return cpr_snap != NULL;
+}
+
+bool cpr_snapshot_restoring(void)
+{
+    return cpr_snap_restoring;
 }
 
 uint64_t cpr_snapshot_restores(void)
@@ -410,9 +416,13 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     }
     /*
      * Devices load their state as if into a machine fresh from reset (as
-     * for loadvm and an incoming migration).  The reset may write guest
-     * RAM (ROMs, firmware tables), which dirties those pages: restore
-     * RAM after it, then load the devices, which see the snapshot's RAM.
+     * for loadvm and an incoming migration).  ROMs are not copied into
+     * RAM again (cpr_snapshot_restoring()): pages the guest changed are
+     * in the dirty log like any other.  A reset handler may still write
+     * guest RAM, which dirties those pages: restore RAM after the reset,
+     * then load the devices, which see the snapshot's RAM.  No flush of
+     * all translated code either: the RAM pass drops the code of each
+     * page it puts back.
      * Loading may write guest RAM (under KVM, the CPU's kvmclock MSRs
      * make KVM write the clock structures): the pages written go back to
      * the snapshot too, so that RAM is exactly the snapshot's.  One
@@ -420,6 +430,7 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
      * and the load are applied once, at the end.
      */
     memory_region_transaction_begin();
+    cpr_snap_restoring = true;
     t1 = get_clock();
     cpr_snapshot_reset();
     t2 = get_clock();
@@ -438,6 +449,7 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
         memory_global_dirty_log_sync();
     }
     pages += cpr_snapshot_restore_ram(s);
+    cpr_snap_restoring = false;
     memory_region_transaction_commit();
     t5 = get_clock();
     if (ok && verify) {

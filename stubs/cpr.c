@@ -54,3 +54,8 @@ char *cpr_find_str(const char *name)
 {
     return NULL;
 }
+
+bool cpr_snapshot_restoring(void)
+{
+    return false;
+}

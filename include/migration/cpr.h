@@ -174,4 +174,12 @@ bool cpr_snapshot_exists(void);
 /* cpr_snapshot_restores: restores done from the snapshot so far */
 uint64_t cpr_snapshot_restores(void);
 
+/*
+ * cpr_snapshot_restoring: a restore is under way.  It puts back every
+ * page of guest RAM written since the snapshot and drops the translated
+ * code of those pages, so the machine reset and the load that are part of
+ * it need not rewrite ROMs into RAM nor flush all translated code.
+ */
+bool cpr_snapshot_restoring(void);
+
 #endif
