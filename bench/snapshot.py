@@ -15,6 +15,10 @@ of QEMU's cpr_snapshot_restore trace event over the run.
 loadvm: the same guest, its CPR snapshot dropped, saved once with savevm
 onto a qcow2 image and loaded again with loadvm (HMP) several times.
 
+Then the Linux test guest (scripts/linux-guest.sh) of the same size under
+TCG, restored with QMP cpr-restore back to back for the same time, and
+loadvm of it.
+
 Environment: CPR_BENCH_ACCELS (default: tcg, and kvm if it works),
 CPR_BENCH_MEM_MB (1024), CPR_BENCH_SECONDS (per page count, 3),
 CPR_BENCH_LOADVM_RUNS (5).
@@ -22,6 +26,8 @@ CPR_BENCH_LOADVM_RUNS (5).
 
 import os
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +43,7 @@ MEM = int(os.environ.get("CPR_BENCH_MEM_MB", "1024"))
 SECONDS = float(os.environ.get("CPR_BENCH_SECONDS", "3"))
 LOADVM_RUNS = int(os.environ.get("CPR_BENCH_LOADVM_RUNS", "5"))
 PAGES = (1, 16, 256, 4096)
+LINUX_DIR = os.path.join(cprlib.TOP, "build", "guest", "linux")
 TRACE = re.compile(r"cpr_snapshot_restore (\d+) pages in (\d+) ns, CPUs "
                    r"(\d+) ns, devices (\d+) ns \(reset \d+ ns\), all "
                    r"(\d+) ns")
@@ -96,10 +103,10 @@ def loadvm_ms(accel):
         vm.wait(lambda io: io["iterations"] > 100, timeout=300)
         vm.qmp.cmd("stop")
         vm.qmp.cmd("cpr-snapshot-drop")
-        hmp(vm, "savevm bench")
+        hmp(vm.qmp, "savevm bench")
         for _ in range(LOADVM_RUNS):
             t = time.monotonic()
-            hmp(vm, "loadvm bench")
+            hmp(vm.qmp, "loadvm bench")
             times.append((time.monotonic() - t) * 1e3)
     finally:
         vm.kill()
@@ -108,8 +115,82 @@ def loadvm_ms(accel):
     return statistics.median(times)
 
 
-def hmp(vm, line):
-    out = vm.qmp.cmd("human-monitor-command", **{"command-line": line})
+def linux_rates():
+    """The Linux test guest (scripts/linux-guest.sh: heartbeat every ms,
+    memory fill and verify) under TCG, restored over QMP as fast as the
+    host can send cpr-restore, then loadvm of the same guest.
+    (restores/s, median ms of all, RAM, CPU, devices, median pages),
+    loadvm ms."""
+    work = tempfile.mkdtemp(prefix="cpr-bench-linux-")
+    serial = os.path.join(work, "serial.sock")
+    qmp_path = os.path.join(work, "qmp.sock")
+    log = os.path.join(work, "trace.log")
+    img = os.path.join(work, "state.qcow2")
+    subprocess.run([os.path.join(cprlib.TOP, "build", "qemu-img"), "create",
+                    "-q", "-f", "qcow2", img, "4G"], check=True)
+    proc = subprocess.Popen([
+        cprlib.QEMU, "-machine", "q35", "-accel", "tcg", "-m", str(MEM),
+        "-display", "none", "-nodefaults", "-rtc", "clock=vm",
+        "-kernel", os.path.join(LINUX_DIR, "vmlinuz"),
+        "-initrd", os.path.join(LINUX_DIR, "initrd.img"),
+        "-append", "console=ttyS0 loglevel=1 cpr.mem=16",
+        "-chardev", "socket,id=ser0,path=%s,server=on,wait=off" % serial,
+        "-serial", "chardev:ser0", "-drive", "if=none,id=state,file=%s" % img,
+        "-trace", "cpr_snapshot_restore", "-D", log,
+        "-qmp", "unix:%s,server=on,wait=off" % qmp_path])
+    try:
+        qmp = cprlib.Qmp(qmp_path, proc)
+        wait_heartbeat(serial, 100)
+        qmp.cmd("cpr-snapshot")
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < SECONDS:
+            qmp.cmd("cpr-restore")
+            n += 1
+        rate = n / (time.monotonic() - t0)
+        with open(log) as f:
+            rows = [tuple(int(x) for x in m.groups())
+                    for m in TRACE.finditer(f.read())]
+        split = [statistics.median(r[i] for r in rows) / 1e6
+                 for i in (4, 1, 2, 3)]
+        pages = statistics.median(r[0] for r in rows)
+        qmp.cmd("cpr-snapshot-drop")
+        hmp(qmp, "savevm bench")
+        times = []
+        for _ in range(LOADVM_RUNS):
+            t = time.monotonic()
+            hmp(qmp, "loadvm bench")
+            times.append((time.monotonic() - t) * 1e3)
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(work)
+    return [rate] + split + [pages], statistics.median(times)
+
+
+def wait_heartbeat(path, seq, timeout=120):
+    """Wait for heartbeat @seq of the Linux guest on its serial socket,
+    then hang up (QEMU drops what the guest writes from then on)."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        while True:
+            try:
+                sock.connect(path)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        sock.settimeout(timeout)
+        buf = b""
+        while not re.search(rb"H %d\r?\n" % seq, buf):
+            data = sock.recv(65536)
+            if not data or time.monotonic() > deadline:
+                raise cprlib.QmpError("the Linux guest did not start")
+            buf = buf[-64:] + data
+
+
+def hmp(qmp, line):
+    out = qmp.cmd("human-monitor-command", **{"command-line": line})
     if out.strip():
         raise cprlib.QmpError("%s: %s" % (line, out.strip()))
 
@@ -132,6 +213,12 @@ def main():
                   (accel, n, rate, total, ram, cpu, dev, rate * lv / 1e3))
         print("%-5s loadvm of the same guest: %.1f ms per restore (%.1f "
               "restores/s)" % (accel, lv, 1e3 / lv))
+    if "tcg" in accels:
+        (rate, total, ram, cpu, dev, pages), lv = linux_rates()
+        print("Linux guest (%d MiB, TCG), restored over QMP back to back: "
+              "%.0f restores/s, %.3f ms per restore (RAM %.3f, CPU %.3f, "
+              "devices %.3f; %d pages), loadvm %.1f ms (x%.0f)" %
+              (MEM, rate, total, ram, cpu, dev, pages, lv, rate * lv / 1e3))
     print("ms/rest.: QEMU's time per restore (stop to resume), median; "
           "RAM, CPU, devices: its parts.  restores/s include the guest's "
           "own work of each iteration.")
