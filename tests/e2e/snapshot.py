@@ -135,7 +135,9 @@ def guest_trigger(accel):
               ran >= 1900 and io["restored"] >= 3900 and
               io["last_status"] == 2 and
               info["restores"] >= io["restored"] and
-              300 < info["last-restore-pages"] < 350 and
+              # the 300 pages, and the harness's stack, data and routine;
+              # ROMs rewritten by the reset would add 34 more
+              300 < info["last-restore-pages"] < 320 and
               info["excluded"] == ["io"])
         return ok, ("%s: guest-triggered snapshot and thousands of restores; "
                     "the excluded memory keeps what the host writes" % accel)
