@@ -15,6 +15,10 @@ of QEMU's cpr_snapshot_restore trace event over the run.
 loadvm: the same guest, its CPR snapshot dropped, saved once with savevm
 onto a qcow2 image and loaded again with loadvm (HMP) several times.
 
+The same at 16 pages with the doorbell: the host reads each iteration's
+end from the cpr-trigger's socket and answers before the restore, as a
+fuzzer's loop would.
+
 Then the Linux test guest (scripts/linux-guest.sh) of the same size under
 TCG, restored with QMP cpr-restore back to back for the same time, and
 loadvm of it.
@@ -88,6 +92,29 @@ def cpr_rates(accel):
         vm.kill()
         os.unlink(log)
     return out
+
+
+def doorbell_rate(accel, pages=16):
+    """Iterations per second of the fuzzer's loop through the doorbell:
+    at the end of each iteration the host reads the 8-byte message and
+    answers "r", and only then is the snapshot restored."""
+    vm = FuzzVm(accel, pages=pages, mem_mb=MEM, fill=True, doorbell=True)
+    try:
+        vm.bell.settimeout(300)
+        n, t0 = 0, None
+        while t0 is None or time.monotonic() - t0 < SECONDS:
+            if len(vm.bell.recv(8, socket.MSG_WAITALL)) != 8:
+                raise cprlib.QmpError("doorbell closed")
+            if t0 is None and n == 100:
+                n, t0 = 0, time.monotonic()
+            n += 1
+            vm.bell.sendall(b"r")
+        rate = n / (time.monotonic() - t0)
+        if vm.io()["errors"]:
+            raise cprlib.QmpError("guest errors: %s" % vm.io())
+    finally:
+        vm.kill()
+    return rate
 
 
 def loadvm_ms(accel):
@@ -213,6 +240,8 @@ def main():
                   (accel, n, rate, total, ram, cpu, dev, rate * lv / 1e3))
         print("%-5s loadvm of the same guest: %.1f ms per restore (%.1f "
               "restores/s)" % (accel, lv, 1e3 / lv))
+        print("%-5s with the doorbell (the host answers each iteration), "
+              "16 pages: %.0f restores/s" % (accel, doorbell_rate(accel)))
     if "tcg" in accels:
         (rate, total, ram, cpu, dev, pages), lv = linux_rates()
         print("Linux guest (%d MiB, TCG), restored over QMP back to back: "
