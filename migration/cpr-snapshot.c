@@ -41,6 +41,7 @@
 #include "migration/global_state.h"
 #include "migration/cpr.h"
 #include "migration/migration.h"
+#include "migration/savevm.h"
 #include "migration/misc.h"
 #include "qom/object.h"
 #include "sysemu/hostmem.h"
@@ -172,6 +173,35 @@ static bool cpr_snapshot_allowed(Error **errp)
     return true;
 }
 
+/* The first migration blocker other than the snapshot's own */
+static void cpr_snapshot_find_blocker(Error *err, void *opaque)
+{
+    Error **first = opaque;
+
+    if (!*first && (!cpr_snap || err != cpr_snap->blocker)) {
+        *first = err;
+    }
+}
+
+/*
+ * Device state that cannot be migrated cannot be restored either.  The
+ * snapshot there is does not count: a new one replaces it.
+ */
+static bool cpr_snapshot_blocked(Error **errp)
+{
+    Error *blocker = NULL;
+
+    if (!qemu_savevm_state_blocked(errp)) {
+        migration_foreach_blocker(cpr_snapshot_find_blocker, &blocker);
+        if (!blocker) {
+            return false;
+        }
+        error_propagate(errp, error_copy(blocker));
+    }
+    error_prepend(errp, "cannot snapshot: ");
+    return true;
+}
+
 bool cpr_snapshot_take(strList *exclude, Error **errp)
 {
     ERRP_GUARD();
@@ -184,16 +214,14 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
         return false;
     }
     excluded = cpr_snapshot_excluded_blocks(exclude, errp);
-    if (!excluded) {
+    if (!excluded || cpr_snapshot_blocked(errp)) {
         return false;
     }
-    /* Taking a snapshot replaces the one there was. */
+    /*
+     * The snapshot there was goes now, before its memory would be needed
+     * for the new copy: a failure from here on leaves none.
+     */
     cpr_snapshot_drop();
-    /* Device state that cannot be migrated cannot be restored either. */
-    if (migration_is_blocked(errp)) {
-        error_prepend(errp, "cannot snapshot: ");
-        return false;
-    }
 
     s = g_new0(CprSnapshot, 1);
     s->excluded = QAPI_CLONE(strList, exclude);

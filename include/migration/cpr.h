@@ -155,7 +155,7 @@ void cpr_ram_adopt(RAMBlock *rb);
 /*
  * cpr_snapshot_take: snapshot the VM (RAM except the memory backends
  * named in @exclude, device and CPU state) and track RAM writes from
- * then on; replaces the snapshot there was.
+ * then on; replaces the snapshot there was, unless it is refused.
  */
 bool cpr_snapshot_take(strList *exclude, Error **errp);
 

@@ -222,6 +222,21 @@ def bad_requests():
         ok &= refused(vm, "cprsave", "a CPR snapshot exists",
                       file=os.path.join(vm.dir, "vm.cpr"), mode="restart")
         ok &= vm.qmp.cmd("query-status")["status"] == "running"
+        # A block node in a format that cannot migrate blocks a new
+        # snapshot; the one there is stays and still restores.
+        vdi = os.path.join(vm.dir, "disk.vdi")
+        subprocess.run([os.path.join(cprlib.TOP, "build", "qemu-img"),
+                        "create", "-q", "-f", "vdi", vdi, "1M"], check=True)
+        vm.qmp.cmd("blockdev-add", driver="vdi", **{"node-name": "vdi0"},
+                   file={"driver": "file", "filename": vdi})
+        ok &= refused(vm, "cpr-snapshot", "cannot snapshot: The vdi format")
+        before = vm.snapshot_info()
+        ok &= before is not None
+        if before:
+            vm.qmp.cmd("cpr-restore")
+            ok &= vm.snapshot_info()["restores"] == before["restores"] + 1
+        vm.qmp.cmd("blockdev-del", **{"node-name": "vdi0"})
+        vm.qmp.cmd("cpr-snapshot", exclude=["io"])
         vm.qmp.cmd("cpr-snapshot-drop")
         ok &= vm.snapshot_info() is None
     finally:
@@ -238,8 +253,8 @@ def bad_requests():
     finally:
         vm.kill()
     return ok, ("bad requests (no snapshot, bad exclusions, migration or "
-                "cprsave with a snapshot, snapshot before cprload) are "
-                "refused and the VM runs on")
+                "cprsave with a snapshot, a snapshot blocked by a device, "
+                "snapshot before cprload) are refused and the VM runs on")
 
 
 @case
