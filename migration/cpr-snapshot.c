@@ -426,7 +426,7 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     ERRP_GUARD();
     bool running = runstate_is_running();
     CprSnapshot *s = cpr_snap;
-    int64_t t0, t1, t2, t3, t4, t5, cpu_ns = 0;
+    int64_t t0, t1, t2, t3, t4, t5, t6, cpu_ns = 0;
     uint64_t pages;
     bool ok;
 
@@ -478,8 +478,9 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     }
     pages += cpr_snapshot_restore_ram(s);
     cpr_snap_restoring = false;
-    memory_region_transaction_commit();
     t5 = get_clock();
+    memory_region_transaction_commit();
+    t6 = get_clock();
     if (ok && verify) {
         ok = cpr_snapshot_verify(s, errp);
     }
@@ -494,7 +495,7 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     s->last_pages = pages;
     s->last_ram_ns = (t3 - t2) + (t5 - t4);
     s->last_cpu_ns = cpu_ns;
-    s->last_devices_ns = (t2 - t1) + (t4 - t3) - cpu_ns;
+    s->last_devices_ns = (t2 - t1) + (t4 - t3) - cpu_ns + (t6 - t5);
     s->last_total_ns = get_clock() - t0;
     trace_cpr_snapshot_restore(pages, s->last_ram_ns, s->last_cpu_ns,
                                s->last_devices_ns, t2 - t1,
