@@ -189,6 +189,7 @@ static void cpr_snapshot_find_blocker(Error *err, void *opaque)
  */
 static bool cpr_snapshot_blocked(Error **errp)
 {
+    ERRP_GUARD();
     Error *blocker = NULL;
 
     if (!qemu_savevm_state_blocked(errp)) {
