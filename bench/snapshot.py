@@ -42,13 +42,13 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "scripts"))
 import cprlib  # noqa: E402
+import linuxvm  # noqa: E402
 from fuzzvm import FuzzVm  # noqa: E402
 
 MEM = int(os.environ.get("CPR_BENCH_MEM_MB", "1024"))
 SECONDS = float(os.environ.get("CPR_BENCH_SECONDS", "3"))
 LOADVM_RUNS = int(os.environ.get("CPR_BENCH_LOADVM_RUNS", "5"))
 PAGES = (1, 16, 256, 4096)
-LINUX_DIR = os.path.join(cprlib.TOP, "build", "guest", "linux")
 # The TPR patching for old 32-bit Windows guests, on by default: its reset
 # and its load each make a round trip to the vCPU thread
 NO_VAPIC = ("-global", "apic-common.vapic=off")
@@ -86,13 +86,8 @@ def cpr_rates(accel, pages=PAGES, extra=()):
             io, t1 = vm.io(), time.monotonic()
             if io["errors"]:
                 raise cprlib.QmpError("guest errors: %s" % io)
-            with open(log) as f:
-                f.seek(pos)
-                rows = [tuple(int(x) for x in m.groups())
-                        for m in TRACE.finditer(f.read())]
             out[n] = [(io["iterations"] - start) / (t1 - t0)]
-            out[n] += [statistics.median(r[i] for r in rows) / 1e6
-                       for i in (4, 1, 2, 3)]
+            out[n] += trace_split(log, pos)[:4]
     finally:
         vm.kill()
         os.unlink(log)
@@ -130,21 +125,15 @@ def loadvm_ms(accel):
                     "-q", "-f", "qcow2", img, "1G"], check=True)
     vm = FuzzVm(accel, pages=16, mem_mb=MEM, fill=True,
                 extra=["-drive", "if=none,id=state,file=%s" % img])
-    times = []
     try:
         vm.wait(lambda io: io["iterations"] > 100, timeout=300)
         vm.qmp.cmd("stop")
         vm.qmp.cmd("cpr-snapshot-drop")
-        hmp(vm.qmp, "savevm bench")
-        for _ in range(LOADVM_RUNS):
-            t = time.monotonic()
-            hmp(vm.qmp, "loadvm bench")
-            times.append((time.monotonic() - t) * 1e3)
+        return savevm_loadvm(vm.qmp)
     finally:
         vm.kill()
         os.unlink(img)
         os.rmdir(work)
-    return statistics.median(times)
 
 
 def linux_rates():
@@ -160,16 +149,9 @@ def linux_rates():
     img = os.path.join(work, "state.qcow2")
     subprocess.run([os.path.join(cprlib.TOP, "build", "qemu-img"), "create",
                     "-q", "-f", "qcow2", img, "4G"], check=True)
-    proc = subprocess.Popen([
-        cprlib.QEMU, "-machine", "q35", "-accel", "tcg", "-m", str(MEM),
-        "-display", "none", "-nodefaults", "-rtc", "clock=vm",
-        "-kernel", os.path.join(LINUX_DIR, "vmlinuz"),
-        "-initrd", os.path.join(LINUX_DIR, "initrd.img"),
-        "-append", "console=ttyS0 loglevel=1 cpr.mem=16",
-        "-chardev", "socket,id=ser0,path=%s,server=on,wait=off" % serial,
-        "-serial", "chardev:ser0", "-drive", "if=none,id=state,file=%s" % img,
-        "-trace", "cpr_snapshot_restore", "-D", log,
-        "-qmp", "unix:%s,server=on,wait=off" % qmp_path])
+    proc = subprocess.Popen(linuxvm.plain_args(MEM, serial, qmp_path) + [
+        "-drive", "if=none,id=state,file=%s" % img,
+        "-trace", "cpr_snapshot_restore", "-D", log])
     try:
         qmp = cprlib.Qmp(qmp_path, proc)
         wait_heartbeat(serial, 100)
@@ -179,24 +161,36 @@ def linux_rates():
             qmp.cmd("cpr-restore")
             n += 1
         rate = n / (time.monotonic() - t0)
-        with open(log) as f:
-            rows = [tuple(int(x) for x in m.groups())
-                    for m in TRACE.finditer(f.read())]
-        split = [statistics.median(r[i] for r in rows) / 1e6
-                 for i in (4, 1, 2, 3)]
-        pages = statistics.median(r[0] for r in rows)
+        split = trace_split(log)
         qmp.cmd("cpr-snapshot-drop")
-        hmp(qmp, "savevm bench")
-        times = []
-        for _ in range(LOADVM_RUNS):
-            t = time.monotonic()
-            hmp(qmp, "loadvm bench")
-            times.append((time.monotonic() - t) * 1e3)
+        lv = savevm_loadvm(qmp)
     finally:
         proc.kill()
         proc.wait()
         shutil.rmtree(work)
-    return [rate] + split + [pages], statistics.median(times)
+    return [rate] + split, lv
+
+
+def trace_split(log, pos=0):
+    """Medians of the cpr_snapshot_restore events in @log from @pos on:
+    ms of all, RAM, CPU, devices, and pages."""
+    with open(log) as f:
+        f.seek(pos)
+        rows = [tuple(int(x) for x in m.groups())
+                for m in TRACE.finditer(f.read())]
+    return [statistics.median(r[i] for r in rows) / 1e6
+            for i in (4, 1, 2, 3)] + [statistics.median(r[0] for r in rows)]
+
+
+def savevm_loadvm(qmp):
+    """savevm once, then the median time of loadvm, in ms"""
+    hmp(qmp, "savevm bench")
+    times = []
+    for _ in range(LOADVM_RUNS):
+        t = time.monotonic()
+        hmp(qmp, "loadvm bench")
+        times.append((time.monotonic() - t) * 1e3)
+    return statistics.median(times)
 
 
 def wait_heartbeat(path, seq, timeout=120):

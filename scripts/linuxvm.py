@@ -300,6 +300,21 @@ def kernel_cmdline(guest_mem_mb, peer):
     return append
 
 
+def plain_args(mem_mb, serial_path, qmp_path):
+    """QEMU on the Linux test guest alone, under TCG: no disks, no
+    network, its heartbeat on a unix-socket serial port (the snapshot
+    test and benchmark)."""
+    return [cprlib.QEMU, "-machine", "q35", "-accel", "tcg",
+            "-m", str(mem_mb), "-display", "none", "-nodefaults",
+            "-rtc", "clock=vm",
+            "-kernel", os.path.join(GUEST_DIR, "vmlinuz"),
+            "-initrd", os.path.join(GUEST_DIR, "initrd.img"),
+            "-append", "console=ttyS0 loglevel=1 cpr.mem=16",
+            "-chardev", "socket,id=ser0,path=%s,server=on,wait=off" %
+            serial_path, "-serial", "chardev:ser0",
+            "-qmp", "unix:%s,server=on,wait=off" % qmp_path]
+
+
 class LinuxVm:
     """QEMU running the Linux test guest with tap networking, a raw and a
     qcow2 virtio disk, the heartbeat on a unix-socket serial port and status

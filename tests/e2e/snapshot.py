@@ -22,10 +22,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "scripts"))
 import cprlib  # noqa: E402
+import linuxvm  # noqa: E402
 from fuzzvm import FuzzVm, IO_MAGIC  # noqa: E402
 
 TOP = cprlib.TOP
-LINUX_DIR = os.path.join(TOP, "build", "guest", "linux")
 ACCELS = os.environ.get("CPR_TEST_ACCEL", "tcg").split(",")
 LINUX_RESTORES = int(os.environ.get("CPR_SNAP_LINUX_RESTORES", "2000"))
 
@@ -225,7 +225,7 @@ def bad_requests():
         # A block node in a format that cannot migrate blocks a new
         # snapshot; the one there is stays and still restores.
         vdi = os.path.join(vm.dir, "disk.vdi")
-        subprocess.run([os.path.join(cprlib.TOP, "build", "qemu-img"),
+        subprocess.run([os.path.join(TOP, "build", "qemu-img"),
                         "create", "-q", "-f", "vdi", vdi, "1M"], check=True)
         vm.qmp.cmd("blockdev-add", driver="vdi", **{"node-name": "vdi0"},
                    file={"driver": "file", "filename": vdi})
@@ -360,15 +360,7 @@ def linux():
     work = tempfile.mkdtemp(prefix="cpr-snap-linux-")
     serial = os.path.join(work, "serial.sock")
     qmp_path = os.path.join(work, "qmp.sock")
-    proc = subprocess.Popen([
-        cprlib.QEMU, "-machine", "q35", "-accel", "tcg", "-m", "512",
-        "-display", "none", "-nodefaults", "-rtc", "clock=vm",
-        "-kernel", os.path.join(LINUX_DIR, "vmlinuz"),
-        "-initrd", os.path.join(LINUX_DIR, "initrd.img"),
-        "-append", "console=ttyS0 loglevel=1 cpr.mem=16",
-        "-chardev", "socket,id=ser0,path=%s,server=on,wait=off" % serial,
-        "-serial", "chardev:ser0",
-        "-qmp", "unix:%s,server=on,wait=off" % qmp_path])
+    proc = subprocess.Popen(linuxvm.plain_args(512, serial, qmp_path))
     try:
         qmp = cprlib.Qmp(qmp_path, proc)
         hb = Heartbeat(serial)
