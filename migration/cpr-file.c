@@ -5,152 +5,291 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * A state file holds what cprload needs besides the kept descriptors:
- * the machine type, the RAM blocks and their sizes, and the device and
- * CPU state written by qemu_save_device_state().  All integers are
- * big-endian:
+ * A state file holds what cprload needs besides the kept descriptors.
+ * Its envelope (integers big-endian):
  *
- *   "QEMUCPRF"  be32 version  be32 mode  be16 len  machine type
- *   be32 count  count x { be16 len  RAM block id  be64 used  be64 size }
- *   be64 length of the device state   device state
- *   be32 CRC-32 of everything before it
+ *   "QEMUCPRF"  be32 version  be32 mode  be64 envelope length  be32 H
+ *   H bytes: the header, vmstate "cpr-file" (machine type, RAM blocks)
+ *   the device and CPU state written by qemu_save_device_state()
+ *   be32 CRC-32 of the envelope before it
  *
- * A file is read whole and checked (magic, version, length, checksum)
- * before anything in the VM changes.  The file is created with mode 0600
- * under a temporary name and renamed into place once complete.
+ * In reboot mode the pages of guest RAM follow the envelope, each RAM
+ * block at the file offset its header entry gives; pages that are zero
+ * are holes, and the file ends where the last block ends.
+ *
+ * The envelope is read whole and checked (magic, version, length,
+ * checksum, file size) before anything in the VM changes.  A file is
+ * created with mode 0600 under a temporary name, made durable when the
+ * mode asks for it, and renamed into place once complete.
  */
 
 #include "qemu/osdep.h"
 #include <zlib.h>
 #include "qemu/bswap.h"
-#include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "io/channel-buffer.h"
 #include "hw/boards.h"
-#include "sysemu/cpus.h"
 #include "migration/cpr.h"
 #include "migration/qemu-file.h"
-#include "migration/savevm.h"
-#include "migration/migration.h"
+#include "migration/vmstate.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
 #define CPR_FILE_MAGIC "QEMUCPRF"
-#define CPR_FILE_VERSION 1
+#define CPR_FILE_VERSION 2
+#define CPR_FILE_PREFIX 28      /* magic, version, mode, length, H */
+/* Larger than any device state: a bad length is refused, not allocated */
+#define CPR_FILE_MAX_ENVELOPE (1 * GiB)
 
-static void put_be16(GByteArray *b, uint16_t v)
+static bool cpr_string_ok(const char *s, uint32_t len)
 {
-    v = cpu_to_be16(v);
-    g_byte_array_append(b, (guint8 *)&v, sizeof(v));
+    return len && s && !s[len - 1] && strlen(s) == len - 1;
 }
 
-static void put_be32(GByteArray *b, uint32_t v)
+static int cpr_ram_entry_post_load(void *opaque, int version_id)
 {
-    v = cpu_to_be32(v);
-    g_byte_array_append(b, (guint8 *)&v, sizeof(v));
+    CprRamEntry *e = opaque;
+
+    return cpr_string_ok(e->idstr, e->idstr_len) ? 0 : -EINVAL;
 }
 
-static void put_be64(GByteArray *b, uint64_t v)
+static bool cpr_ram_entry_in_file(void *opaque)
 {
-    v = cpu_to_be64(v);
-    g_byte_array_append(b, (guint8 *)&v, sizeof(v));
+    CprRamEntry *e = opaque;
+
+    return e->file_offset || e->in_backend;
 }
 
-static void put_string(GByteArray *b, const char *s)
-{
-    size_t len = strlen(s);
+/* Reboot mode: where the block's pages are */
+static const VMStateDescription vmstate_cpr_ram_entry_file = {
+    .name = "cpr-ram-block/file",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = cpr_ram_entry_in_file,
+    .fields = (VMStateField[]) {
+        VMSTATE_UINT64(file_offset, CprRamEntry),
+        VMSTATE_BOOL(in_backend, CprRamEntry),
+        VMSTATE_END_OF_LIST()
+    },
+};
 
-    assert(len <= UINT16_MAX);
-    put_be16(b, len);
-    g_byte_array_append(b, (const guint8 *)s, len);
+static const VMStateDescription vmstate_cpr_ram_entry = {
+    .name = "cpr-ram-block",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .post_load = cpr_ram_entry_post_load,
+    .fields = (VMStateField[]) {
+        VMSTATE_UINT32(idstr_len, CprRamEntry),
+        VMSTATE_VBUFFER_ALLOC_UINT32(idstr, CprRamEntry, 0, NULL, idstr_len),
+        VMSTATE_UINT64(used_length, CprRamEntry),
+        VMSTATE_UINT64(max_length, CprRamEntry),
+        VMSTATE_END_OF_LIST()
+    },
+    .subsections = (const VMStateDescription *[]) {
+        &vmstate_cpr_ram_entry_file,
+        NULL
+    },
+};
+
+static int cpr_file_header_pre_load(void *opaque)
+{
+    CprFile *cf = opaque;
+
+    /* The fields are loaded over what the file had */
+    g_clear_pointer(&cf->machine, g_free);
+    return 0;
 }
 
-/* The device and CPU state stream, with its length before it, into @b */
-static bool cpr_file_save_devices(GByteArray *b, Error **errp)
+static int cpr_file_header_post_load(void *opaque, int version_id)
 {
-    g_autoptr(GByteArray) devices = g_byte_array_new();
+    CprFile *cf = opaque;
 
-    if (!cpr_save_devices(devices, errp)) {
-        return false;
+    if (!cpr_string_ok(cf->machine, cf->machine_len) || cf->nr_ram < 0) {
+        return -EINVAL;
     }
-    put_be64(b, devices->len);
-    g_byte_array_append(b, devices->data, devices->len);
-    return true;
+    return 0;
 }
 
-bool cpr_save_devices(GByteArray *b, Error **errp)
+static bool cpr_file_has_ram(void *opaque)
 {
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(256 * KiB);
+    CprFile *cf = opaque;
+
+    return cf->file_size != 0;
+}
+
+/* Reboot mode: the size of the file with the pages of guest RAM */
+static const VMStateDescription vmstate_cpr_file_ram = {
+    .name = "cpr-file/ram",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = cpr_file_has_ram,
+    .fields = (VMStateField[]) {
+        VMSTATE_UINT64(file_size, CprFile),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static const VMStateDescription vmstate_cpr_file = {
+    .name = "cpr-file",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .pre_load = cpr_file_header_pre_load,
+    .post_load = cpr_file_header_post_load,
+    .fields = (VMStateField[]) {
+        VMSTATE_UINT32(machine_len, CprFile),
+        VMSTATE_VBUFFER_ALLOC_UINT32(machine, CprFile, 0, NULL, machine_len),
+        VMSTATE_INT32(nr_ram, CprFile),
+        VMSTATE_STRUCT_VARRAY_ALLOC(ram, CprFile, nr_ram, 0,
+                                    vmstate_cpr_ram_entry, CprRamEntry),
+        VMSTATE_END_OF_LIST()
+    },
+    .subsections = (const VMStateDescription *[]) {
+        &vmstate_cpr_file_ram,
+        NULL
+    },
+};
+
+void cpr_file_free(CprFile *cf)
+{
+    int i;
+
+    if (cf) {
+        for (i = 0; cf->ram && i < cf->nr_ram; i++) {
+            g_free(cf->ram[i].idstr);
+        }
+        g_free(cf->ram);
+        g_free(cf->machine);
+        g_free(cf->data);
+        g_free(cf->path);
+        g_free(cf);
+    }
+}
+
+CprFile *cpr_file_new(CprMode mode)
+{
+    CprFile *cf = g_new0(CprFile, 1);
+
+    cf->mode = mode;
+    cf->machine = g_strdup(MACHINE_GET_CLASS(current_machine)->name);
+    cf->machine_len = strlen(cf->machine) + 1;
+    cpr_ram_describe(cf);
+    return cf;
+}
+
+/* The header as vmstate, appended to @b */
+static void cpr_file_put_header(CprFile *cf, GByteArray *b)
+{
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(4 * KiB);
     QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
-    int ret;
 
-    ret = qemu_save_device_state(f);
+    vmstate_save_state(f, &vmstate_cpr_file, cf, NULL);
     qemu_fflush(f);
-    if (!ret) {
-        ret = qemu_file_get_error(f);
-    }
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "cannot save device state");
-    } else {
-        g_byte_array_append(b, bioc->data, bioc->usage);
-    }
+    g_byte_array_append(b, bioc->data, bioc->usage);
     qemu_fclose(f);
     object_unref(OBJECT(bioc));
-    return ret >= 0;
 }
 
-static bool cpr_write_all(int fd, const uint8_t *p, size_t len)
+size_t cpr_file_envelope_size(CprFile *cf, size_t devices_len)
+{
+    g_autoptr(GByteArray) h = g_byte_array_new();
+
+    cpr_file_put_header(cf, h);
+    return CPR_FILE_PREFIX + h->len + devices_len + 4;
+}
+
+GByteArray *cpr_file_envelope(CprFile *cf, GByteArray *devices)
+{
+    GByteArray *b = g_byte_array_sized_new(devices->len + 4 * KiB);
+    uint8_t prefix[CPR_FILE_PREFIX];
+    uint32_t crc;
+
+    memcpy(prefix, CPR_FILE_MAGIC, 8);
+    stl_be_p(prefix + 8, CPR_FILE_VERSION);
+    stl_be_p(prefix + 12, cf->mode);
+    g_byte_array_append(b, prefix, sizeof(prefix));
+    cpr_file_put_header(cf, b);
+    stl_be_p(b->data + 24, b->len - CPR_FILE_PREFIX);
+    g_byte_array_append(b, devices->data, devices->len);
+    stq_be_p(b->data + 16, b->len + 4);
+    crc = cpu_to_be32(crc32(0, b->data, b->len));
+    g_byte_array_append(b, (guint8 *)&crc, 4);
+    return b;
+}
+
+static bool cpr_write_all(int fd, const uint8_t *p, size_t len, off_t off)
 {
     while (len) {
-        ssize_t n = write(fd, p, len);
+        ssize_t n = pwrite(fd, p, len, off);
 
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n <= 0) {
+            if (!n) {
+                errno = ENOSPC;
+            }
             return false;
         }
         p += n;
         len -= n;
+        off += n;
     }
     return true;
 }
 
-bool cpr_file_write(const char *path, CprMode mode, Error **errp)
+/* fsync the directory holding @path, so that a rename in it is durable */
+static bool cpr_sync_dir(const char *path, Error **errp)
 {
-    g_autoptr(GByteArray) b = g_byte_array_new();
-    g_autofree char *tmp = g_strdup_printf("%s.XXXXXX", path);
-    GArray *ram;
-    guint i;
-    int fd;
+    g_autofree char *dir = g_path_get_dirname(path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
-    g_byte_array_append(b, (const guint8 *)CPR_FILE_MAGIC, 8);
-    put_be32(b, CPR_FILE_VERSION);
-    put_be32(b, mode);
-    put_string(b, MACHINE_GET_CLASS(current_machine)->name);
-    ram = cpr_ram_table();
-    put_be32(b, ram->len);
-    for (i = 0; i < ram->len; i++) {
-        CprRamEntry *e = &g_array_index(ram, CprRamEntry, i);
-
-        put_string(b, e->idstr);
-        put_be64(b, e->used_length);
-        put_be64(b, e->max_length);
-    }
-    cpr_ram_table_free(ram);
-    if (!cpr_file_save_devices(b, errp)) {
+    if (fd < 0 || fsync(fd) < 0) {
+        error_setg_errno(errp, errno, "cannot make '%s' durable", path);
+        if (fd >= 0) {
+            close(fd);
+        }
         return false;
     }
-    put_be32(b, crc32(0, b->data, b->len));
+    close(fd);
+    return true;
+}
+
+bool cpr_file_write(const char *path, CprMode mode,
+                    const CprFileOps *ops, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(CprFile) cf = cpr_file_new(mode);
+    g_autoptr(GByteArray) devices = g_byte_array_new();
+    g_autoptr(GByteArray) b = NULL;
+    g_autofree char *tmp = g_strdup_printf("%s.XXXXXX", path);
+    int fd;
+
+    if (!cpr_save_devices(devices, errp)) {
+        return false;
+    }
+    if (ops && ops->layout) {
+        /* Placed once, the header has its offsets: the envelope's size */
+        ops->layout(cf, cpr_file_envelope_size(cf, devices->len));
+        ops->layout(cf, cpr_file_envelope_size(cf, devices->len));
+    }
+    b = cpr_file_envelope(cf, devices);
 
     fd = g_mkstemp_full(tmp, O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0) {
         error_setg_errno(errp, errno, "cannot create '%s'", tmp);
         return false;
     }
-    if (!cpr_write_all(fd, b->data, b->len)) {
-        error_setg_errno(errp, errno ?: ENOSPC, "cannot write '%s'", path);
+    if (!cpr_write_all(fd, b->data, b->len, 0)) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        goto fail;
+    }
+    if (ops && ops->write && !ops->write(cf, tmp, fd, errp)) {
+        error_prepend(errp, "cannot write '%s': ", path);
+        goto fail;
+    }
+    if (ops && ops->durable && fsync(fd) < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
         goto fail;
     }
     if (close(fd) < 0) {
@@ -163,7 +302,11 @@ bool cpr_file_write(const char *path, CprMode mode, Error **errp)
         error_setg_errno(errp, errno, "cannot rename '%s' to '%s'", tmp, path);
         goto fail;
     }
-    trace_cpr_file_write(path, b->len);
+    if (ops && ops->durable && !cpr_sync_dir(path, errp)) {
+        unlink(path);
+        return false;
+    }
+    trace_cpr_file_write(path, b->len, cf->file_size);
     return true;
 
 fail:
@@ -174,126 +317,107 @@ fail:
     return false;
 }
 
-void cpr_file_free(CprFile *cf)
+static bool cpr_read_all(int fd, uint8_t *p, size_t len, off_t off)
 {
-    if (cf) {
-        g_free(cf->machine);
-        cpr_ram_table_free(cf->ram);
-        g_free(cf->data);
-        g_free(cf);
+    while (len) {
+        ssize_t n = pread(fd, p, len, off);
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        p += n;
+        len -= n;
+        off += n;
     }
+    return true;
 }
 
-/* Bounds-checked reader over the file contents */
-typedef struct CprReader {
-    const uint8_t *p;
-    const uint8_t *end;
-    bool short_read;
-} CprReader;
-
-static const uint8_t *take(CprReader *r, size_t n)
+/* Parse the header at @cf->data, already checked against its CRC */
+static bool cpr_file_parse_header(CprFile *cf, size_t hlen, Error **errp)
 {
-    const uint8_t *p = r->p;
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(hlen);
+    QEMUFile *f;
+    int ret;
 
-    if ((size_t)(r->end - r->p) < n) {
-        r->short_read = true;
-        r->p = r->end;
-        return NULL;
+    memcpy(bioc->data, cf->data + CPR_FILE_PREFIX, hlen);
+    bioc->usage = hlen;
+    f = qemu_file_new_input(QIO_CHANNEL(bioc));
+    ret = vmstate_load_state(f, &vmstate_cpr_file, cf, 1);
+    qemu_fclose(f);
+    object_unref(OBJECT(bioc));
+    if (ret < 0) {
+        error_setg(errp, "'%s' is corrupt: its header cannot be read",
+                   cf->path);
+        return false;
     }
-    r->p += n;
-    return p;
-}
-
-static uint16_t get_be16(CprReader *r)
-{
-    const uint8_t *p = take(r, 2);
-
-    return p ? lduw_be_p(p) : 0;
-}
-
-static uint32_t get_be32(CprReader *r)
-{
-    const uint8_t *p = take(r, 4);
-
-    return p ? ldl_be_p(p) : 0;
-}
-
-static uint64_t get_be64(CprReader *r)
-{
-    const uint8_t *p = take(r, 8);
-
-    return p ? ldq_be_p(p) : 0;
-}
-
-static char *get_string(CprReader *r)
-{
-    uint16_t len = get_be16(r);
-    const uint8_t *p = take(r, len);
-
-    return p ? g_strndup((const char *)p, len) : NULL;
+    return true;
 }
 
 CprFile *cpr_file_read(const char *path, Error **errp)
 {
     g_autoptr(CprFile) cf = g_new0(CprFile, 1);
-    g_autoptr(GError) gerr = NULL;
-    CprReader r;
-    gsize size;
-    uint32_t version, count, i, crc;
-    uint64_t devices_len;
-    size_t need;
+    uint8_t prefix[CPR_FILE_PREFIX];
+    uint32_t version, hlen;
+    uint64_t len, end;
+    struct stat st;
+    int fd;
 
-    if (!g_file_get_contents(path, (gchar **)&cf->data, &size, &gerr)) {
-        error_setg(errp, "cannot read CPR state file: %s", gerr->message);
-        return NULL;
+    cf->path = g_strdup(path);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "cannot read CPR state file '%s'",
+                         path);
+        goto fail;
     }
-    r = (CprReader) { cf->data, cf->data + size, false };
-    if (size < 12 || memcmp(take(&r, 8), CPR_FILE_MAGIC, 8)) {
+    if (!S_ISREG(st.st_mode)) {
+        error_setg(errp, "cannot read CPR state file '%s': not a regular "
+                   "file", path);
+        goto fail;
+    }
+    if (st.st_size < 8 || !cpr_read_all(fd, prefix, 8, 0) ||
+        memcmp(prefix, CPR_FILE_MAGIC, 8)) {
         error_setg(errp, "'%s' is not a CPR state file", path);
-        return NULL;
+        goto fail;
     }
-    version = get_be32(&r);
+    if (st.st_size < CPR_FILE_PREFIX + 4 ||
+        !cpr_read_all(fd, prefix, CPR_FILE_PREFIX, 0)) {
+        error_setg(errp, "'%s' is truncated: it ends inside its header",
+                   path);
+        goto fail;
+    }
+    version = ldl_be_p(prefix + 8);
     if (version != CPR_FILE_VERSION) {
         error_setg(errp, "'%s' has CPR state version %u; this QEMU reads "
                    "version %u", path, version, CPR_FILE_VERSION);
-        return NULL;
+        goto fail;
     }
-    cf->mode = get_be32(&r);
-    cf->machine = get_string(&r);
-    count = get_be32(&r);
-    cf->ram = cpr_ram_table_new();
-    for (i = 0; i < count && !r.short_read; i++) {
-        CprRamEntry e;
-
-        e.idstr = get_string(&r);
-        e.used_length = get_be64(&r);
-        e.max_length = get_be64(&r);
-        if (!e.idstr) {
-            break;
-        }
-        g_array_append_val(cf->ram, e);
+    cf->mode = ldl_be_p(prefix + 12);
+    len = ldq_be_p(prefix + 16);
+    hlen = ldl_be_p(prefix + 24);
+    if (len > st.st_size) {
+        error_setg(errp, "'%s' is truncated: %" PRIu64 " bytes, expected at "
+                   "least %" PRIu64, path, (uint64_t)st.st_size, len);
+        goto fail;
     }
-    devices_len = get_be64(&r);
-    if (r.short_read) {
-        error_setg(errp, "'%s' is truncated: it ends inside its header",
+    if (len < CPR_FILE_PREFIX + 4 || len > CPR_FILE_MAX_ENVELOPE ||
+        hlen > len - CPR_FILE_PREFIX - 4) {
+        error_setg(errp, "'%s' is corrupt: its lengths are impossible",
                    path);
-        return NULL;
+        goto fail;
     }
-    cf->devices_offset = r.p - cf->data;
-    need = cf->devices_offset + devices_len + 4;
-    if (devices_len > size || need > size) {
-        error_setg(errp, "'%s' is truncated: %zu bytes, expected %zu",
-                   path, (size_t)size, need);
-        return NULL;
+    cf->data = g_malloc(len);
+    cf->len = len;
+    if (!cpr_read_all(fd, cf->data, len, 0)) {
+        error_setg_errno(errp, errno ?: EIO, "cannot read CPR state file '%s'",
+                         path);
+        goto fail;
     }
-    if (need < size) {
-        error_setg(errp, "'%s' is corrupt: %zu bytes after its end",
-                   path, (size_t)size - need);
-        return NULL;
-    }
-    cf->devices_len = devices_len;
-    crc = ldl_be_p(cf->data + size - 4);
-    if (crc != crc32(0, cf->data, size - 4)) {
+    close(fd);
+    fd = -1;
+    if (ldl_be_p(cf->data + len - 4) != crc32(0, cf->data, len - 4)) {
         error_setg(errp, "'%s' is corrupt: checksum mismatch", path);
         return NULL;
     }
@@ -301,83 +425,35 @@ CprFile *cpr_file_read(const char *path, Error **errp)
         error_setg(errp, "'%s' has unknown CPR mode %u", path, cf->mode);
         return NULL;
     }
-    trace_cpr_file_read(path, size, cf->machine);
+    if (!cpr_file_parse_header(cf, hlen, errp)) {
+        return NULL;
+    }
+    cf->devices_offset = CPR_FILE_PREFIX + hlen;
+    cf->devices_len = len - 4 - cf->devices_offset;
+    /* What follows the envelope: the pages of guest RAM, or nothing */
+    end = MAX(cf->file_size, len);
+    if (st.st_size < end) {
+        error_setg(errp, "'%s' is truncated: %" PRIu64 " bytes, expected "
+                   "%" PRIu64, path, (uint64_t)st.st_size, end);
+        return NULL;
+    }
+    if (st.st_size > end) {
+        error_setg(errp, "'%s' is corrupt: %" PRIu64 " bytes after its end",
+                   path, (uint64_t)st.st_size - end);
+        return NULL;
+    }
+    trace_cpr_file_read(path, len, cf->machine);
     return g_steal_pointer(&cf);
+
+fail:
+    if (fd >= 0) {
+        close(fd);
+    }
+    return NULL;
 }
 
 bool cpr_file_load_devices(CprFile *cf, Error **errp)
 {
     return cpr_load_devices(cf->data + cf->devices_offset, cf->devices_len,
                             NULL, errp);
-}
-
-bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
-                      Error **errp)
-{
-    int64_t t;
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
-    QEMUFile *f;
-    int ret;
-
-    memcpy(bioc->data, data, len);
-    bioc->usage = len;
-    f = qemu_file_new_input(QIO_CHANNEL(bioc));
-
-    if (qemu_get_be32(f) != QEMU_VM_FILE_MAGIC ||
-        qemu_get_be32(f) != QEMU_VM_FILE_VERSION) {
-        error_setg(errp, "the device state has no valid header");
-        ret = -EINVAL;
-        goto out;
-    }
-    cpu_synchronize_all_pre_loadvm();
-    /* As qemu_load_device_state(), timing the CPUs' own part */
-    ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
-    if (ret < 0) {
-        error_setg(errp, "cannot load device state (%s); see the error log "
-                   "for the device that refused it", strerror(-ret));
-        goto out;
-    }
-    t = get_clock();
-    cpu_synchronize_all_post_init();
-    if (cpu_ns) {
-        *cpu_ns = get_clock() - t;
-    }
-out:
-    qemu_fclose(f);
-    object_unref(OBJECT(bioc));
-    return ret >= 0;
-}
-
-/*
- * The stream is the file magic and version, then sections: type byte
- * QEMU_VM_SECTION_FULL, section id, name (length byte + bytes), instance
- * id, version id, the fields, and a footer (QEMU_VM_SECTION_FOOTER +
- * section id).  Fields have no length, so a section ends at the first
- * footer for its id; good enough to name where two streams differ.
- */
-char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at)
-{
-    char name[256] = "header";
-    size_t pos = 8;
-
-    while (pos + 6 <= len && data[pos] == QEMU_VM_SECTION_FULL) {
-        uint8_t footer[5] = { QEMU_VM_SECTION_FOOTER };
-        size_t nlen = data[pos + 5], end;
-        const uint8_t *f;
-
-        if (pos + 6 + nlen + 8 > len) {
-            break;
-        }
-        memcpy(footer + 1, data + pos + 1, 4);
-        memcpy(name, data + pos + 6, nlen);
-        name[nlen] = 0;
-        pos += 6 + nlen + 8;
-        f = memmem(data + pos, len - pos, footer, sizeof(footer));
-        end = f ? f - data + sizeof(footer) : len;
-        if (at < end) {
-            return g_strdup(name);
-        }
-        pos = end;
-    }
-    return g_strdup(at < pos ? name : "end of stream");
 }

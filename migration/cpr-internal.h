@@ -10,49 +10,106 @@
 #define MIGRATION_CPR_INTERNAL_H
 
 #include "qapi/qapi-types-cpr.h"
+#include "qapi/qapi-types-run-state.h"
+#include "migration/cpr.h"
 
 /* One RAM block as recorded in a state file */
 typedef struct CprRamEntry {
     char *idstr;
+    uint32_t idstr_len;         /* with its NUL */
     uint64_t used_length;
     uint64_t max_length;
+    uint64_t file_offset;       /* reboot: where its pages are, or 0 */
+    bool in_backend;            /* reboot: its pages are in its backend */
 } CprRamEntry;
 
-/* A state file read into memory and checked (cpr-file.c) */
+/* The header of a state file (cpr-file.c); vmstate "cpr-file" */
 typedef struct CprFile {
     CprMode mode;
+    uint32_t machine_len;       /* with its NUL */
     char *machine;
-    GArray *ram;                /* CprRamEntry */
-    uint8_t *data;              /* whole file */
+    int32_t nr_ram;
+    CprRamEntry *ram;
+    uint64_t file_size;         /* reboot: size with the pages of RAM */
+    /* A file read by cpr_file_read(): its checked envelope */
+    char *path;
+    uint8_t *data;
+    size_t len;
     size_t devices_offset;      /* device state stream within data */
     size_t devices_len;
 } CprFile;
 
-bool cpr_file_write(const char *path, CprMode mode, Error **errp);
+/* What a mode adds to the state file (NULL: nothing, restart) */
+typedef struct CprFileOps {
+    /* Place what follows the envelope of @envelope bytes */
+    void (*layout)(CprFile *cf, size_t envelope);
+    /* Write it into @fd (the file, still under its temporary @tmp) */
+    bool (*write)(CprFile *cf, const char *tmp, int fd, Error **errp);
+    /* fsync the file and its directory */
+    bool durable;
+} CprFileOps;
+
+CprFile *cpr_file_new(CprMode mode);
+size_t cpr_file_envelope_size(CprFile *cf, size_t devices_len);
+GByteArray *cpr_file_envelope(CprFile *cf, GByteArray *devices);
+bool cpr_file_write(const char *path, CprMode mode, const CprFileOps *ops,
+                    Error **errp);
+CprFile *cpr_file_read(const char *path, Error **errp);
+bool cpr_file_load_devices(CprFile *cf, Error **errp);
+void cpr_file_free(CprFile *cf);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
+
+/* cpr-devices.c: the device and CPU state stream of every mode */
+
 /*
- * The device and CPU state stream, appended to @b / loaded from @data;
- * @cpu_ns, if not NULL, gets the time spent putting the CPUs' state back
- * into the accelerator.
+ * Append the stream to @b / load it from @data; @cpu_ns, if not NULL,
+ * gets the time spent putting the CPUs' state back into the accelerator.
  */
 bool cpr_save_devices(GByteArray *b, Error **errp);
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp);
 /* The name of the section of a device state stream that holds byte @at */
 char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at);
-CprFile *cpr_file_read(const char *path, Error **errp);
-bool cpr_file_load_devices(CprFile *cf, Error **errp);
-void cpr_file_free(CprFile *cf);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
 
 /* cpr-ram.c */
-GArray *cpr_ram_table_new(void);
-GArray *cpr_ram_table(void);
-void cpr_ram_table_free(GArray *table);
-bool cpr_ram_check(GArray *table, Error **errp);
-bool cpr_ram_apply(GArray *table, Error **errp);
+/* Fill @cf's RAM table with this VM's migratable RAM blocks */
+void cpr_ram_describe(CprFile *cf);
+/*
+ * The RAM blocks of @cf and this VM match; with @kept, each one's memory
+ * was also kept across execve.
+ */
+bool cpr_ram_check(CprFile *cf, bool kept, Error **errp);
+/* Give each RAM block the used size @cf has */
+bool cpr_ram_resize(CprFile *cf, Error **errp);
+/* cprload succeeded: forget which blocks were kept */
+void cpr_ram_load_done(void);
 void cpr_ram_add_blockers(CprBlockerList ***tail);
 void cpr_ram_register_fds(void);
 void cpr_ram_unregister_fds(void);
+
+/* A mode of cprsave: the hooks of cpr-<mode>.c around the common path */
+typedef struct CprModeOps {
+    CprMode mode;
+    RunState stop_state;        /* of a running VM while it is saved */
+    bool resume_on_error;       /* a failed save resumes a running VM */
+    bool has_binary;            /* takes cprsave's 'binary' */
+    const CprFileOps *file;     /* what the state file has besides devices */
+    /* Add what blocks the mode (cpr_add_blocker) */
+    void (*blockers)(CprBlockerList ***tail);
+    /* Checked before the VM is touched, with @binary or NULL */
+    bool (*check)(const char *binary, Error **errp);
+    /* After the state file is written; false (errp set) if that failed */
+    bool (*finish)(const char *file, const char *binary, Error **errp);
+} CprModeOps;
+
+extern const CprModeOps cpr_restart_ops;
+extern const CprModeOps cpr_reboot_ops;
+
+/* cpr.c */
+bool cpr_notify(CprEvent event, Error **errp);
+
+/* cpr-reboot.c */
+bool cpr_reboot_load_ram(CprFile *cf, Error **errp);
 
 /* cpr-mm.c */
 bool cpr_mm_prepare(Error **errp);

@@ -127,67 +127,46 @@ fail:
     close(fd);
 }
 
-static int cpr_ram_table_add(RAMBlock *rb, void *opaque)
+static int cpr_ram_describe_one(RAMBlock *rb, void *opaque)
 {
     GArray *table = opaque;
-    CprRamEntry e;
+    CprRamEntry e = { 0 };
 
     if (!qemu_ram_is_migratable(rb)) {
         return 0;
     }
     e.idstr = g_strdup(rb->idstr);
+    e.idstr_len = strlen(rb->idstr) + 1;
     e.used_length = rb->used_length;
     e.max_length = rb->max_length;
     g_array_append_val(table, e);
     return 0;
 }
 
-static void cpr_ram_entry_clear(gpointer p)
+void cpr_ram_describe(CprFile *cf)
 {
-    CprRamEntry *e = p;
+    GArray *table = g_array_new(false, true, sizeof(CprRamEntry));
 
-    g_free(e->idstr);
+    qemu_ram_foreach_block(cpr_ram_describe_one, table);
+    cf->nr_ram = table->len;
+    cf->ram = (CprRamEntry *)g_array_free(table, false);
 }
 
-GArray *cpr_ram_table_new(void)
+static CprRamEntry *cpr_ram_find(CprFile *cf, const char *idstr)
 {
-    GArray *table = g_array_new(false, false, sizeof(CprRamEntry));
+    int i;
 
-    g_array_set_clear_func(table, cpr_ram_entry_clear);
-    return table;
-}
-
-GArray *cpr_ram_table(void)
-{
-    GArray *table = cpr_ram_table_new();
-
-    qemu_ram_foreach_block(cpr_ram_table_add, table);
-    return table;
-}
-
-void cpr_ram_table_free(GArray *table)
-{
-    if (table) {
-        g_array_free(table, true);
-    }
-}
-
-static CprRamEntry *cpr_ram_table_find(GArray *table, const char *idstr)
-{
-    guint i;
-
-    for (i = 0; i < table->len; i++) {
-        CprRamEntry *e = &g_array_index(table, CprRamEntry, i);
-
-        if (!strcmp(e->idstr, idstr)) {
-            return e;
+    for (i = 0; i < cf->nr_ram; i++) {
+        if (!strcmp(cf->ram[i].idstr, idstr)) {
+            return &cf->ram[i];
         }
     }
     return NULL;
 }
 
 typedef struct CprRamCheck {
-    GArray *table;
+    CprFile *cf;
+    bool kept;
     Error **errp;
 } CprRamCheck;
 
@@ -199,10 +178,13 @@ static int cpr_ram_check_one(RAMBlock *rb, void *opaque)
     if (!qemu_ram_is_migratable(rb)) {
         return 0;
     }
-    if (!cpr_ram_table_find(c->table, rb->idstr)) {
+    if (!cpr_ram_find(c->cf, rb->idstr)) {
         error_setg(c->errp, "RAM block '%s' is not in the state file",
                    rb->idstr);
         return -1;
+    }
+    if (!c->kept) {
+        return 0;
     }
     why = cpr_ram_adopted ? g_hash_table_lookup(cpr_ram_adopted, rb->idstr)
                           : NULL;
@@ -219,13 +201,13 @@ static int cpr_ram_check_one(RAMBlock *rb, void *opaque)
     return 0;
 }
 
-bool cpr_ram_check(GArray *table, Error **errp)
+bool cpr_ram_check(CprFile *cf, bool kept, Error **errp)
 {
-    CprRamCheck c = { table, errp };
-    guint i;
+    CprRamCheck c = { cf, kept, errp };
+    int i;
 
-    for (i = 0; i < table->len; i++) {
-        CprRamEntry *e = &g_array_index(table, CprRamEntry, i);
+    for (i = 0; i < cf->nr_ram; i++) {
+        CprRamEntry *e = &cf->ram[i];
         RAMBlock *rb = qemu_ram_block_by_name(e->idstr);
 
         if (!rb) {
@@ -249,12 +231,12 @@ bool cpr_ram_check(GArray *table, Error **errp)
     return !qemu_ram_foreach_block(cpr_ram_check_one, &c);
 }
 
-bool cpr_ram_apply(GArray *table, Error **errp)
+bool cpr_ram_resize(CprFile *cf, Error **errp)
 {
-    guint i;
+    int i;
 
-    for (i = 0; i < table->len; i++) {
-        CprRamEntry *e = &g_array_index(table, CprRamEntry, i);
+    for (i = 0; i < cf->nr_ram; i++) {
+        CprRamEntry *e = &cf->ram[i];
         RAMBlock *rb = qemu_ram_block_by_name(e->idstr);
 
         if (rb->used_length != e->used_length &&
@@ -262,8 +244,12 @@ bool cpr_ram_apply(GArray *table, Error **errp)
             return false;
         }
     }
-    g_clear_pointer(&cpr_ram_adopted, g_hash_table_destroy);
     return true;
+}
+
+void cpr_ram_load_done(void)
+{
+    g_clear_pointer(&cpr_ram_adopted, g_hash_table_destroy);
 }
 
 static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
@@ -274,12 +260,14 @@ static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
         return 0;
     }
     if (rb->fd < 0) {
-        cpr_add_blocker(tail, rb->idstr, "guest RAM is anonymous memory, "
-                        "which exec discards; start QEMU with "
-                        "-machine memfd-alloc=on or use memory-backend-memfd");
+        cpr_add_blocker(tail, CPR_MODE_RESTART, rb->idstr,
+                        "guest RAM is anonymous memory, which exec "
+                        "discards; start QEMU with -machine memfd-alloc=on "
+                        "or use memory-backend-memfd");
     } else if (!qemu_ram_is_shared(rb)) {
-        cpr_add_blocker(tail, rb->idstr, "guest RAM is a private mapping, "
-                        "which exec discards; use share=on on its backend");
+        cpr_add_blocker(tail, CPR_MODE_RESTART, rb->idstr,
+                        "guest RAM is a private mapping, which exec "
+                        "discards; use share=on on its backend");
     }
     return 0;
 }

@@ -5,15 +5,16 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * cprsave restart: refuse if anything blocks it, stop the vCPUs, write
- * the state file, register guest RAM in the CPR state, and execve the
- * QEMU binary with the same arguments.  Guest RAM stays in its memfds and
- * is never copied.  If anything fails before the new binary runs, the VM
- * resumes in this process as if nothing had happened.
+ * The mode-neutral part of every mode: refuse if anything blocks the
+ * mode, stop the vCPUs, write the state file (device and CPU state, plus
+ * what the mode adds), then let the mode finish (cpr-restart.c executes
+ * the new binary, cpr-reboot.c leaves the VM paused).  If anything fails
+ * before that, the VM is left as the mode says (restart: resumed).
  *
- * The new process comes up paused in the "inmigrate" run state; cprload
- * checks the state file, loads device and CPU state and restores the run
- * state the VM had when it was saved.
+ * cprload checks the state file whole, loads what the mode put into it
+ * and device and CPU state, and restores the run state the VM had when
+ * it was saved.  A load that fails at any stage leaves the process ready
+ * for another try.
  */
 
 #include "qemu/osdep.h"
@@ -21,32 +22,26 @@
 #include "qemu/error-report.h"
 #include "qapi/qapi-commands-cpr.h"
 #include "block/block.h"
-#include "chardev/char-socket-cpr.h"
 #include "hw/boards.h"
-#include "qemu/config-file.h"
 #include "qemu/job.h"
-#include "qemu/option.h"
 #include "migration/cpr.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
 #include "migration/migration.h"
 #include "migration/savevm.h"
-#include "monitor/fdset-cpr.h"
-#include "monitor/monitor.h"
-#include "net/tap-cpr.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
-void cpr_add_blocker(CprBlockerList ***tail, const char *object,
+void cpr_add_blocker(CprBlockerList ***tail, CprMode mode, const char *object,
                      const char *fmt, ...)
 {
     CprBlocker *b = g_new0(CprBlocker, 1);
     va_list ap;
 
     va_start(ap, fmt);
-    b->mode = CPR_MODE_RESTART;
+    b->mode = mode;
     b->object = g_strdup(object);
     b->reason = g_strdup_vprintf(fmt, ap);
     va_end(ap);
@@ -69,7 +64,7 @@ void cpr_remove_notifier(NotifierWithReturn *n)
     notifier_with_return_remove(n);
 }
 
-static bool cpr_notify(CprEvent event, Error **errp)
+bool cpr_notify(CprEvent event, Error **errp)
 {
     CprNotifyData data = { .event = event, .errp = errp };
 
@@ -96,49 +91,45 @@ void cpr_add_blocker_fn(CprBlockerFn *fn)
     cpr_blocker_fns = g_slist_append(cpr_blocker_fns, fn);
 }
 
+static const CprModeOps *const cpr_modes[CPR_MODE__MAX] = {
+    [CPR_MODE_RESTART] = &cpr_restart_ops,
+    [CPR_MODE_REBOOT] = &cpr_reboot_ops,
+};
+
+/* Migration blockers block every mode but those a device handles itself */
 static void cpr_add_migration_blocker(Error *err, void *opaque)
 {
-    if (!g_slist_find(cpr_allowed_blockers, err)) {
-        cpr_add_blocker(opaque, "migration", "%s", error_get_pretty(err));
+    CprMode m;
+
+    for (m = 0; m < CPR_MODE__MAX; m++) {
+        if (m != CPR_MODE_RESTART || !g_slist_find(cpr_allowed_blockers, err)) {
+            cpr_add_blocker(opaque, m, "migration", "%s",
+                            error_get_pretty(err));
+        }
     }
 }
 
 static void cpr_add_unmigratable(const char *idstr, void *opaque)
 {
-    cpr_add_blocker(opaque, idstr, "device state cannot be saved");
-}
+    CprMode m;
 
-static int cpr_add_sandbox_blocker(void *opaque, QemuOpts *opts,
-                                   Error **errp)
-{
-    const char *spawn = qemu_opt_get(opts, "spawn");
-
-    if (qemu_opt_get_bool(opts, "enable", false) && spawn &&
-        !strcmp(spawn, "deny")) {
-        cpr_add_blocker(opaque, "sandbox", "-sandbox spawn=deny makes the "
-                        "kernel kill QEMU when it executes the new binary; "
-                        "start QEMU without spawn=deny (libvirt: "
-                        "seccomp_sandbox = 0)");
+    for (m = 0; m < CPR_MODE__MAX; m++) {
+        cpr_add_blocker(opaque, m, idstr, "device state cannot be saved");
     }
-    return 0;
 }
 
+/* What blocks each mode now */
 static CprBlockerList *cpr_blockers(void)
 {
     CprBlockerList *list = NULL, **tail = &list;
-    QemuOptsList *sandbox = qemu_find_opts_err("sandbox", NULL);
     GSList *fns;
+    CprMode m;
 
-    if (is_daemonized()) {
-        cpr_add_blocker(&tail, "daemonize", "QEMU was started with "
-                        "-daemonize, which the restarted process would do "
-                        "again; run QEMU in the foreground under a "
-                        "supervisor");
+    for (m = 0; m < CPR_MODE__MAX; m++) {
+        if (cpr_modes[m]->blockers) {
+            cpr_modes[m]->blockers(&tail);
+        }
     }
-    if (sandbox) {
-        qemu_opts_foreach(sandbox, cpr_add_sandbox_blocker, &tail, NULL);
-    }
-    cpr_ram_add_blockers(&tail);
     qemu_savevm_foreach_unmigratable(cpr_add_unmigratable, &tail);
     migration_foreach_blocker(cpr_add_migration_blocker, &tail);
     for (fns = cpr_blocker_fns; fns; fns = fns->next) {
@@ -150,8 +141,11 @@ static CprBlockerList *cpr_blockers(void)
 CprInfo *qmp_query_cpr(Error **errp)
 {
     CprInfo *info = g_new0(CprInfo, 1);
+    CprMode m;
 
-    QAPI_LIST_PREPEND(info->modes, CPR_MODE_RESTART);
+    for (m = CPR_MODE__MAX; m-- > 0;) {
+        QAPI_LIST_PREPEND(info->modes, m);
+    }
     info->blockers = cpr_blockers();
     info->load_pending = cpr_is_incoming();
     info->snapshot = cpr_snapshot_info();
@@ -179,14 +173,20 @@ static bool cpr_jobs_idle(Error **errp)
 }
 
 /* Everything that can be checked before the VM is touched */
-static bool cpr_save_allowed(const char *exec_path, Error **errp)
+static bool cpr_save_allowed(const CprModeOps *ops, const char *binary,
+                             Error **errp)
 {
     g_autoptr(CprBlockerList) blockers = NULL;
+    CprBlockerList *b, *first = NULL;
     char state[64];
 
     if (cpr_is_incoming()) {
         error_setg(errp, "this process is waiting for cprload; "
                    "load the state before saving it again");
+        return false;
+    }
+    if (binary && !ops->has_binary) {
+        error_setg(errp, "'binary' is only for mode 'restart'");
         return false;
     }
     if (!runstate_check(RUN_STATE_RUNNING) &&
@@ -204,99 +204,72 @@ static bool cpr_save_allowed(const char *exec_path, Error **errp)
         return false;
     }
     blockers = cpr_blockers();
-    if (blockers) {
-        error_setg(errp, "cprsave is blocked by '%s': %s",
-                   blockers->value->object, blockers->value->reason);
-        if (blockers->next) {
-            error_append_hint(errp, "query-cpr lists all blockers\n");
+    for (b = blockers; b; b = b->next) {
+        if (b->value->mode != ops->mode) {
+            continue;
         }
+        if (first) {
+            error_append_hint(errp, "query-cpr lists all blockers\n");
+            break;
+        }
+        first = b;
+        error_setg(errp, "cprsave is blocked by '%s': %s",
+                   b->value->object, b->value->reason);
+    }
+    if (first) {
         return false;
     }
-    if (access(exec_path, X_OK) < 0) {
-        error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
-        return false;
-    }
-    return true;
-}
-
-static void cpr_exec(const char *exec_path, Error **errp)
-{
-    Error *err = NULL;
-    pid_t helper;
-
-    cpr_ram_register_fds();
-    char_socket_cpr_register();
-    monitor_qmp_cpr_register(true);
-    monitor_fdset_cpr_register(true);
-    tap_cpr_register();
-    if (!cpr_notify(CPR_EVENT_EXEC, errp) || !cpr_mm_prepare(errp)) {
-        goto undo;
-    }
-    if (!cpr_state_exec_prepare(errp)) {
-        helper = -1;
-        goto release;
-    }
-    helper = cpr_mm_start(errp);
-    if (helper < 0) {
-        goto abort;
-    }
-    cpr_state_set_helper(helper);
-    if (bdrv_inactivate_all() < 0) {
-        error_setg(errp, "cannot hand over block devices");
-        goto abort;
-    }
-    trace_cpr_exec(exec_path);
-    execv(exec_path, cpr_get_argv());
-    error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
-    bdrv_activate_all(&err);
-    if (err) {
-        warn_report_err(err);
-    }
-abort:
-    cpr_state_exec_abort();
-release:
-    cpr_mm_release(helper);
-undo:
-    cpr_notify(CPR_EVENT_EXEC_FAILED, NULL);
-    tap_cpr_unregister();
-    monitor_fdset_cpr_register(false);
-    monitor_qmp_cpr_register(false);
-    char_socket_cpr_unregister();
-    cpr_ram_unregister_fds();
+    return !ops->check || ops->check(binary, errp);
 }
 
 void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
                  const char *binary, Error **errp)
 {
     ERRP_GUARD();
-    const char *exec_path = has_binary ? binary : cpr_get_exec_path();
+    const CprModeOps *ops = cpr_modes[mode];
     bool was_running = runstate_is_running();
 
-    if (!cpr_save_allowed(exec_path, errp)) {
+    if (!cpr_save_allowed(ops, has_binary ? binary : NULL, errp)) {
         return;
     }
     trace_cpr_save_start(file, CprMode_str(mode));
 
     global_state_store();
-    if (vm_stop(RUN_STATE_SAVE_VM)) {
+    if (vm_stop(ops->stop_state)) {
         error_setg(errp, "cannot flush block devices before saving");
-        goto resume;
+        goto failed;
     }
     cpr_saving = true;
-    if (!cpr_file_write(file, mode, errp)) {
+    if (!cpr_file_write(file, mode, ops->file, errp)) {
         cpr_saving = false;
-        goto resume;
+        goto failed;
     }
     cpr_saving = false;
-    cpr_exec(exec_path, errp);
-    unlink(file);
+    if (ops->finish(file, has_binary ? binary : NULL, errp)) {
+        trace_cpr_save_done(file, CprMode_str(mode));
+        return;
+    }
 
-resume:
-    /* Still here: leave the VM as it was before the command. */
+failed:
     trace_cpr_save_failed(error_get_pretty(*errp));
-    if (was_running) {
+    if (was_running && ops->resume_on_error) {
         vm_start();
     }
+}
+
+/* Which mode's file this process can load now, or -1 with errp set */
+static int cpr_load_mode(Error **errp)
+{
+    if (cpr_is_incoming()) {
+        return CPR_MODE_RESTART;
+    }
+    if (runstate_check(RUN_STATE_INMIGRATE) &&
+        migration_incoming_get_current()->state == MIGRATION_STATUS_NONE) {
+        return CPR_MODE_REBOOT;
+    }
+    error_setg(errp, "no CPR restart is waiting to be loaded, and QEMU was "
+               "not started with -incoming defer to load a reboot-mode file");
+    return -1;
 }
 
 void qmp_cprload(const char *file, Error **errp)
@@ -304,15 +277,27 @@ void qmp_cprload(const char *file, Error **errp)
     ERRP_GUARD();
     g_autoptr(CprFile) cf = NULL;
     const char *machine = MACHINE_GET_CLASS(current_machine)->name;
+    int mode = cpr_load_mode(errp);
     Error *err = NULL;
     RunState state;
 
-    if (!cpr_is_incoming()) {
-        error_setg(errp, "no CPR restart is waiting to be loaded");
+    if (mode < 0) {
         return;
     }
     cf = cpr_file_read(file, errp);
     if (!cf) {
+        return;
+    }
+    if (cf->mode != mode) {
+        if (mode == CPR_MODE_RESTART) {
+            error_setg(errp, "'%s' was saved in mode '%s'; this process "
+                       "waits for the file of its cprsave restart", file,
+                       CprMode_str(cf->mode));
+        } else {
+            error_setg(errp, "'%s' was saved in mode '%s', which only the "
+                       "process that cprsave started can load", file,
+                       CprMode_str(cf->mode));
+        }
         return;
     }
     if (strcmp(cf->machine, machine)) {
@@ -320,20 +305,25 @@ void qmp_cprload(const char *file, Error **errp)
                    "'%s'", file, cf->machine, machine);
         return;
     }
-    if (!cpr_ram_check(cf->ram, errp)) {
+    if (!cpr_ram_check(cf, mode == CPR_MODE_RESTART, errp)) {
         return;
     }
     trace_cpr_load_start(file);
 
-    if (!cpr_ram_apply(cf->ram, errp) ||
-        !cpr_file_load_devices(cf, errp)) {
+    if (!cpr_ram_resize(cf, errp)) {
+        return;
+    }
+    if (mode == CPR_MODE_REBOOT && !cpr_reboot_load_ram(cf, errp)) {
+        return;
+    }
+    if (!cpr_file_load_devices(cf, errp)) {
         return;
     }
     bdrv_activate_all(errp);
     if (*errp) {
         return;
     }
-    if (!cpr_notify(CPR_EVENT_LOADED, &err)) {
+    if (mode == CPR_MODE_RESTART && !cpr_notify(CPR_EVENT_LOADED, &err)) {
         warn_report_err(err);
     }
 
@@ -345,7 +335,10 @@ void qmp_cprload(const char *file, Error **errp)
     } else {
         runstate_set(state);
     }
-    /* Only now let the old address space go, outside the pause. */
-    cpr_mm_done();
-    cpr_state_incoming_done();
+    if (mode == CPR_MODE_RESTART) {
+        cpr_ram_load_done();
+        /* Only now let the old address space go, outside the pause. */
+        cpr_mm_done();
+        cpr_state_incoming_done();
+    }
 }

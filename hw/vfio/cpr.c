@@ -509,28 +509,36 @@ static void vfio_cpr_blockers(CprBlockerList ***tail)
         if (group == QLIST_FIRST(&c->group_list) &&
             (c->iommu_type != VFIO_TYPE1v2_IOMMU &&
              c->iommu_type != VFIO_TYPE1_IOMMU)) {
-            cpr_add_blocker(tail, "vfio", "group %d: only the type1 IOMMU "
+            cpr_add_blocker(tail, CPR_MODE_RESTART, "vfio",
+                            "group %d: only the type1 IOMMU "
                             "backend can keep DMA mappings", group->groupid);
         } else if (group == QLIST_FIRST(&c->group_list) &&
                    ioctl(c->fd, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) <= 0) {
-            cpr_add_blocker(tail, "vfio", "group %d: the kernel cannot "
+            cpr_add_blocker(tail, CPR_MODE_RESTART, "vfio",
+                            "group %d: the kernel cannot "
                             "update DMA mapping addresses "
                             "(no VFIO_UPDATE_VADDR)", group->groupid);
         }
         if (group == QLIST_FIRST(&c->group_list) &&
             !QLIST_EMPTY(&c->giommu_list)) {
-            cpr_add_blocker(tail, "vfio", "group %d: DMA through a virtual "
+            cpr_add_blocker(tail, CPR_MODE_RESTART, "vfio",
+                            "group %d: DMA through a virtual "
                             "IOMMU cannot be kept yet", group->groupid);
         }
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
+            cpr_add_blocker(tail, CPR_MODE_REBOOT, vbasedev->name,
+                            "a device passed through with VFIO loses its "
+                            "state when the host reboots; unplug it "
+                            "(device_del) before cprsave reboot");
             if (vbasedev->type != VFIO_DEVICE_TYPE_PCI) {
-                cpr_add_blocker(tail, vbasedev->name, "only VFIO PCI "
-                                "devices can be kept");
+                cpr_add_blocker(tail, CPR_MODE_RESTART, vbasedev->name,
+                                "only VFIO PCI devices can be kept");
                 continue;
             }
             if (vbasedev->ram_block_discard_allowed) {
-                cpr_add_blocker(tail, vbasedev->name, "a mediated device "
-                                "cannot keep a valid address window");
+                cpr_add_blocker(tail, CPR_MODE_RESTART, vbasedev->name,
+                                "a mediated device cannot keep a valid "
+                                "address window");
                 continue;
             }
         }

@@ -17,6 +17,7 @@
 #include "exec/cpu-common.h"
 #include "qemu/notify.h"
 #include "qapi/qapi-builtin-types.h"
+#include "qapi/qapi-types-cpr.h"
 
 /* Environment variable naming the inherited descriptor of the CPR state */
 #define CPR_STATE_ENV "QEMU_CPR_STATE"
@@ -123,14 +124,13 @@ void cpr_disallow_migration_blocker(Error *reason);
 
 /*
  * Subsystems report their own blockers: @fn appends to the list with
- * cpr_add_blocker() when query-cpr or cprsave asks.
+ * cpr_add_blocker(), naming the mode blocked, when query-cpr or cprsave
+ * asks.
  */
-typedef struct CprBlocker CprBlocker;
-typedef struct CprBlockerList CprBlockerList;
 typedef void CprBlockerFn(CprBlockerList ***tail);
 void cpr_add_blocker_fn(CprBlockerFn *fn);
-void cpr_add_blocker(CprBlockerList ***tail, const char *object,
-                     const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+void cpr_add_blocker(CprBlockerList ***tail, CprMode mode, const char *object,
+                     const char *fmt, ...) G_GNUC_PRINTF(4, 5);
 
 /* cpr-ram.c: guest RAM kept in shared memory across execve */
 

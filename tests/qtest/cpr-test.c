@@ -18,6 +18,7 @@
  */
 
 #include "qemu/osdep.h"
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -344,8 +345,10 @@ static void vm_kill(CprVm *vm)
         close(vm->console_fd);
     }
     unlink(console);
-    kill(vm->pid, SIGKILL);
-    waitpid(vm->pid, NULL, 0);
+    if (vm->pid > 0) {
+        kill(vm->pid, SIGKILL);
+        waitpid(vm->pid, NULL, 0);
+    }
     unlink(vm->qmp_path);
     unlink(vm->serial_path);
     unlink(vm->state_path);
@@ -577,11 +580,17 @@ static void test_round_trip(void)
     pid_t pid = vm->pid;
     int i;
 
-    vm_wait_passes(vm, 3);
+    /* Enough console output that a truncated log cannot catch up */
+    vm_wait_passes(vm, 20);
     for (i = 0; i < 3; i++) {
+        g_autofree char *log = NULL, *log_after = NULL;
+        gsize log_len, log_after_len;
+
         g_free(before);
         before = vm_counters(vm);
         check_consistent(before);
+        /* -serial file:PATH: what the guest wrote before stays */
+        g_assert(g_file_get_contents(vm->serial_path, &log, &log_len, NULL));
         /* The second update goes through the human monitor. */
         vm_cprsave_restart_via(vm, i == 1);
         g_assert_cmpint(vm->pid, ==, pid);
@@ -604,6 +613,11 @@ static void test_round_trip(void)
             vm_cprload(vm, vm->state_path);
         }
         g_assert_cmpstr(vm_status(vm), ==, "running");
+
+        g_assert(g_file_get_contents(vm->serial_path, &log_after,
+                                     &log_after_len, NULL));
+        g_assert_cmpuint(log_after_len, >=, log_len);
+        g_assert(!memcmp(log, log_after, log_len));
 
         g_free(after);
         after = check_kept(vm, before);
@@ -960,6 +974,46 @@ static void write_bad_copy(const char *src, const char *dst, const char *how)
     g_assert(g_file_set_contents(dst, data, len, NULL));
 }
 
+/* CRC-32 (IEEE 802.3), as the state file's envelope uses */
+static uint32_t crc32_ieee(const uint8_t *p, size_t len)
+{
+    uint32_t crc = 0xffffffff;
+    int k;
+
+    while (len--) {
+        crc ^= *p++;
+        for (k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xedb88320 & -(crc & 1));
+        }
+    }
+    return ~crc;
+}
+
+/*
+ * Write a copy of the state file @src to @dst whose checksum is right
+ * but whose RTC section has a version no QEMU knows: the load fails in
+ * the middle of the device state.
+ */
+static void write_refused_copy(const char *src, const char *dst)
+{
+    static const char name[] = "\x0bmc146818rtc";
+    g_autofree char *data = NULL;
+    uint64_t envelope;
+    char *sec;
+    gsize len;
+
+    g_assert(g_file_get_contents(src, &data, &len, NULL));
+    g_assert_cmpuint(len, >=, 28);
+    envelope = ldq_be_p(data + 16);
+    g_assert_cmpuint(envelope, <=, len);
+    sec = memmem(data, envelope, name, sizeof(name) - 1);
+    g_assert(sec);
+    stl_be_p(sec + sizeof(name) - 1 + 4, 0xff);    /* version after id */
+    stl_be_p(data + envelope - 4,
+             crc32_ieee((uint8_t *)data, envelope - 4));
+    g_assert(g_file_set_contents(dst, data, len, NULL));
+}
+
 /* The process other than @not whose arguments mention @vm's QMP socket */
 static pid_t find_qemu_once(CprVm *vm, pid_t not)
 {
@@ -1222,6 +1276,13 @@ static void test_bad_files(void)
                           " {'file': %s}}", missing));
     g_assert(strstr(err, "cannot read CPR state file"));
     g_free(err);
+    /* A device refuses its state: the load fails after RAM was taken */
+    write_refused_copy(vm->state_path, bad);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", bad));
+    g_assert(strstr(err, "cannot load device state"));
+    g_free(err);
+    g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
 
     /* Nothing was lost: the right file still loads. */
     after = vm_counters(vm);
@@ -1437,6 +1498,370 @@ static void test_inherited_monitor(void)
     vm_kill(vm);
 }
 
+/* Reboot mode */
+
+/* A directory for reboot-mode files on a disk file system (build tree) */
+static char *reboot_dir(void)
+{
+    g_autofree char *guest = g_path_get_dirname(getenv("CPR_GUEST_IMG"));
+    g_autofree char *tmpl = g_build_filename(guest, "reboot-XXXXXX", NULL);
+    char *dir = g_mkdtemp(g_steal_pointer(&tmpl));
+
+    g_assert(dir);
+    return dir;
+}
+
+static void rm_dir(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void vm_cprsave_reboot(CprVm *vm, const char *file)
+{
+    struct stat st;
+
+    qobject_unref(vm_ok(vm, "{'execute': 'cprsave', 'arguments':"
+                        " {'file': %s, 'mode': 'reboot'}}", file));
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    g_assert(stat(file, &st) == 0);
+    g_assert_cmpint(st.st_mode & 0777, ==, 0600);
+}
+
+/* quit, as an operator does before the host reboots */
+static void vm_quit(CprVm *vm)
+{
+    qobject_unref(vm_qmp(vm, "{'execute': 'quit'}"));
+    g_assert_cmpint(waitpid(vm->pid, NULL, 0), ==, vm->pid);
+    vm->pid = -1;
+    vm_kill(vm);
+}
+
+/* A fresh QEMU with the same arguments plus -incoming defer */
+static CprVm *vm_start_defer(const char *machine, const char *const *extra)
+{
+    g_autoptr(GPtrArray) args = g_ptr_array_new();
+    int i;
+
+    for (i = 0; extra && extra[i]; i++) {
+        g_ptr_array_add(args, (char *)extra[i]);
+    }
+    g_ptr_array_add(args, (char *)"-incoming");
+    g_ptr_array_add(args, (char *)"defer");
+    g_ptr_array_add(args, NULL);
+    return vm_start_args(machine, -1, (const char *const *)args->pdata,
+                         CONSOLE_FILE);
+}
+
+static void drop_caches(void)
+{
+    /* Nothing of the file may come from the page cache (as if rebooted) */
+    sync();
+    g_file_set_contents("/proc/sys/vm/drop_caches", "3", 1, NULL);
+}
+
+/* Bytes the file takes on disk */
+static uint64_t allocated(const char *file)
+{
+    struct stat st;
+
+    g_assert(stat(file, &st) == 0);
+    return (uint64_t)st.st_blocks * 512;
+}
+
+/*
+ * Plain anonymous RAM: saved, QEMU quits, a fresh one loads the file and
+ * the guest goes on where it stopped.  Once running, once paused.
+ */
+static void test_reboot_round_trip(void)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    CprVm *vm = vm_start("q35", -1);
+    QDict *info;
+    QListEntry *e;
+    bool listed = false;
+    int i;
+
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    QLIST_FOREACH_ENTRY(qdict_get_qlist(info, "modes"), e) {
+        listed |= !strcmp(qstring_get_str(qobject_to(QString,
+                                           qlist_entry_obj(e))), "reboot");
+    }
+    g_assert(listed);
+    qobject_unref(info);
+
+    for (i = 0; i < 2; i++) {
+        bool paused = i == 1;
+
+        vm_wait_passes(vm, 2);
+        if (paused) {
+            qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+        }
+        vm_cprsave_reboot(vm, file);
+        g_free(before);
+        before = vm_counters(vm);
+        check_consistent(before);
+        vm_quit(vm);
+        drop_caches();
+
+        vm = vm_start_defer("q35", NULL);
+        g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+        vm_cprload(vm, file);
+        g_assert_cmpstr(vm_status(vm), ==, paused ? "paused" : "running");
+        g_free(after);
+        after = vm_counters(vm);
+        if (paused) {
+            g_assert(!memcmp(before, after,
+                             COUNTER_PAGES * sizeof(uint64_t)));
+        } else {
+            check_not_behind(before, after);
+            check_consistent(after);
+        }
+        if (paused) {
+            qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+        }
+        check_moving(vm, after);
+    }
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
+/* The operator changes their mind: cont resumes the VM in this process */
+static void test_reboot_cont(void)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree uint64_t *before = NULL;
+    CprVm *vm = vm_start("q35,memfd-alloc=on", -1);
+
+    vm_wait_passes(vm, 2);
+    vm_cprsave_reboot(vm, file);
+    before = vm_counters(vm);
+    g_usleep(100 * 1000);
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, before);
+    /* memfd RAM (tmpfs) is not a file that survives a reboot: copied */
+    g_assert_cmpuint(allocated(file), >, 24 * MiB);
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
+/*
+ * RAM in a shared memory-backend-file on a disk file system is not
+ * copied: the file keeps only the envelope and the small RAM blocks.
+ */
+static void test_reboot_file_backend(void)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree char *mem = g_build_filename(dir, "ram", NULL);
+    g_autofree char *obj = g_strdup_printf("memory-backend-file,id=mem,"
+                                           "size=%dM,mem-path=%s,share=on",
+                                           GUEST_RAM_MB, mem);
+    const char *const args[] = { "-object", obj, "-machine",
+                                 "memory-backend=mem", NULL };
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    CprVm *vm = vm_start_args("q35", -1, args, CONSOLE_FILE);
+
+    vm_wait_passes(vm, 2);
+    vm_cprsave_reboot(vm, file);
+    before = vm_counters(vm);
+    g_assert_cmpuint(allocated(file), <, 8 * MiB);
+    vm_quit(vm);
+    drop_caches();
+
+    vm = vm_start_defer("q35", args);
+    vm_cprload(vm, file);
+    after = vm_counters(vm);
+    check_not_behind(before, after);
+    check_consistent(after);
+    check_moving(vm, after);
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
+/*
+ * Bad files are refused with their reason and leave the fresh QEMU
+ * ready for the right one, whatever stage the load failed at.
+ */
+static void test_reboot_bad_files(void)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree char *bad = g_build_filename(dir, "bad.cpr", NULL);
+    g_autofree char *pc = g_build_filename(dir, "pc.cpr", NULL);
+    g_autofree char *big = g_build_filename(dir, "big.cpr", NULL);
+    g_autofree char *restart = NULL;
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    const char *const big_args[] = { "-m", "256", NULL };
+    CprVm *vm;
+    char *err;
+    int fd;
+
+    /* Files of another machine type, another RAM size, restart mode */
+    vm = vm_start("pc", -1);
+    vm_cprsave_reboot(vm, pc);
+    vm_kill(vm);
+    vm = vm_start_args("q35", -1, big_args, CONSOLE_FILE);
+    vm_cprsave_reboot(vm, big);
+    vm_kill(vm);
+    vm = vm_start("q35,memfd-alloc=on", -1);
+    restart = g_build_filename(dir, "restart.cpr", NULL);
+    vm_cprsave_restart(vm);
+    g_assert(rename(vm->state_path, restart) == 0);
+    vm_kill(vm);
+
+    vm = vm_start("q35", -1);
+    vm_wait_passes(vm, 2);
+    vm_cprsave_reboot(vm, file);
+    before = vm_counters(vm);
+    /* cprload in a process that was not started to load is refused */
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", file));
+    g_assert(strstr(err, "not started with -incoming defer"));
+    g_free(err);
+    vm_quit(vm);
+
+    vm = vm_start_defer("q35", NULL);
+#define REFUSED(path, msg) do {                                              \
+        err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"     \
+                              " {'file': %s}}", path));                       \
+        if (!strstr(err, msg)) {                                              \
+            g_error("%s: unexpected error '%s'", path, err);                  \
+        }                                                                     \
+        g_free(err);                                                          \
+        g_assert_cmpstr(vm_status(vm), ==, "inmigrate");                      \
+    } while (0)
+
+    REFUSED(pc, "machine type 'pc-i440fx-");
+    REFUSED(big, "RAM block 'pc.ram' has size 0x10000000 in the state file "
+            "but 0x8000000 here");
+    REFUSED(restart, "was saved in mode 'restart', which only the process");
+    write_bad_copy(file, bad, "foreign");
+    REFUSED(bad, "is not a CPR state file");
+    /* A device refuses its state: RAM was loaded, then the load failed */
+    write_refused_copy(file, bad);
+    REFUSED(bad, "cannot load device state");
+    {
+        g_autofree char *data = NULL;
+        gsize len;
+
+        g_assert(g_file_get_contents(file, &data, &len, NULL));
+        data[ldq_be_p(data + 16) / 2] ^= 0x55;
+        g_assert(g_file_set_contents(bad, data, len, NULL));
+        REFUSED(bad, "is corrupt: checksum mismatch");
+        /* truncated in its RAM, then inside its envelope */
+        g_assert(g_file_set_contents(bad, data, len - 4096, NULL));
+        REFUSED(bad, "is truncated");
+        g_assert(g_file_set_contents(bad, data, ldq_be_p(data + 16) / 2,
+                                     NULL));
+        REFUSED(bad, "is truncated");
+    }
+    /* An empty file */
+    fd = open(bad, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    g_assert(fd >= 0);
+    close(fd);
+    REFUSED(bad, "is not a CPR state file");
+#undef REFUSED
+
+    vm_cprload(vm, file);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = vm_counters(vm);
+    check_not_behind(before, after);
+    check_consistent(after);
+    check_moving(vm, after);
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
+/* A full disk: no file under the name, the VM paused, cont goes on */
+static void test_reboot_disk_full(void)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+    CprVm *vm = vm_start("q35", -1);
+    g_autoptr(GDir) d = NULL;
+
+    if (mount("cpr-test", dir, "tmpfs", 0, "size=8m,mode=0700") < 0) {
+        g_error("cannot mount a small tmpfs on %s: %s", dir,
+                strerror(errno));
+    }
+    vm_wait_passes(vm, 2);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'reboot'}}", file));
+    g_assert(strstr(err, "No space left on device"));
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    d = g_dir_open(dir, 0, NULL);
+    g_assert(d && !g_dir_read_name(d));     /* nothing left behind */
+    before = vm_counters(vm);
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, before);
+    g_assert(umount(dir) == 0);
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
+/* Blockers name the mode: a snapshot blocks reboot (and restart) */
+static void test_reboot_blocked(void)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree char *err = NULL, *out = NULL;
+    g_autofree uint64_t *before = NULL;
+    CprVm *vm = vm_start("q35", -1);
+    QDict *info;
+    QListEntry *e;
+    bool reboot = false;
+
+    vm_wait_passes(vm, 1);
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-snapshot'}"));
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    QLIST_FOREACH_ENTRY(qdict_get_qlist(info, "blockers"), e) {
+        QDict *b = qobject_to(QDict, qlist_entry_obj(e));
+
+        /* anonymous RAM blocks restart only */
+        if (!strcmp(qdict_get_str(b, "mode"), "reboot")) {
+            g_assert_cmpstr(qdict_get_str(b, "object"), !=, "pc.ram");
+            reboot = true;
+        }
+    }
+    g_assert(reboot);
+    qobject_unref(info);
+    out = vm_hmp(vm, "info cpr");
+    g_assert(strstr(out, "modes: restart reboot"));
+    g_assert(strstr(out, "blocker (reboot): migration: "));
+
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'reboot'}}", file));
+    g_assert(strstr(err, "cprsave is blocked by 'migration'"));
+    g_assert(!g_file_test(file, G_FILE_TEST_EXISTS));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'reboot', 'binary': %s}}",
+                          file, getenv("QTEST_QEMU_BINARY")));
+    g_assert_cmpstr(err, ==, "'binary' is only for mode 'restart'");
+
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-snapshot-drop'}"));
+    vm_cprsave_reboot(vm, file);
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
 typedef struct CprTestCase {
     const char *accel;
     void (*fn)(void);
@@ -1494,5 +1919,11 @@ int main(int argc, char **argv)
     add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("restart/only-registered-fds", test_only_registered_fds);
+    add_test("reboot/round-trip", test_reboot_round_trip);
+    add_test("reboot/cont", test_reboot_cont);
+    add_test("reboot/file-backend", test_reboot_file_backend);
+    add_test("reboot/bad-files", test_reboot_bad_files);
+    add_test("reboot/disk-full", test_reboot_disk_full);
+    add_test("reboot/blocked", test_reboot_blocked);
     return g_test_run();
 }

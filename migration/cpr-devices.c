@@ -1,0 +1,116 @@
+/*
+ * CPR: the device and CPU state stream that every mode saves and loads
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Every CPR mode saves the device and CPU state of a stopped VM the same
+ * way: qemu_save_device_state() into a memory buffer, which the mode then
+ * writes into its state file or keeps in memory (snapshot).  Loading is
+ * qemu_load_device_state() over that buffer, with the time spent putting
+ * the CPUs' state back into the accelerator measured apart.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/timer.h"
+#include "qemu/units.h"
+#include "qapi/error.h"
+#include "io/channel-buffer.h"
+#include "sysemu/cpus.h"
+#include "migration/qemu-file.h"
+#include "migration/savevm.h"
+#include "migration/migration.h"
+#include "cpr-internal.h"
+
+bool cpr_save_devices(GByteArray *b, Error **errp)
+{
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(256 * KiB);
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
+    int ret;
+
+    ret = qemu_save_device_state(f);
+    qemu_fflush(f);
+    if (!ret) {
+        ret = qemu_file_get_error(f);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "cannot save device state");
+    } else {
+        g_byte_array_append(b, bioc->data, bioc->usage);
+    }
+    qemu_fclose(f);
+    object_unref(OBJECT(bioc));
+    return ret >= 0;
+}
+
+bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
+                      Error **errp)
+{
+    int64_t t;
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
+    QEMUFile *f;
+    int ret;
+
+    memcpy(bioc->data, data, len);
+    bioc->usage = len;
+    f = qemu_file_new_input(QIO_CHANNEL(bioc));
+
+    if (qemu_get_be32(f) != QEMU_VM_FILE_MAGIC ||
+        qemu_get_be32(f) != QEMU_VM_FILE_VERSION) {
+        error_setg(errp, "the device state has no valid header");
+        ret = -EINVAL;
+        goto out;
+    }
+    cpu_synchronize_all_pre_loadvm();
+    /* As qemu_load_device_state(), timing the CPUs' own part */
+    ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
+    if (ret < 0) {
+        error_setg(errp, "cannot load device state (%s); see the error log "
+                   "for the device that refused it", strerror(-ret));
+        goto out;
+    }
+    t = get_clock();
+    cpu_synchronize_all_post_init();
+    if (cpu_ns) {
+        *cpu_ns = get_clock() - t;
+    }
+out:
+    qemu_fclose(f);
+    object_unref(OBJECT(bioc));
+    return ret >= 0;
+}
+
+/*
+ * The stream is the file magic and version, then sections: type byte
+ * QEMU_VM_SECTION_FULL, section id, name (length byte + bytes), instance
+ * id, version id, the fields, and a footer (QEMU_VM_SECTION_FOOTER +
+ * section id).  Fields have no length, so a section ends at the first
+ * footer for its id; good enough to name where two streams differ.
+ */
+char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at)
+{
+    char name[256] = "header";
+    size_t pos = 8;
+
+    while (pos + 6 <= len && data[pos] == QEMU_VM_SECTION_FULL) {
+        uint8_t footer[5] = { QEMU_VM_SECTION_FOOTER };
+        size_t nlen = data[pos + 5], end;
+        const uint8_t *f;
+
+        if (pos + 6 + nlen + 8 > len) {
+            break;
+        }
+        memcpy(footer + 1, data + pos + 1, 4);
+        memcpy(name, data + pos + 6, nlen);
+        name[nlen] = 0;
+        pos += 6 + nlen + 8;
+        f = memmem(data + pos, len - pos, footer, sizeof(footer));
+        end = f ? f - data + sizeof(footer) : len;
+        if (at < end) {
+            return g_strdup(name);
+        }
+        pos = end;
+    }
+    return g_strdup(at < pos ? name : "end of stream");
+}

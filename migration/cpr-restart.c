@@ -1,0 +1,131 @@
+/*
+ * CPR restart mode: a new QEMU binary executed in the same process
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * After the state file is written, guest RAM (memfds) and the registered
+ * descriptors are kept and the QEMU binary is executed with the same
+ * arguments.  Guest RAM is never copied.  If anything fails before the
+ * new binary runs, everything is undone and the VM resumes here.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/error-report.h"
+#include "qemu/config-file.h"
+#include "qemu/option.h"
+#include "block/block.h"
+#include "chardev/char-socket-cpr.h"
+#include "migration/cpr.h"
+#include "monitor/fdset-cpr.h"
+#include "monitor/monitor.h"
+#include "net/tap-cpr.h"
+#include "sysemu/runstate.h"
+#include "sysemu/sysemu.h"
+#include "cpr-internal.h"
+#include "trace.h"
+
+static int cpr_restart_sandbox_blocker(void *opaque, QemuOpts *opts,
+                                       Error **errp)
+{
+    const char *spawn = qemu_opt_get(opts, "spawn");
+
+    if (qemu_opt_get_bool(opts, "enable", false) && spawn &&
+        !strcmp(spawn, "deny")) {
+        cpr_add_blocker(opaque, CPR_MODE_RESTART, "sandbox",
+                        "-sandbox spawn=deny makes the kernel kill QEMU "
+                        "when it executes the new binary; start QEMU "
+                        "without spawn=deny (libvirt: seccomp_sandbox = 0)");
+    }
+    return 0;
+}
+
+static void cpr_restart_blockers(CprBlockerList ***tail)
+{
+    QemuOptsList *sandbox = qemu_find_opts_err("sandbox", NULL);
+
+    if (is_daemonized()) {
+        cpr_add_blocker(tail, CPR_MODE_RESTART, "daemonize",
+                        "QEMU was started with -daemonize, which the "
+                        "restarted process would do again; run QEMU in the "
+                        "foreground under a supervisor");
+    }
+    if (sandbox) {
+        qemu_opts_foreach(sandbox, cpr_restart_sandbox_blocker, tail, NULL);
+    }
+    cpr_ram_add_blockers(tail);
+}
+
+static bool cpr_restart_check(const char *binary, Error **errp)
+{
+    const char *exec_path = binary ?: cpr_get_exec_path();
+
+    if (access(exec_path, X_OK) < 0) {
+        error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
+        return false;
+    }
+    return true;
+}
+
+/* Returns only if the new binary could not be executed */
+static bool cpr_restart_finish(const char *file, const char *binary,
+                               Error **errp)
+{
+    const char *exec_path = binary ?: cpr_get_exec_path();
+    Error *err = NULL;
+    pid_t helper;
+
+    cpr_ram_register_fds();
+    char_socket_cpr_register();
+    monitor_qmp_cpr_register(true);
+    monitor_fdset_cpr_register(true);
+    tap_cpr_register();
+    if (!cpr_notify(CPR_EVENT_EXEC, errp) || !cpr_mm_prepare(errp)) {
+        goto undo;
+    }
+    if (!cpr_state_exec_prepare(errp)) {
+        helper = -1;
+        goto release;
+    }
+    helper = cpr_mm_start(errp);
+    if (helper < 0) {
+        goto abort;
+    }
+    cpr_state_set_helper(helper);
+    if (bdrv_inactivate_all() < 0) {
+        error_setg(errp, "cannot hand over block devices");
+        goto abort;
+    }
+    trace_cpr_exec(exec_path);
+    execv(exec_path, cpr_get_argv());
+    error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
+    bdrv_activate_all(&err);
+    if (err) {
+        warn_report_err(err);
+    }
+abort:
+    cpr_state_exec_abort();
+release:
+    cpr_mm_release(helper);
+undo:
+    cpr_notify(CPR_EVENT_EXEC_FAILED, NULL);
+    tap_cpr_unregister();
+    monitor_fdset_cpr_register(false);
+    monitor_qmp_cpr_register(false);
+    char_socket_cpr_unregister();
+    cpr_ram_unregister_fds();
+    unlink(file);
+    return false;
+}
+
+const CprModeOps cpr_restart_ops = {
+    .mode = CPR_MODE_RESTART,
+    .stop_state = RUN_STATE_SAVE_VM,
+    .resume_on_error = true,
+    .has_binary = true,
+    .blockers = cpr_restart_blockers,
+    .check = cpr_restart_check,
+    .finish = cpr_restart_finish,
+};
