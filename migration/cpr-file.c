@@ -74,6 +74,11 @@ static const VMStateDescription vmstate_cpr_ram_entry_file = {
     },
 };
 
+static const VMStateDescription *vmstate_cpr_ram_entry_subsections[] = {
+    &vmstate_cpr_ram_entry_file,
+    NULL
+};
+
 static const VMStateDescription vmstate_cpr_ram_entry = {
     .name = "cpr-ram-block",
     .version_id = 1,
@@ -86,10 +91,7 @@ static const VMStateDescription vmstate_cpr_ram_entry = {
         VMSTATE_UINT64(max_length, CprRamEntry),
         VMSTATE_END_OF_LIST()
     },
-    .subsections = (const VMStateDescription *[]) {
-        &vmstate_cpr_ram_entry_file,
-        NULL
-    },
+    .subsections = vmstate_cpr_ram_entry_subsections,
 };
 
 static int cpr_file_header_pre_load(void *opaque)
@@ -130,6 +132,11 @@ static const VMStateDescription vmstate_cpr_file_ram = {
     },
 };
 
+static const VMStateDescription *vmstate_cpr_file_subsections[] = {
+    &vmstate_cpr_file_ram,
+    NULL
+};
+
 static const VMStateDescription vmstate_cpr_file = {
     .name = "cpr-file",
     .version_id = 1,
@@ -144,10 +151,7 @@ static const VMStateDescription vmstate_cpr_file = {
                                     vmstate_cpr_ram_entry, CprRamEntry),
         VMSTATE_END_OF_LIST()
     },
-    .subsections = (const VMStateDescription *[]) {
-        &vmstate_cpr_file_ram,
-        NULL
-    },
+    .subsections = vmstate_cpr_file_subsections,
 };
 
 void cpr_file_free(CprFile *cf)
