@@ -18,10 +18,12 @@
 #include "qapi/error.h"
 #include "io/channel-buffer.h"
 #include "sysemu/cpus.h"
+#include "sysemu/runstate.h"
 #include "migration/qemu-file.h"
 #include "migration/savevm.h"
 #include "migration/migration.h"
 #include "cpr-internal.h"
+#include "trace.h"
 
 bool cpr_save_devices(GByteArray *b, Error **errp)
 {
@@ -42,6 +44,23 @@ bool cpr_save_devices(GByteArray *b, Error **errp)
     qemu_fclose(f);
     object_unref(OBJECT(bioc));
     return ret >= 0;
+}
+
+/* A load failed after some devices had taken their part of the stream */
+static bool cpr_devices_half_loaded;
+
+void cpr_load_devices_prepare(void)
+{
+    if (cpr_devices_half_loaded) {
+        /*
+         * As at start-up: devices that loaded state (and mapped regions,
+         * started timers) go back to their reset state before the next
+         * load.  VFIO devices kept by cprsave restart skip their reset.
+         */
+        trace_cpr_load_devices_reset();
+        qemu_system_reset(SHUTDOWN_CAUSE_NONE);
+        cpr_devices_half_loaded = false;
+    }
 }
 
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
@@ -66,6 +85,7 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
     /* As qemu_load_device_state(), timing the CPUs' own part */
     ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
     if (ret < 0) {
+        cpr_devices_half_loaded = true;
         error_setg(errp, "cannot load device state (%s); see the error log "
                    "for the device that refused it", strerror(-ret));
         goto out;

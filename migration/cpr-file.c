@@ -33,6 +33,7 @@
 #include "migration/cpr.h"
 #include "migration/qemu-file.h"
 #include "migration/vmstate.h"
+#include "migration/savevm.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
@@ -188,6 +189,8 @@ static void cpr_file_put_header(CprFile *cf, GByteArray *b)
     QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
 
     vmstate_save_state(f, &vmstate_cpr_file, cf, NULL);
+    /* Ends the header: loading its last subsections never reads past it */
+    qemu_put_byte(f, QEMU_VM_EOF);
     qemu_fflush(f);
     g_byte_array_append(b, bioc->data, bioc->usage);
     qemu_fclose(f);
@@ -350,6 +353,9 @@ static bool cpr_file_parse_header(CprFile *cf, size_t hlen, Error **errp)
     bioc->usage = hlen;
     f = qemu_file_new_input(QIO_CHANNEL(bioc));
     ret = vmstate_load_state(f, &vmstate_cpr_file, cf, 1);
+    if (!ret && (qemu_get_byte(f) != QEMU_VM_EOF || qemu_file_get_error(f))) {
+        ret = -EINVAL;
+    }
     qemu_fclose(f);
     object_unref(OBJECT(bioc));
     if (ret < 0) {
@@ -421,7 +427,9 @@ CprFile *cpr_file_read(const char *path, Error **errp)
     }
     close(fd);
     fd = -1;
-    if (ldl_be_p(cf->data + len - 4) != crc32(0, cf->data, len - 4)) {
+    /* ldl_be_p() gives an int: compare as the 32-bit CRC it is */
+    if ((uint32_t)ldl_be_p(cf->data + len - 4) !=
+        (uint32_t)crc32(0, cf->data, len - 4)) {
         error_setg(errp, "'%s' is corrupt: checksum mismatch", path);
         return NULL;
     }

@@ -68,6 +68,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
 bool cpr_save_devices(GByteArray *b, Error **errp);
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp);
+/*
+ * Before a load: if an earlier one failed half-way through the devices,
+ * reset the machine, so that every device loads into its reset state.
+ * Call it before guest RAM is loaded (a reset rewrites ROMs).
+ */
+void cpr_load_devices_prepare(void);
 /* The name of the section of a device state stream that holds byte @at */
 char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at);
 

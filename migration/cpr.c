@@ -310,6 +310,7 @@ void qmp_cprload(const char *file, Error **errp)
     }
     trace_cpr_load_start(file);
 
+    cpr_load_devices_prepare();
     if (!cpr_ram_resize(cf, errp)) {
         return;
     }
