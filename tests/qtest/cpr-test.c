@@ -1760,6 +1760,7 @@ static void test_reboot_bad_files(void)
         data[ldq_be_p(data + 16) / 2] ^= 0x55;
         g_assert(g_file_set_contents(bad, data, len, NULL));
         REFUSED(bad, "is corrupt: checksum mismatch");
+        data[ldq_be_p(data + 16) / 2] ^= 0x55;
         /* truncated in its RAM, then inside its envelope */
         g_assert(g_file_set_contents(bad, data, len - 4096, NULL));
         REFUSED(bad, "is truncated");
@@ -1805,10 +1806,13 @@ static void test_reboot_disk_full(void)
     g_assert_cmpstr(vm_status(vm), ==, "paused");
     d = g_dir_open(dir, 0, NULL);
     g_assert(d && !g_dir_read_name(d));     /* nothing left behind */
+    g_clear_pointer(&d, g_dir_close);
     before = vm_counters(vm);
     qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
     check_moving(vm, before);
-    g_assert(umount(dir) == 0);
+    if (umount(dir) < 0) {
+        g_error("cannot unmount %s: %s", dir, strerror(errno));
+    }
     vm_kill(vm);
     rm_dir(dir);
 }
