@@ -2,7 +2,8 @@
 # make bench: blackout of cprsave/cprload next to the stock ways, for the
 # boot-sector guest at several RAM sizes and for the Linux guest with its
 # network and disks (needs root: network namespace, tap); then restores
-# per second of the in-process snapshot next to loadvm.
+# per second of the in-process snapshot next to loadvm; then reboot mode's
+# save and restore next to the raw disk and to migrate-to-file.
 set -euo pipefail
 here=$(dirname "$0")
 python3 "$here/blackout.py"
@@ -10,3 +11,5 @@ echo
 python3 "$here/linux-blackout.py"
 echo
 python3 "$here/snapshot.py"
+echo
+python3 "$here/reboot.py"

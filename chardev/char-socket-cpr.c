@@ -26,7 +26,7 @@ static char *cpr_name(Chardev *chr, const char *what)
     return g_strdup_printf("chardev:%s:%s", chr->label, what);
 }
 
-static int char_socket_cpr_register_one(Object *obj, void *opaque)
+static int char_socket_cpr_keep_one(Object *obj, void *opaque)
 {
     bool keep = opaque;
     Chardev *chr = (Chardev *)object_dynamic_cast(obj, TYPE_CHARDEV_SOCKET);
@@ -41,31 +41,20 @@ static int char_socket_cpr_register_one(Object *obj, void *opaque)
     listen = cpr_name(chr, "listen");
     conn = cpr_name(chr, "conn");
     for (i = 0; s->listener && i < s->listener->nsioc; i++) {
-        if (keep) {
-            cpr_save_fd(listen, i, s->listener->sioc[i]->fd);
-        } else {
-            cpr_delete_fd(listen, i);
-        }
+        cpr_keep_fd(listen, i, s->listener->sioc[i]->fd, keep);
     }
-    if (keep && s->state == TCP_CHARDEV_STATE_CONNECTED && s->sioc) {
-        cpr_save_fd(conn, 0, s->sioc->fd);
-    } else {
-        cpr_delete_fd(conn, 0);
-    }
+    cpr_keep_fd(conn, 0, s->sioc ? s->sioc->fd : -1,
+                keep && s->state == TCP_CHARDEV_STATE_CONNECTED && s->sioc);
     return 0;
 }
 
-void char_socket_cpr_register(void)
+/* Listening sockets and their connected client cross execve */
+static void char_socket_cpr_keep(bool keep)
 {
-    object_child_foreach(get_chardevs_root(), char_socket_cpr_register_one,
-                         (void *)true);
+    object_child_foreach(get_chardevs_root(), char_socket_cpr_keep_one,
+                         (void *)keep);
 }
-
-void char_socket_cpr_unregister(void)
-{
-    object_child_foreach(get_chardevs_root(), char_socket_cpr_register_one,
-                         (void *)false);
-}
+CPR_KEEPER(char_socket_cpr_keep)
 
 bool char_socket_cpr_adopt_listener(Chardev *chr, QIONetListener *listener)
 {
@@ -75,7 +64,7 @@ bool char_socket_cpr_adopt_listener(Chardev *chr, QIONetListener *listener)
     if (!cpr_is_incoming()) {
         return false;
     }
-    for (i = 0; (fd = cpr_find_fd(name, i)) >= 0; i++) {
+    for (i = 0; (fd = cpr_take_fd(name, i)) >= 0; i++) {
         Error *err = NULL;
         QIOChannelSocket *sioc = qio_channel_socket_new_fd(fd, &err);
 
@@ -94,5 +83,5 @@ int char_socket_cpr_take_client(Chardev *chr)
 {
     g_autofree char *name = cpr_name(chr, "conn");
 
-    return cpr_is_incoming() ? cpr_find_fd(name, 0) : -1;
+    return cpr_is_incoming() ? cpr_take_fd(name, 0) : -1;
 }

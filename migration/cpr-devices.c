@@ -10,6 +10,9 @@
  * writes into its state file or keeps in memory (snapshot).  Loading is
  * qemu_load_device_state() over that buffer, with the time spent putting
  * the CPUs' state back into the accelerator measured apart.
+ *
+ * CPR's own records (the state file's header, the registry of kept
+ * descriptors) are vmstate in memory buffers too, written and read here.
  */
 
 #include "qemu/osdep.h"
@@ -20,10 +23,51 @@
 #include "sysemu/cpus.h"
 #include "sysemu/runstate.h"
 #include "migration/qemu-file.h"
+#include "migration/vmstate.h"
 #include "migration/savevm.h"
 #include "migration/migration.h"
 #include "cpr-internal.h"
 #include "trace.h"
+
+void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
+                      GByteArray *b)
+{
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(4 * KiB);
+    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
+
+    vmstate_save_state(f, vmsd, opaque, NULL);
+    /* Ends the record: loading its last subsections never reads past it */
+    qemu_put_byte(f, QEMU_VM_EOF);
+    qemu_fflush(f);
+    g_byte_array_append(b, bioc->data, bioc->usage);
+    qemu_fclose(f);
+    object_unref(OBJECT(bioc));
+}
+
+bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
+                      const uint8_t *data, size_t len)
+{
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
+    QEMUFile *f;
+    int ret;
+
+    memcpy(bioc->data, data, len);
+    bioc->usage = len;
+    f = qemu_file_new_input(QIO_CHANNEL(bioc));
+    ret = vmstate_load_state(f, vmsd, opaque, vmsd->version_id);
+    if (!ret && (qemu_get_byte(f) != QEMU_VM_EOF || qemu_file_get_error(f))) {
+        ret = -EINVAL;
+    }
+    qemu_fclose(f);
+    object_unref(OBJECT(bioc));
+    return ret == 0;
+}
+
+bool cpr_vmstate_string_ok(const void *s, uint32_t len)
+{
+    return len && s && !((const char *)s)[len - 1] &&
+           strlen(s) == len - 1;
+}
 
 bool cpr_save_devices(GByteArray *b, Error **errp)
 {

@@ -28,12 +28,9 @@
 #include "qemu/bswap.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
-#include "io/channel-buffer.h"
 #include "hw/boards.h"
 #include "migration/cpr.h"
-#include "migration/qemu-file.h"
 #include "migration/vmstate.h"
-#include "migration/savevm.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
@@ -43,16 +40,11 @@
 /* Larger than any device state: a bad length is refused, not allocated */
 #define CPR_FILE_MAX_ENVELOPE (1 * GiB)
 
-static bool cpr_string_ok(const char *s, uint32_t len)
-{
-    return len && s && !s[len - 1] && strlen(s) == len - 1;
-}
-
 static int cpr_ram_entry_post_load(void *opaque, int version_id)
 {
     CprRamEntry *e = opaque;
 
-    return cpr_string_ok(e->idstr, e->idstr_len) ? 0 : -EINVAL;
+    return cpr_vmstate_string_ok(e->idstr, e->idstr_len) ? 0 : -EINVAL;
 }
 
 static bool cpr_ram_entry_in_file(void *opaque)
@@ -108,7 +100,8 @@ static int cpr_file_header_post_load(void *opaque, int version_id)
 {
     CprFile *cf = opaque;
 
-    if (!cpr_string_ok(cf->machine, cf->machine_len) || cf->nr_ram < 0) {
+    if (!cpr_vmstate_string_ok(cf->machine, cf->machine_len) ||
+        cf->nr_ram < 0) {
         return -EINVAL;
     }
     return 0;
@@ -185,16 +178,7 @@ CprFile *cpr_file_new(CprMode mode)
 /* The header as vmstate, appended to @b */
 static void cpr_file_put_header(CprFile *cf, GByteArray *b)
 {
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(4 * KiB);
-    QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
-
-    vmstate_save_state(f, &vmstate_cpr_file, cf, NULL);
-    /* Ends the header: loading its last subsections never reads past it */
-    qemu_put_byte(f, QEMU_VM_EOF);
-    qemu_fflush(f);
-    g_byte_array_append(b, bioc->data, bioc->usage);
-    qemu_fclose(f);
-    object_unref(OBJECT(bioc));
+    cpr_vmstate_save(&vmstate_cpr_file, cf, b);
 }
 
 size_t cpr_file_envelope_size(CprFile *cf, size_t devices_len)
@@ -345,20 +329,8 @@ static bool cpr_read_all(int fd, uint8_t *p, size_t len, off_t off)
 /* Parse the header at @cf->data, already checked against its CRC */
 static bool cpr_file_parse_header(CprFile *cf, size_t hlen, Error **errp)
 {
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(hlen);
-    QEMUFile *f;
-    int ret;
-
-    memcpy(bioc->data, cf->data + CPR_FILE_PREFIX, hlen);
-    bioc->usage = hlen;
-    f = qemu_file_new_input(QIO_CHANNEL(bioc));
-    ret = vmstate_load_state(f, &vmstate_cpr_file, cf, 1);
-    if (!ret && (qemu_get_byte(f) != QEMU_VM_EOF || qemu_file_get_error(f))) {
-        ret = -EINVAL;
-    }
-    qemu_fclose(f);
-    object_unref(OBJECT(bioc));
-    if (ret < 0) {
+    if (!cpr_vmstate_load(&vmstate_cpr_file, cf, cf->data + CPR_FILE_PREFIX,
+                          hlen)) {
         error_setg(errp, "'%s' is corrupt: its header cannot be read",
                    cf->path);
         return false;

@@ -12,6 +12,7 @@
 #include "qapi/qapi-types-cpr.h"
 #include "qapi/qapi-types-run-state.h"
 #include "migration/cpr.h"
+#include "migration/vmstate.h"
 
 /* One RAM block as recorded in a state file */
 typedef struct CprRamEntry {
@@ -61,6 +62,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
 
 /* cpr-devices.c: the device and CPU state stream of every mode */
 
+/* Append @opaque as @vmsd's record to @b, / load it from @data */
+void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
+                      GByteArray *b);
+bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
+                      const uint8_t *data, size_t len);
+/* @s holds @len bytes: a string and its NUL, nothing after */
+bool cpr_vmstate_string_ok(const void *s, uint32_t len);
+
 /*
  * Append the stream to @b / load it from @data; @cpu_ns, if not NULL,
  * gets the time spent putting the CPUs' state back into the accelerator.
@@ -90,8 +99,6 @@ bool cpr_ram_resize(CprFile *cf, Error **errp);
 /* cprload succeeded: forget which blocks were kept */
 void cpr_ram_load_done(void);
 void cpr_ram_add_blockers(CprBlockerList ***tail);
-void cpr_ram_register_fds(void);
-void cpr_ram_unregister_fds(void);
 
 /* A mode of cprsave: the hooks of cpr-<mode>.c around the common path */
 typedef struct CprModeOps {
@@ -106,16 +113,30 @@ typedef struct CprModeOps {
     bool (*check)(const char *binary, Error **errp);
     /* After the state file is written; false (errp set) if that failed */
     bool (*finish)(const char *file, const char *binary, Error **errp);
+
+    /* cprload */
+    /* Whether this process can load a file of the mode now */
+    bool (*load_pending)(void);
+    /* Guest RAM was kept across execve, not written into the file */
+    bool ram_kept;
+    /* Put guest RAM back from the file (NULL: it was kept) */
+    bool (*load_ram)(CprFile *cf, Error **errp);
+    /* Device state is loaded: before the VM's run state is restored */
+    void (*loaded)(void);
+    /* The VM is back in its run state: what the mode lets go of */
+    void (*load_done)(void);
+    /* Why a file of another mode cannot be loaded here (after its mode) */
+    const char *other_mode_hint;
 } CprModeOps;
 
 extern const CprModeOps cpr_restart_ops;
 extern const CprModeOps cpr_reboot_ops;
 
-/* cpr.c */
+/* cpr-hooks.c: what subsystems registered */
 bool cpr_notify(CprEvent event, Error **errp);
-
-/* cpr-reboot.c */
-bool cpr_reboot_load_ram(CprFile *cf, Error **errp);
+void cpr_set_saving(bool saving);
+/* Blockers from devices, migration blockers and blocker functions */
+void cpr_hooks_add_blockers(CprBlockerList ***tail);
 
 /* cpr-mm.c */
 bool cpr_mm_prepare(Error **errp);
@@ -128,7 +149,10 @@ void cpr_mm_incoming(pid_t pid);
 CprSnapshotInfo *cpr_snapshot_info(void);
 
 /* cpr-state.c */
-void cpr_state_set_helper(pid_t pid);
+/* Read the state a cprsave restart left for this process, if any */
+void cpr_state_init(int argc, char **argv, Error **errp);
+pid_t cpr_state_get_helper(void);
+bool cpr_state_set_helper(pid_t pid, Error **errp);
 /* After cpr_state_exec_prepare(): the descriptors execve will close */
 GArray *cpr_state_exec_closing_fds(void);
 void cpr_forget_fd(const char *name, int id);

@@ -259,7 +259,7 @@ void cpr_mm_incoming(pid_t pid)
         cpr_forget_fd(CPR_MM_FD_NAME, 0);
         return;
     }
-    cpr_mm_pipe = cpr_find_fd(CPR_MM_FD_NAME, 0);
+    cpr_mm_pipe = cpr_take_fd(CPR_MM_FD_NAME, 0);
     if (pid > 0) {
         qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,
                            (void *)(uintptr_t)pid, QEMU_THREAD_DETACHED);

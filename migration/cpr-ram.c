@@ -88,7 +88,7 @@ void cpr_ram_adopt(RAMBlock *rb)
         return;
     }
     name = cpr_ram_fd_name(rb);
-    fd = cpr_find_fd(name, 0);
+    fd = cpr_take_fd(name, 0);
     if (fd < 0) {
         return;
     }
@@ -277,31 +277,19 @@ void cpr_ram_add_blockers(CprBlockerList ***tail)
     qemu_ram_foreach_block(cpr_ram_blocker_one, tail);
 }
 
-static int cpr_ram_register_one(RAMBlock *rb, void *opaque)
-{
-    g_autofree char *name = NULL;
-
-    if (qemu_ram_is_migratable(rb) && rb->fd >= 0) {
-        name = cpr_ram_fd_name(rb);
-        cpr_save_fd(name, 0, rb->fd);
-    }
-    return 0;
-}
-
-static int cpr_ram_unregister_one(RAMBlock *rb, void *opaque)
+static int cpr_ram_keep_one(RAMBlock *rb, void *opaque)
 {
     g_autofree char *name = cpr_ram_fd_name(rb);
+    bool keep = opaque;
 
-    cpr_delete_fd(name, 0);
+    cpr_keep_fd(name, 0, rb->fd,
+                keep && qemu_ram_is_migratable(rb) && rb->fd >= 0);
     return 0;
 }
 
-void cpr_ram_register_fds(void)
+/* The memfds of guest RAM cross execve */
+static void cpr_ram_keep(bool keep)
 {
-    qemu_ram_foreach_block(cpr_ram_register_one, NULL);
+    qemu_ram_foreach_block(cpr_ram_keep_one, (void *)keep);
 }
-
-void cpr_ram_unregister_fds(void)
-{
-    qemu_ram_foreach_block(cpr_ram_unregister_one, NULL);
-}
+CPR_KEEPER(cpr_ram_keep)

@@ -31,6 +31,7 @@
 #include "exec/ramblock.h"
 #include "exec/ram_addr.h"
 #include "migration/cpr.h"
+#include "migration/migration.h"
 #include "sysemu/runstate.h"
 #include "cpr-internal.h"
 #include "trace.h"
@@ -310,19 +311,6 @@ static const CprFileOps cpr_reboot_file_ops = {
     .durable = true,
 };
 
-/* The VM stays paused here: quit, or cont to change one's mind */
-static bool cpr_reboot_finish(const char *file, const char *binary,
-                              Error **errp)
-{
-    return true;
-}
-
-const CprModeOps cpr_reboot_ops = {
-    .mode = CPR_MODE_REBOOT,
-    .stop_state = RUN_STATE_PAUSED,
-    .file = &cpr_reboot_file_ops,
-    .finish = cpr_reboot_finish,
-};
 
 /* Clear what an earlier load, or the machine's reset, wrote into @rb */
 static void cpr_reboot_clear(RAMBlock *rb)
@@ -332,7 +320,7 @@ static void cpr_reboot_clear(RAMBlock *rb)
     }
 }
 
-bool cpr_reboot_load_ram(CprFile *cf, Error **errp)
+static bool cpr_reboot_load_ram(CprFile *cf, Error **errp)
 {
     g_autoptr(GArray) chunks = g_array_new(false, false,
                                            sizeof(CprRebootChunk));
@@ -398,3 +386,28 @@ bool cpr_reboot_load_ram(CprFile *cf, Error **errp)
                           j.direct_fd >= 0);
     return true;
 }
+
+/* The VM stays paused here: quit, or cont to change one's mind */
+static bool cpr_reboot_finish(const char *file, const char *binary,
+                              Error **errp)
+{
+    return true;
+}
+
+/* A fresh QEMU started with -incoming defer, nothing migrated into it */
+static bool cpr_reboot_load_pending(void)
+{
+    return runstate_check(RUN_STATE_INMIGRATE) &&
+           migration_incoming_get_current()->state == MIGRATION_STATUS_NONE;
+}
+
+const CprModeOps cpr_reboot_ops = {
+    .mode = CPR_MODE_REBOOT,
+    .stop_state = RUN_STATE_PAUSED,
+    .file = &cpr_reboot_file_ops,
+    .finish = cpr_reboot_finish,
+    .load_pending = cpr_reboot_load_pending,
+    .load_ram = cpr_reboot_load_ram,
+    .other_mode_hint = ", which only the process that cprsave started can "
+                       "load",
+};

@@ -17,11 +17,7 @@
 #include "qemu/config-file.h"
 #include "qemu/option.h"
 #include "block/block.h"
-#include "chardev/char-socket-cpr.h"
 #include "migration/cpr.h"
-#include "monitor/fdset-cpr.h"
-#include "monitor/monitor.h"
-#include "net/tap-cpr.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
 #include "cpr-internal.h"
@@ -77,11 +73,6 @@ static bool cpr_restart_finish(const char *file, const char *binary,
     Error *err = NULL;
     pid_t helper;
 
-    cpr_ram_register_fds();
-    char_socket_cpr_register();
-    monitor_qmp_cpr_register(true);
-    monitor_fdset_cpr_register(true);
-    tap_cpr_register();
     if (!cpr_notify(CPR_EVENT_EXEC, errp) || !cpr_mm_prepare(errp)) {
         goto undo;
     }
@@ -93,7 +84,9 @@ static bool cpr_restart_finish(const char *file, const char *binary,
     if (helper < 0) {
         goto abort;
     }
-    cpr_state_set_helper(helper);
+    if (!cpr_state_set_helper(helper, errp)) {
+        goto abort;
+    }
     if (bdrv_inactivate_all() < 0) {
         error_setg(errp, "cannot hand over block devices");
         goto abort;
@@ -111,13 +104,31 @@ release:
     cpr_mm_release(helper);
 undo:
     cpr_notify(CPR_EVENT_EXEC_FAILED, NULL);
-    tap_cpr_unregister();
-    monitor_fdset_cpr_register(false);
-    monitor_qmp_cpr_register(false);
-    char_socket_cpr_unregister();
-    cpr_ram_unregister_fds();
     unlink(file);
     return false;
+}
+
+/* This process was started by cprsave restart and waits for cprload */
+static bool cpr_restart_load_pending(void)
+{
+    return cpr_is_incoming();
+}
+
+static void cpr_restart_loaded(void)
+{
+    Error *err = NULL;
+
+    if (!cpr_notify(CPR_EVENT_LOADED, &err)) {
+        warn_report_err(err);
+    }
+}
+
+static void cpr_restart_load_done(void)
+{
+    cpr_ram_load_done();
+    /* Only now let the old address space go, outside the pause. */
+    cpr_mm_done();
+    cpr_state_incoming_done();
 }
 
 const CprModeOps cpr_restart_ops = {
@@ -128,4 +139,10 @@ const CprModeOps cpr_restart_ops = {
     .blockers = cpr_restart_blockers,
     .check = cpr_restart_check,
     .finish = cpr_restart_finish,
+    .load_pending = cpr_restart_load_pending,
+    .ram_kept = true,
+    .loaded = cpr_restart_loaded,
+    .load_done = cpr_restart_load_done,
+    .other_mode_hint = "; this process waits for the file of its cprsave "
+                       "restart",
 };

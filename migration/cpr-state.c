@@ -9,14 +9,15 @@
  * passed to the new process in the environment variable CPR_STATE_ENV.
  * Layout (integers big-endian):
  *
- *   "QEMUCPRS"  be32 version  be32 helper-pid  be32 count
- *   count x { be32 id  be32 fd  be16 name-length  name bytes
- *             be32 value-length  value bytes }
+ *   "QEMUCPRS"  be32 version  be32 helper-pid  be32 length
+ *   length bytes: vmstate "cpr-state", the entries, ended by QEMU_VM_EOF
  *
- * An entry holds a descriptor (fd >= 0) or a string value (fd = -1).
+ * An entry has a name, an id, and a descriptor (fd >= 0) or a string
+ * value (fd = -1).
  *
  * helper-pid is the process holding the old address space (cpr-mm.c),
- * which the new process reaps, or 0.
+ * which the new process reaps, or 0; it is written last, once the helper
+ * runs.
  *
  * Only registered descriptors and the state memfd itself lose
  * FD_CLOEXEC; every other descriptor above stderr gets it.
@@ -34,7 +35,8 @@
 #include "trace.h"
 
 #define CPR_STATE_MAGIC "QEMUCPRS"
-#define CPR_STATE_VERSION 3
+#define CPR_STATE_VERSION 4
+#define CPR_STATE_PREFIX 20     /* magic, version, helper pid, length */
 
 typedef struct CprFd {
     char *name;
@@ -134,7 +136,25 @@ void cpr_delete_fd(const char *name, int id)
     }
 }
 
-int cpr_find_fd(const char *name, int id)
+void cpr_keep_fd(const char *name, int id, int fd, bool keep)
+{
+    if (keep) {
+        cpr_save_fd(name, id, fd);
+    } else {
+        cpr_delete_fd(name, id);
+    }
+}
+
+void cpr_keep_str(const char *name, const char *value, bool keep)
+{
+    if (keep) {
+        cpr_save_str(name, value);
+    } else {
+        cpr_delete_fd(name, 0);
+    }
+}
+
+int cpr_take_fd(const char *name, int id)
 {
     QEMU_LOCK_GUARD(&cpr_incoming_lock);
     int i = cpr_fd_index(cpr_incoming, name, id);
@@ -146,7 +166,7 @@ int cpr_find_fd(const char *name, int id)
         fd = elem->fd;
         g_ptr_array_remove_index(cpr_incoming, i);
     }
-    trace_cpr_find_fd(name, id, fd);
+    trace_cpr_take_fd(name, id, fd);
     return fd;
 }
 
@@ -157,7 +177,7 @@ bool cpr_has_fd(const char *name, int id)
     return cpr_fd_index(cpr_incoming, name, id) >= 0;
 }
 
-char *cpr_find_str(const char *name)
+char *cpr_take_str(const char *name)
 {
     QEMU_LOCK_GUARD(&cpr_incoming_lock);
     int i = cpr_fd_index(cpr_incoming, name, 0);
@@ -209,91 +229,150 @@ const char *cpr_get_exec_path(void)
 
 /* Serialization */
 
+/* An entry as vmstate: the strings with their NUL */
+typedef struct CprFdRecord {
+    int32_t id;
+    int32_t fd;
+    uint32_t name_len;
+    uint8_t *name;
+    uint32_t value_len;         /* 0: no value */
+    uint8_t *value;
+} CprFdRecord;
+
+typedef struct CprStateRecord {
+    int32_t count;
+    CprFdRecord *fds;
+} CprStateRecord;
+
+static int cpr_fd_record_post_load(void *opaque, int version_id)
+{
+    CprFdRecord *r = opaque;
+
+    if (!cpr_vmstate_string_ok(r->name, r->name_len) ||
+        (r->value_len && !cpr_vmstate_string_ok(r->value, r->value_len))) {
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static const VMStateDescription vmstate_cpr_fd = {
+    .name = "cpr-fd",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .post_load = cpr_fd_record_post_load,
+    .fields = (VMStateField[]) {
+        VMSTATE_INT32(id, CprFdRecord),
+        VMSTATE_INT32(fd, CprFdRecord),
+        VMSTATE_UINT32(name_len, CprFdRecord),
+        VMSTATE_VBUFFER_ALLOC_UINT32(name, CprFdRecord, 0, NULL, name_len),
+        VMSTATE_UINT32(value_len, CprFdRecord),
+        VMSTATE_VBUFFER_ALLOC_UINT32(value, CprFdRecord, 0, NULL,
+                                     value_len),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static int cpr_state_record_post_load(void *opaque, int version_id)
+{
+    CprStateRecord *r = opaque;
+
+    return r->count < 0 ? -EINVAL : 0;
+}
+
+static const VMStateDescription vmstate_cpr_state = {
+    .name = "cpr-state",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .post_load = cpr_state_record_post_load,
+    .fields = (VMStateField[]) {
+        VMSTATE_INT32(count, CprStateRecord),
+        VMSTATE_STRUCT_VARRAY_ALLOC(fds, CprStateRecord, count, 0,
+                                    vmstate_cpr_fd, CprFdRecord),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
 static GByteArray *cpr_state_serialize(void)
 {
     GByteArray *buf = g_byte_array_new();
     GPtrArray *list = cpr_fd_list(&cpr_outgoing);
-    uint32_t be32;
-    uint16_t be16;
+    g_autofree CprFdRecord *fds = g_new0(CprFdRecord, list->len);
+    CprStateRecord rec = { .count = list->len, .fds = fds };
+    uint8_t prefix[CPR_STATE_PREFIX];
     guint i;
 
-    g_byte_array_append(buf, (const guint8 *)CPR_STATE_MAGIC, 8);
-    be32 = cpu_to_be32(CPR_STATE_VERSION);
-    g_byte_array_append(buf, (guint8 *)&be32, 4);
-    be32 = 0;                   /* helper pid: cpr_state_set_helper() */
-    g_byte_array_append(buf, (guint8 *)&be32, 4);
-    be32 = cpu_to_be32(list->len);
-    g_byte_array_append(buf, (guint8 *)&be32, 4);
     for (i = 0; i < list->len; i++) {
         CprFd *elem = g_ptr_array_index(list, i);
-        size_t len = strlen(elem->name);
 
-        be32 = cpu_to_be32(elem->id);
-        g_byte_array_append(buf, (guint8 *)&be32, 4);
-        be32 = cpu_to_be32(elem->fd);
-        g_byte_array_append(buf, (guint8 *)&be32, 4);
-        be16 = cpu_to_be16(len);
-        g_byte_array_append(buf, (guint8 *)&be16, 2);
-        g_byte_array_append(buf, (const guint8 *)elem->name, len);
-        len = elem->value ? strlen(elem->value) : 0;
-        be32 = cpu_to_be32(len);
-        g_byte_array_append(buf, (guint8 *)&be32, 4);
-        g_byte_array_append(buf, (const guint8 *)elem->value, len);
+        fds[i] = (CprFdRecord) {
+            .id = elem->id, .fd = elem->fd,
+            .name_len = strlen(elem->name) + 1,
+            .name = (uint8_t *)elem->name,
+            .value_len = elem->value ? strlen(elem->value) + 1 : 0,
+            .value = (uint8_t *)elem->value,
+        };
     }
+    memcpy(prefix, CPR_STATE_MAGIC, 8);
+    stl_be_p(prefix + 8, CPR_STATE_VERSION);
+    stl_be_p(prefix + 12, 0);   /* helper pid: cpr_state_set_helper() */
+    g_byte_array_append(buf, prefix, sizeof(prefix));
+    cpr_vmstate_save(&vmstate_cpr_state, &rec, buf);
+    stl_be_p(buf->data + 16, buf->len - CPR_STATE_PREFIX);
     return buf;
+}
+
+static void cpr_state_record_free(CprStateRecord *rec)
+{
+    int i;
+
+    for (i = 0; rec->fds && i < rec->count; i++) {
+        g_free(rec->fds[i].name);
+        g_free(rec->fds[i].value);
+    }
+    g_free(rec->fds);
 }
 
 static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
 {
-    const uint8_t *end = p + size;
-    uint32_t version, count, i;
+    CprStateRecord rec = { 0 };
+    uint32_t version;
+    int i;
 
-    if (size < 20 || memcmp(p, CPR_STATE_MAGIC, 8)) {
+    if (size < CPR_STATE_PREFIX || memcmp(p, CPR_STATE_MAGIC, 8)) {
         error_setg(errp, "inherited CPR state has no valid header");
         return false;
     }
     version = ldl_be_p(p + 8);
-    cpr_helper_pid = ldl_be_p(p + 12);
-    count = ldl_be_p(p + 16);
     if (version != CPR_STATE_VERSION) {
         error_setg(errp, "inherited CPR state has version %u, expected %u",
                    version, CPR_STATE_VERSION);
         return false;
     }
-    p += 20;
-    for (i = 0; i < count; i++) {
-        CprFd *elem;
-        uint16_t len;
-        uint32_t vlen;
+    cpr_helper_pid = ldl_be_p(p + 12);
+    if (ldl_be_p(p + 16) != size - CPR_STATE_PREFIX) {
+        error_setg(errp, "inherited CPR state is %zu bytes, its header "
+                   "says %u", size - CPR_STATE_PREFIX, ldl_be_p(p + 16));
+        return false;
+    }
+    if (!cpr_vmstate_load(&vmstate_cpr_state, &rec, p + CPR_STATE_PREFIX,
+                          size - CPR_STATE_PREFIX)) {
+        cpr_state_record_free(&rec);
+        error_setg(errp, "inherited CPR state is corrupt");
+        return false;
+    }
+    for (i = 0; i < rec.count; i++) {
+        CprFdRecord *r = &rec.fds[i];
+        CprFd *elem = g_new0(CprFd, 1);
 
-        if (end - p < 10) {
-            goto truncated;
-        }
-        len = lduw_be_p(p + 8);
-        if (end - p < 14 + len) {
-            goto truncated;
-        }
-        vlen = ldl_be_p(p + 10 + len);
-        if (end - p - 14 - len < vlen) {
-            goto truncated;
-        }
-        elem = g_new0(CprFd, 1);
-        elem->id = (int32_t)ldl_be_p(p);
-        elem->fd = (int32_t)ldl_be_p(p + 4);
-        elem->name = g_strndup((const char *)p + 10, len);
-        if (elem->fd < 0) {
-            elem->value = g_strndup((const char *)p + 14 + len, vlen);
-        }
+        elem->id = r->id;
+        elem->fd = r->fd;
+        elem->name = (char *)g_steal_pointer(&r->name);
+        elem->value = (char *)g_steal_pointer(&r->value);
         g_ptr_array_add(cpr_fd_list(&cpr_incoming), elem);
         trace_cpr_state_inherit(elem->name, elem->id, elem->fd);
-        p += 14 + len + vlen;
     }
+    cpr_state_record_free(&rec);
     return true;
-
-truncated:
-    error_setg(errp, "inherited CPR state is truncated at entry %u of %u",
-               i, count);
-    return false;
 }
 
 static bool cpr_state_read(int fd, Error **errp)
@@ -316,7 +395,7 @@ static bool cpr_state_read(int fd, Error **errp)
     return cpr_state_parse(buf, n, errp);
 }
 
-void cpr_init(int argc, char **argv, Error **errp)
+void cpr_state_init(int argc, char **argv, Error **errp)
 {
     const char *env = getenv(CPR_STATE_ENV);
     int i, fd;
@@ -363,7 +442,6 @@ void cpr_init(int argc, char **argv, Error **errp)
         cpr_recovery_reply_sent = !strcmp(getenv(CPR_RECOVERY_ENV), "2");
         g_unsetenv(CPR_RECOVERY_ENV);
     }
-    cpr_mm_incoming(cpr_helper_pid);
     trace_cpr_init_incoming(cpr_incoming ? cpr_incoming->len : 0);
 }
 
@@ -502,13 +580,20 @@ fail:
     return false;
 }
 
-void cpr_state_set_helper(pid_t pid)
+pid_t cpr_state_get_helper(void)
+{
+    return cpr_helper_pid;
+}
+
+bool cpr_state_set_helper(pid_t pid, Error **errp)
 {
     uint32_t be32 = cpu_to_be32(pid);
 
     if (pwrite(cpr_state_fd, &be32, 4, 12) != 4) {
-        /* the new process just does not reap it; init will */
+        error_setg_errno(errp, errno, "cannot write CPR state");
+        return false;
     }
+    return true;
 }
 
 void cpr_state_exec_abort(void)

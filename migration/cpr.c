@@ -34,87 +34,18 @@
 #include "cpr-internal.h"
 #include "trace.h"
 
-void cpr_add_blocker(CprBlockerList ***tail, CprMode mode, const char *object,
-                     const char *fmt, ...)
-{
-    CprBlocker *b = g_new0(CprBlocker, 1);
-    va_list ap;
-
-    va_start(ap, fmt);
-    b->mode = mode;
-    b->object = g_strdup(object);
-    b->reason = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    QAPI_LIST_APPEND(*tail, b);
-}
-
-static NotifierWithReturnList cpr_notifiers =
-    NOTIFIER_WITH_RETURN_LIST_INITIALIZER(cpr_notifiers);
-static GSList *cpr_allowed_blockers;     /* Error * */
-static GSList *cpr_blocker_fns;          /* CprBlockerFn * */
-static bool cpr_saving;
-
-void cpr_add_notifier(NotifierWithReturn *n)
-{
-    notifier_with_return_list_add(&cpr_notifiers, n);
-}
-
-void cpr_remove_notifier(NotifierWithReturn *n)
-{
-    notifier_with_return_remove(n);
-}
-
-bool cpr_notify(CprEvent event, Error **errp)
-{
-    CprNotifyData data = { .event = event, .errp = errp };
-
-    return notifier_with_return_list_notify(&cpr_notifiers, &data) == 0;
-}
-
-bool cpr_save_in_progress(void)
-{
-    return cpr_saving;
-}
-
-void cpr_allow_migration_blocker(Error *reason)
-{
-    cpr_allowed_blockers = g_slist_prepend(cpr_allowed_blockers, reason);
-}
-
-void cpr_disallow_migration_blocker(Error *reason)
-{
-    cpr_allowed_blockers = g_slist_remove(cpr_allowed_blockers, reason);
-}
-
-void cpr_add_blocker_fn(CprBlockerFn *fn)
-{
-    cpr_blocker_fns = g_slist_append(cpr_blocker_fns, fn);
-}
-
 static const CprModeOps *const cpr_modes[CPR_MODE__MAX] = {
     [CPR_MODE_RESTART] = &cpr_restart_ops,
     [CPR_MODE_REBOOT] = &cpr_reboot_ops,
 };
 
-/* Migration blockers block every mode but those a device handles itself */
-static void cpr_add_migration_blocker(Error *err, void *opaque)
+void cpr_init(int argc, char **argv, Error **errp)
 {
-    CprMode m;
+    ERRP_GUARD();
 
-    for (m = 0; m < CPR_MODE__MAX; m++) {
-        if (m != CPR_MODE_RESTART || !g_slist_find(cpr_allowed_blockers, err)) {
-            cpr_add_blocker(opaque, m, "migration", "%s",
-                            error_get_pretty(err));
-        }
-    }
-}
-
-static void cpr_add_unmigratable(const char *idstr, void *opaque)
-{
-    CprMode m;
-
-    for (m = 0; m < CPR_MODE__MAX; m++) {
-        cpr_add_blocker(opaque, m, idstr, "device state cannot be saved");
+    cpr_state_init(argc, argv, errp);
+    if (!*errp && cpr_is_incoming()) {
+        cpr_mm_incoming(cpr_state_get_helper());
     }
 }
 
@@ -122,7 +53,6 @@ static void cpr_add_unmigratable(const char *idstr, void *opaque)
 static CprBlockerList *cpr_blockers(void)
 {
     CprBlockerList *list = NULL, **tail = &list;
-    GSList *fns;
     CprMode m;
 
     for (m = 0; m < CPR_MODE__MAX; m++) {
@@ -130,11 +60,7 @@ static CprBlockerList *cpr_blockers(void)
             cpr_modes[m]->blockers(&tail);
         }
     }
-    qemu_savevm_foreach_unmigratable(cpr_add_unmigratable, &tail);
-    migration_foreach_blocker(cpr_add_migration_blocker, &tail);
-    for (fns = cpr_blocker_fns; fns; fns = fns->next) {
-        ((CprBlockerFn *)fns->data)(&tail);
-    }
+    cpr_hooks_add_blockers(&tail);
     return list;
 }
 
@@ -239,12 +165,12 @@ void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
         error_setg(errp, "cannot flush block devices before saving");
         goto failed;
     }
-    cpr_saving = true;
+    cpr_set_saving(true);
     if (!cpr_file_write(file, mode, ops->file, errp)) {
-        cpr_saving = false;
+        cpr_set_saving(false);
         goto failed;
     }
-    cpr_saving = false;
+    cpr_set_saving(false);
     if (ops->finish(file, has_binary ? binary : NULL, errp)) {
         trace_cpr_save_done(file, CprMode_str(mode));
         return;
@@ -260,12 +186,12 @@ failed:
 /* Which mode's file this process can load now, or -1 with errp set */
 static int cpr_load_mode(Error **errp)
 {
-    if (cpr_is_incoming()) {
-        return CPR_MODE_RESTART;
-    }
-    if (runstate_check(RUN_STATE_INMIGRATE) &&
-        migration_incoming_get_current()->state == MIGRATION_STATUS_NONE) {
-        return CPR_MODE_REBOOT;
+    CprMode m;
+
+    for (m = 0; m < CPR_MODE__MAX; m++) {
+        if (cpr_modes[m]->load_pending && cpr_modes[m]->load_pending()) {
+            return m;
+        }
     }
     error_setg(errp, "no CPR restart is waiting to be loaded, and QEMU was "
                "not started with -incoming defer to load a reboot-mode file");
@@ -278,26 +204,20 @@ void qmp_cprload(const char *file, Error **errp)
     g_autoptr(CprFile) cf = NULL;
     const char *machine = MACHINE_GET_CLASS(current_machine)->name;
     int mode = cpr_load_mode(errp);
-    Error *err = NULL;
+    const CprModeOps *ops;
     RunState state;
 
     if (mode < 0) {
         return;
     }
+    ops = cpr_modes[mode];
     cf = cpr_file_read(file, errp);
     if (!cf) {
         return;
     }
     if (cf->mode != mode) {
-        if (mode == CPR_MODE_RESTART) {
-            error_setg(errp, "'%s' was saved in mode '%s'; this process "
-                       "waits for the file of its cprsave restart", file,
-                       CprMode_str(cf->mode));
-        } else {
-            error_setg(errp, "'%s' was saved in mode '%s', which only the "
-                       "process that cprsave started can load", file,
-                       CprMode_str(cf->mode));
-        }
+        error_setg(errp, "'%s' was saved in mode '%s'%s", file,
+                   CprMode_str(cf->mode), ops->other_mode_hint);
         return;
     }
     if (strcmp(cf->machine, machine)) {
@@ -305,7 +225,7 @@ void qmp_cprload(const char *file, Error **errp)
                    "'%s'", file, cf->machine, machine);
         return;
     }
-    if (!cpr_ram_check(cf, mode == CPR_MODE_RESTART, errp)) {
+    if (!cpr_ram_check(cf, ops->ram_kept, errp)) {
         return;
     }
     trace_cpr_load_start(file);
@@ -314,7 +234,7 @@ void qmp_cprload(const char *file, Error **errp)
     if (!cpr_ram_resize(cf, errp)) {
         return;
     }
-    if (mode == CPR_MODE_REBOOT && !cpr_reboot_load_ram(cf, errp)) {
+    if (ops->load_ram && !ops->load_ram(cf, errp)) {
         return;
     }
     if (!cpr_file_load_devices(cf, errp)) {
@@ -324,8 +244,8 @@ void qmp_cprload(const char *file, Error **errp)
     if (*errp) {
         return;
     }
-    if (mode == CPR_MODE_RESTART && !cpr_notify(CPR_EVENT_LOADED, &err)) {
-        warn_report_err(err);
+    if (ops->loaded) {
+        ops->loaded();
     }
 
     state = global_state_received() ? global_state_get_runstate()
@@ -336,10 +256,7 @@ void qmp_cprload(const char *file, Error **errp)
     } else {
         runstate_set(state);
     }
-    if (mode == CPR_MODE_RESTART) {
-        cpr_ram_load_done();
-        /* Only now let the old address space go, outside the pause. */
-        cpr_mm_done();
-        cpr_state_incoming_done();
+    if (ops->load_done) {
+        ops->load_done();
     }
 }

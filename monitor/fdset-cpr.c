@@ -21,6 +21,8 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
 #include "qapi/qapi-types-misc.h"
 #include "migration/cpr.h"
 #include "monitor/monitor.h"
@@ -49,45 +51,43 @@ static void fdset_cpr_one(int64_t set, int fd, const char *fd_opaque,
         w->pos = 0;
     }
     str = g_strdup_printf("%s:%d", name, w->pos);
-    if (w->keep) {
-        cpr_save_fd(name, w->pos, fd);
-        if (fd_opaque) {
-            cpr_save_str(str, fd_opaque);
-        }
-    } else {
-        cpr_delete_fd(name, w->pos);
-        cpr_delete_fd(str, 0);
-    }
+    cpr_keep_fd(name, w->pos, fd, w->keep);
+    cpr_keep_str(str, fd_opaque, w->keep && fd_opaque);
     w->pos++;
 }
 
-void monitor_fdset_cpr_register(bool keep)
+/* The descriptors of every fd set (-add-fd, add-fd) cross execve */
+static void monitor_fdset_cpr_keep(bool keep)
 {
     FdsetWalk w = { .keep = keep, .sets = g_string_new(NULL) };
 
     monitor_fdsets_foreach(fdset_cpr_one, &w);
-    if (keep && w.sets->len) {
-        cpr_save_str(FDSET_LIST, w.sets->str);
-    } else {
-        cpr_delete_fd(FDSET_LIST, 0);
-    }
+    cpr_keep_str(FDSET_LIST, w.sets->str, keep && w.sets->len);
     g_string_free(w.sets, true);
 }
+CPR_KEEPER(monitor_fdset_cpr_keep)
 
 void monitor_fdset_cpr_restore(void)
 {
-    g_autofree char *list = cpr_find_str(FDSET_LIST);
+    g_autofree char *list = cpr_take_str(FDSET_LIST);
     g_auto(GStrv) sets = g_strsplit(list ?: "", ",", -1);
     int i, pos;
 
     for (i = 0; sets[i] && sets[i][0]; i++) {
-        int64_t set = g_ascii_strtoll(sets[i], NULL, 10);
-        g_autofree char *name = g_strdup_printf("fdset:%" PRId64, set);
+        g_autofree char *name = NULL;
+        int64_t set;
         int fd;
 
-        for (pos = 0; (fd = cpr_find_fd(name, pos)) >= 0; pos++) {
+        if (qemu_strtoi64(sets[i], NULL, 10, &set) < 0) {
+            warn_report("CPR state names fd set '%s', which is not a "
+                        "number; its descriptors are not restored", sets[i]);
+            continue;
+        }
+        name = g_strdup_printf("fdset:%" PRId64, set);
+
+        for (pos = 0; (fd = cpr_take_fd(name, pos)) >= 0; pos++) {
             g_autofree char *str = g_strdup_printf("%s:%d", name, pos);
-            g_autofree char *fd_opaque = cpr_find_str(str);
+            g_autofree char *fd_opaque = cpr_take_str(str);
             AddfdInfo *info;
 
             info = monitor_fdset_add_fd(fd, true, set, !!fd_opaque,

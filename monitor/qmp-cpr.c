@@ -57,13 +57,15 @@ static char *qmp_cpr_reply(MonitorQMP *mon)
     return g_strdup(json->str);
 }
 
-void monitor_qmp_cpr_register(bool keep)
+/* The capabilities and the pending reply of every QMP monitor */
+static void monitor_qmp_cpr_keep(bool keep)
 {
     Monitor *m;
 
     QTAILQ_FOREACH(m, &mon_list, entry) {
         MonitorQMP *mon = container_of(m, MonitorQMP, common);
         g_autofree char *caps = NULL, *reply_name = NULL, *reply = NULL;
+        bool keep_mon;
 
         if (!monitor_is_qmp(m) || !qemu_chr_fe_backend_open(&m->chr)) {
             continue;
@@ -73,18 +75,15 @@ void monitor_qmp_cpr_register(bool keep)
         if (!caps) {
             continue;
         }
-        if (!keep || mon->commands != &qmp_commands) {
-            cpr_delete_fd(caps, 0);
-            cpr_delete_fd(reply_name, 0);
-            continue;
-        }
-        cpr_save_str(caps, mon->capab[QMP_CAPABILITY_OOB] ? "oob" : "");
-        reply = qmp_cpr_reply(mon);
-        if (reply) {
-            cpr_save_str(reply_name, reply);
-        }
+        /* Only a monitor past capabilities negotiation stays so */
+        keep_mon = keep && mon->commands == &qmp_commands;
+        reply = keep_mon ? qmp_cpr_reply(mon) : NULL;
+        cpr_keep_str(caps, mon->capab[QMP_CAPABILITY_OOB] ? "oob" : "",
+                     keep_mon);
+        cpr_keep_str(reply_name, reply, reply != NULL);
     }
 }
+CPR_KEEPER(monitor_qmp_cpr_keep)
 
 bool monitor_qmp_cpr_resume(MonitorQMP *mon)
 {
@@ -96,8 +95,8 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
     if (!caps_name || !cpr_is_incoming()) {
         return false;
     }
-    caps = cpr_find_str(caps_name);
-    reply = cpr_find_str(reply_name);
+    caps = cpr_take_str(caps_name);
+    reply = cpr_take_str(reply_name);
     if (!caps) {
         return false;
     }

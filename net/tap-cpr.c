@@ -26,7 +26,8 @@ static char *tap_cpr_name(const char *netdev)
     return g_strdup_printf("tap:%s", netdev);
 }
 
-static void tap_cpr_walk(bool keep)
+/* The tap descriptors of every netdev (each queue) cross execve */
+static void tap_cpr_keep(bool keep)
 {
     NetClientState *ncs[TAP_CPR_MAX];
     int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
@@ -46,27 +47,14 @@ static void tap_cpr_walk(bool keep)
                      !strcmp(ncs[j]->name, ncs[i]->name);
         }
         name = tap_cpr_name(ncs[i]->name);
-        if (keep) {
-            cpr_save_fd(name, queue, tap_get_fd(ncs[i]));
-        } else {
-            cpr_delete_fd(name, queue);
-        }
+        cpr_keep_fd(name, queue, tap_get_fd(ncs[i]), keep);
     }
 }
-
-void tap_cpr_register(void)
-{
-    tap_cpr_walk(true);
-}
-
-void tap_cpr_unregister(void)
-{
-    tap_cpr_walk(false);
-}
+CPR_KEEPER(tap_cpr_keep)
 
 int tap_cpr_take(const char *netdev, int queue)
 {
     g_autofree char *name = tap_cpr_name(netdev);
 
-    return cpr_is_incoming() ? cpr_find_fd(name, queue) : -1;
+    return cpr_is_incoming() ? cpr_take_fd(name, queue) : -1;
 }

@@ -231,6 +231,29 @@ def start_peer(watch, tap):
     return lsock
 
 
+def tap_mac(tap):
+    with open("/sys/class/net/%s/address" % tap) as f:
+        return f.read().strip()
+
+
+def readdress_peer(tap, mac):
+    """After QEMU created @tap anew (a restore in a fresh QEMU), give its
+    host end the peer address and the MAC address it had, so that the
+    guest's TCP stream to the peer goes on."""
+    subprocess.run(["ip", "link", "set", tap, "address", mac], check=True)
+    subprocess.run(["ip", "addr", "add", "%s/24" % PEER_IP, "dev", tap],
+                   check=True)
+    subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+
+
+def drop_caches():
+    """Nothing read afterwards comes from the page cache, as after a
+    host reboot."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
 def attach_serial(watch, path, timeout=30):
     """Read the heartbeat from the unix-socket serial port at @path."""
     deadline = time.monotonic() + timeout

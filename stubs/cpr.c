@@ -40,7 +40,19 @@ void cpr_delete_fd(const char *name, int id)
 {
 }
 
-int cpr_find_fd(const char *name, int id)
+void cpr_keep_fd(const char *name, int id, int fd, bool keep)
+{
+}
+
+void cpr_keep_str(const char *name, const char *value, bool keep)
+{
+}
+
+void cpr_add_keeper(CprKeepFn *fn)
+{
+}
+
+int cpr_take_fd(const char *name, int id)
 {
     return -1;
 }
@@ -50,7 +62,7 @@ bool cpr_has_fd(const char *name, int id)
     return false;
 }
 
-char *cpr_find_str(const char *name)
+char *cpr_take_str(const char *name)
 {
     return NULL;
 }

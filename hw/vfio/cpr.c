@@ -82,26 +82,26 @@ static char *vfio_cpr_dma_name(int groupid)
 
 int vfio_cpr_group_fd(int groupid)
 {
-    return cpr_is_incoming() ? cpr_find_fd("vfio-group", groupid) : -1;
+    return cpr_is_incoming() ? cpr_take_fd("vfio-group", groupid) : -1;
 }
 
 int vfio_cpr_container_fd(int groupid)
 {
-    return cpr_is_incoming() ? cpr_find_fd("vfio-container", groupid) : -1;
+    return cpr_is_incoming() ? cpr_take_fd("vfio-container", groupid) : -1;
 }
 
 int vfio_cpr_device_fd(const char *name)
 {
     g_autofree char *key = vfio_cpr_dev_name(name);
 
-    return cpr_is_incoming() ? cpr_find_fd(key, 0) : -1;
+    return cpr_is_incoming() ? cpr_take_fd(key, 0) : -1;
 }
 
 int vfio_cpr_notifier_init(VFIODevice *vbasedev, EventNotifier *e,
                            const char *kind, int nr)
 {
     g_autofree char *key = vfio_cpr_irq_name(vbasedev, kind);
-    int fd = vbasedev->cpr_resume ? cpr_find_fd(key, nr) : -1;
+    int fd = vbasedev->cpr_resume ? cpr_take_fd(key, nr) : -1;
 
     if (fd >= 0) {
         trace_vfio_cpr_notifier_kept(vbasedev->name, kind, nr, fd);
@@ -165,7 +165,7 @@ static void vfio_cpr_old_free(gpointer p)
 void vfio_cpr_container_incoming(VFIOContainer *c, int groupid)
 {
     g_autofree char *key = vfio_cpr_dma_name(groupid);
-    g_autofree char *list = cpr_is_incoming() ? cpr_find_str(key) : NULL;
+    g_autofree char *list = cpr_is_incoming() ? cpr_take_str(key) : NULL;
     g_auto(GStrv) lines = NULL;
     int i;
 
@@ -315,11 +315,7 @@ static void vfio_cpr_save_irq(VFIODevice *vbasedev, const char *kind, int nr,
 {
     g_autofree char *key = vfio_cpr_irq_name(vbasedev, kind);
 
-    if (keep) {
-        cpr_save_fd(key, nr, event_notifier_get_fd(e));
-    } else {
-        cpr_delete_fd(key, nr);
-    }
+    cpr_keep_fd(key, nr, event_notifier_get_fd(e), keep);
 }
 
 static void vfio_cpr_save_device(VFIODevice *vbasedev, bool keep)
@@ -328,11 +324,7 @@ static void vfio_cpr_save_device(VFIODevice *vbasedev, bool keep)
     VFIOPCIDevice *vdev;
     int i;
 
-    if (keep) {
-        cpr_save_fd(key, 0, vbasedev->fd);
-    } else {
-        cpr_delete_fd(key, 0);
-    }
+    cpr_keep_fd(key, 0, vbasedev->fd, keep);
     if (vbasedev->type != VFIO_DEVICE_TYPE_PCI) {
         return;
     }

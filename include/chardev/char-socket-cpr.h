@@ -13,8 +13,6 @@
 #include "io/net-listener.h"
 
 /* Old process: keep every socket chardev's sockets across execve, or not */
-void char_socket_cpr_register(void);
-void char_socket_cpr_unregister(void);
 
 /*
  * New process: add the listening sockets @chr had before the restart to

@@ -60,17 +60,39 @@ void cpr_save_str(const char *name, const char *value);
 /* Stop keeping what is registered under @name and @id. */
 void cpr_delete_fd(const char *name, int id);
 
+/* cpr_save_fd() with @keep, else cpr_delete_fd() */
+void cpr_keep_fd(const char *name, int id, int fd, bool keep);
+
+/* cpr_save_str() with @keep, else cpr_delete_fd() of @name, 0 */
+void cpr_keep_str(const char *name, const char *value, bool keep);
+
 /*
- * cpr_find_fd: the descriptor inherited under @name and @id, or -1.
- * The caller owns the descriptor from then on.
+ * cpr_take_fd: the descriptor inherited under @name and @id, or -1.
+ * It leaves the registry: the caller owns the descriptor from then on.
  */
-int cpr_find_fd(const char *name, int id);
+int cpr_take_fd(const char *name, int id);
+
+/*
+ * A subsystem whose objects hold descriptors that cross execve, but
+ * which cannot register them when it gets them (a listening socket that
+ * gets a client, a tap netdev), keeps them with a CprKeepFn: @keep true
+ * when cprsave restart is about to execute the new binary (register
+ * them), false when that failed (drop them).  CPR_KEEPER(fn) at file
+ * scope adds @fn; the command code names no subsystem.
+ */
+typedef void CprKeepFn(bool keep);
+void cpr_add_keeper(CprKeepFn *fn);
+#define CPR_KEEPER(fn)                                                  \
+    static void __attribute__((constructor)) cpr_keeper_ ## fn(void)    \
+    {                                                                   \
+        cpr_add_keeper(fn);                                             \
+    }
 
 /* cpr_has_fd: whether a descriptor is inherited under @name and @id. */
 bool cpr_has_fd(const char *name, int id);
 
-/* cpr_find_str: the string inherited under @name (caller frees), or NULL. */
-char *cpr_find_str(const char *name);
+/* cpr_take_str: the string inherited under @name (caller frees), or NULL. */
+char *cpr_take_str(const char *name);
 
 /*
  * cpr_state_exec_prepare: write the registry into an inheritable memfd,
@@ -92,9 +114,10 @@ const char *cpr_get_exec_path(void);
 
 typedef enum CprEvent {
     /*
-     * Before execve, after the state file is written: register what must
-     * cross execve and prepare for it.  Failing (with errp set) makes
-     * cprsave fail and the VM resume.
+     * Before execve, after the state file is written (and after every
+     * CprKeepFn kept its descriptors): register what must cross execve
+     * and prepare for it.  Failing (with errp set) makes cprsave fail and
+     * the VM resume.
      */
     CPR_EVENT_EXEC,
     /* execve, or something after CPR_EVENT_EXEC, failed: undo it. */

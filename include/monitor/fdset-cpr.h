@@ -10,7 +10,6 @@
 #define MONITOR_FDSET_CPR_H
 
 /* Keep (@keep) or stop keeping every fd set descriptor across execve. */
-void monitor_fdset_cpr_register(bool keep);
 
 /* In the new process: rebuild the fd sets from the kept descriptors. */
 void monitor_fdset_cpr_restore(void);

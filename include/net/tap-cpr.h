@@ -10,8 +10,6 @@
 #define NET_TAP_CPR_H
 
 /* Old process: keep every tap queue's descriptor across execve, or not */
-void tap_cpr_register(void);
-void tap_cpr_unregister(void);
 
 /* New process: the kept descriptor of @netdev's queue @queue, or -1 */
 int tap_cpr_take(const char *netdev, int queue);

@@ -78,8 +78,9 @@ def script(name, text):
     return path
 
 
-def find_vm_pid():
-    """The PID that runs the VM now (after a take-back it is the helper's)."""
+def vm_pids():
+    """The QEMU processes whose arguments name the VM's directory."""
+    pids = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -88,9 +89,18 @@ def find_vm_pid():
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv[0] == QEMU_A.encode() and vm.dir.encode() in b" ".join(argv):
-            return int(pid)
-    raise AssertionError("no QEMU runs the VM")
+        if argv[0] in (QEMU_A.encode(), QEMU_B.encode()) and \
+                vm.dir.encode() in b" ".join(argv):
+            pids.append(int(pid))
+    return pids
+
+
+def find_vm_pid():
+    """The PID that runs the VM now (after a take-back it is the helper's)."""
+    pids = vm_pids()
+    if not pids:
+        raise AssertionError("no QEMU runs the VM")
+    return pids[0]
 
 
 def check_running_after(what, pid):
@@ -257,6 +267,49 @@ def soak():
     settled = anon[min(5, n - 1)]
     assert max(anon[min(5, n - 1):]) - settled < 4096, \
         "RssAnon grows: %s" % anon
+
+
+@case
+def reboot_mode_to_build_b():
+    """cprsave reboot, quit, no QEMU left, page cache dropped, a fresh
+    QEMU of build B with -incoming defer, cprload: the guest goes on
+    without rebooting (heartbeats in order, uptime growing, its memory
+    check and TCP stream going on); its disks are checked at the end."""
+    global vm
+    old = vm
+    st0 = old.wait_progress()
+    mac = linuxvm.tap_mac(old.tap)
+    lsock = old.lsock
+    old.qmp.cmd("cprsave", file=old.state, mode="reboot")
+    st = old.qmp.cmd("query-status")["status"]
+    assert st == "paused", "after cprsave reboot the VM is %s" % st
+    mode = os.stat(old.state).st_mode & 0o777
+    assert mode == 0o600, "state file mode %o" % mode
+    old.qmp.cmd("quit")
+    deadline = time.monotonic() + 30
+    while old.alive():
+        assert time.monotonic() < deadline, "QEMU did not quit"
+        time.sleep(0.05)
+    left = vm_pids()
+    assert not left, "QEMU %s still runs the VM" % left
+    old.lsock = None            # the guest's TCP stream goes on through it
+    old.kill(remove=False)
+    linuxvm.drop_caches()
+
+    vm = linuxvm.LinuxVm(binary=QEMU_B, workdir=old.dir, watch=old.watch,
+                         incoming="defer", extra=["-device", RNG])
+    vm.lsock = lsock
+    linuxvm.readdress_peer(vm.tap, mac)
+    t0 = time.monotonic()
+    vm.qmp.cmd("cprload", file=vm.state)
+    load = time.monotonic() - t0
+    st = vm.qmp.cmd("query-status")["status"]
+    assert st == "running", "after cprload the VM is %s" % st
+    st1 = vm.wait_progress()
+    assert st1["up"] > st0["up"], "guest uptime went back: rebooted"
+    assert st1["hb"] > st0["hb"]
+    diag("restored by %r in %.0f ms (cprload), heartbeat %d -> %d" %
+         (version(), load * 1e3, st0["hb"], st1["hb"]))
 
 
 @case

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Reboot mode: save and restore time and throughput of cprsave/cprload
+with mode reboot, next to the raw bandwidth of the same disk (dd with
+O_DIRECT, measured in the same run) and next to the stock way (stop,
+migrate to a file, quit, new QEMU with -incoming, restore).
+
+For each size the boot-sector guest first writes all of its RAM.  The
+"half zero" case then punches out the upper half of guest RAM (a memfd
+backend, the VM paused), so that half of the pages are zero: they must
+cost no I/O.  Between save and restore the page cache is dropped, as a
+host reboot would.
+
+Save: cprsave's QMP round trip (stop, device state, RAM written, fsync
+of file and directory).  Restore: cprload's QMP round trip in a fresh
+QEMU started with -incoming defer.  Throughput: bytes of RAM in the file
+(allocated blocks) over that time.
+
+Environment: CPR_BENCH_SIZES (GiB, default "1 4 16"), CPR_ACCEL (tcg),
+CPR_BENCH_DIR (a directory on the disk to measure, default /var/tmp).
+"""
+
+import ctypes
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "scripts"))
+import cprlib  # noqa: E402
+
+FALLOC_FL_KEEP_SIZE = 1
+FALLOC_FL_PUNCH_HOLE = 2
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long,
+                           ctypes.c_long]
+
+
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def dd_bandwidth(tmpdir, mib):
+    """(write, read) bytes per second of @tmpdir's disk with O_DIRECT."""
+    path = os.path.join(tmpdir, "cpr-bench-dd")
+    out = []
+    try:
+        for args in (["if=/dev/zero", "of=" + path, "oflag=direct",
+                      "conv=fsync"],
+                     ["if=" + path, "of=/dev/null", "iflag=direct"]):
+            drop_caches()
+            t0 = time.monotonic()
+            subprocess.run(["dd", "bs=16M", "count=%d" % (mib // 16),
+                            "status=none"] + args, check=True)
+            out.append(mib * (1 << 20) / (time.monotonic() - t0))
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    return out
+
+
+def punch_upper_half(vm, gib):
+    """Make the upper half of guest RAM zero (holes in its memfd)."""
+    size = gib << 30
+    for name in os.listdir("/proc/%d/fd" % vm.pid):
+        link = os.readlink("/proc/%d/fd/%s" % (vm.pid, name))
+        if link.startswith("/memfd:mem"):
+            fd = os.open("/proc/%d/fd/%s" % (vm.pid, name), os.O_RDWR)
+            try:
+                if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+                                  FALLOC_FL_KEEP_SIZE, size // 2,
+                                  size // 2) < 0:
+                    raise OSError(ctypes.get_errno(), "fallocate")
+            finally:
+                os.close(fd)
+            return
+    raise cprlib.QmpError("guest RAM memfd not found")
+
+
+def timed(qmp, cmd, **args):
+    t0 = time.monotonic()
+    qmp.cmd(cmd, **args)
+    return time.monotonic() - t0
+
+
+def reboot_round_trip(gib, accel, tmpdir, half_zero):
+    """(save s, restore s, bytes of RAM in the file)"""
+    mem = ["-object", "memory-backend-memfd,id=mem,size=%dG" % gib,
+           "-machine", "memory-backend=mem"]
+    path = os.path.join(tmpdir, "cpr-bench-reboot.cpr")
+    old = cprlib.Vm(gib * 1024, machine="q35", accel=accel, extra=mem)
+    new = None
+    try:
+        old.wait_passes(1)          # every page of RAM written
+        if half_zero:
+            old.qmp.cmd("stop")
+            punch_upper_half(old, gib)
+        save = timed(old.qmp, "cprsave", file=path, mode="reboot")
+        ram = os.stat(path).st_blocks * 512
+        old.qmp.cmd("quit")
+        old.proc.wait()
+        drop_caches()
+        new = cprlib.Vm(gib * 1024, machine="q35", accel=accel, extra=mem,
+                        incoming="defer", workdir=old.dir)
+        load = timed(new.qmp, "cprload", file=path)
+        want = "paused" if half_zero else "running"
+        if new.status() != want:
+            raise cprlib.QmpError("restored VM is %s" % new.status())
+        if not half_zero:
+            new.wait_passes(1)
+        return save, load, ram
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        (new or old).kill()
+
+
+def stock(gib, accel, tmpdir):
+    """(save s, restore s) of migrate to a file and -incoming restore"""
+    path = os.path.join(tmpdir, "cpr-bench-stock.mig")
+    old = cprlib.Vm(gib * 1024, machine="q35", accel=accel)
+    new = None
+    try:
+        old.wait_passes(1)
+        old.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        old.qmp.cmd("stop")
+        t0 = time.monotonic()
+        old.qmp.cmd("migrate", uri="exec:cat > " + path)
+        cprlib.wait_migration(old.qmp)
+        os.sync()
+        save = time.monotonic() - t0
+        old.qmp.cmd("quit")
+        old.proc.wait()
+        drop_caches()
+        new = cprlib.Vm(gib * 1024, machine="q35", accel=accel,
+                        incoming="defer", workdir=old.dir)
+        t0 = time.monotonic()
+        new.qmp.cmd("migrate-incoming", uri="exec:cat " + path)
+        cprlib.wait_migration(new.qmp)
+        load = time.monotonic() - t0
+        return save, load
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        (new or old).kill()
+
+
+def main():
+    sizes = [int(s) for s in
+             os.environ.get("CPR_BENCH_SIZES", "1 4 16").split()]
+    accel = os.environ.get("CPR_ACCEL", "tcg")
+    tmpdir = os.environ.get("CPR_BENCH_DIR", "/var/tmp")
+
+    dd_w, dd_r = dd_bandwidth(tmpdir, 2048)
+    print("Reboot mode, accel %s, files in %s" % (accel, tmpdir))
+    print("raw disk (dd, 16 MiB blocks, O_DIRECT, 2 GiB): write %.0f MB/s, "
+          "read %.0f MB/s" % (dd_w / 1e6, dd_r / 1e6))
+    print()
+    print("| guest RAM | RAM | cprsave | cprload | save MB/s (x raw) "
+          "| load MB/s (x raw) | RAM in file | migrate to file / restore |")
+    print("|---|---|---|---|---|---|---|---|")
+    for gib in sizes:
+        ss, sl = stock(gib, accel, tmpdir)
+        for half in (False, True):
+            save, load, ram = reboot_round_trip(gib, accel, tmpdir, half)
+            print("| %d GiB | %s | %.2f s | %.2f s | %.0f (%.2fx) "
+                  "| %.0f (%.2fx) | %.2f GiB | %.2f s / %.2f s |"
+                  % (gib, "half zero" if half else "all written",
+                     save, load, ram / save / 1e6, ram / save / dd_w,
+                     ram / load / 1e6, ram / load / dd_r, ram / (1 << 30),
+                     ss, sl), flush=True)
+
+
+if __name__ == "__main__":
+    main()
