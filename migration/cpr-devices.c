@@ -19,6 +19,7 @@
 #include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
+#include "block/block.h"
 #include "io/channel-buffer.h"
 #include "sysemu/cpus.h"
 #include "sysemu/runstate.h"
@@ -26,6 +27,7 @@
 #include "migration/vmstate.h"
 #include "migration/savevm.h"
 #include "migration/migration.h"
+#include "migration/global_state.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
@@ -67,6 +69,16 @@ bool cpr_vmstate_string_ok(const void *s, uint32_t len)
 {
     return len && s && !((const char *)s)[len - 1] &&
            strlen(s) == len - 1;
+}
+
+bool cpr_stop(RunState state, Error **errp)
+{
+    global_state_store();
+    if (runstate_is_running() ? vm_stop(state) : bdrv_flush_all()) {
+        error_setg(errp, "cannot flush block devices before saving");
+        return false;
+    }
+    return true;
 }
 
 bool cpr_save_devices(GByteArray *b, Error **errp)

@@ -95,16 +95,19 @@ void cpr_disallow_migration_blocker(Error *reason)
     cpr_allowed_blockers = g_slist_remove(cpr_allowed_blockers, reason);
 }
 
-/* Migration blockers block every mode but those a device handles itself */
+/*
+ * Migration blockers block every mode, but for those of devices that
+ * handle CPR themselves and report their own blockers for each mode
+ */
 static void cpr_add_migration_blocker(Error *err, void *opaque)
 {
     CprMode m;
 
+    if (g_slist_find(cpr_allowed_blockers, err)) {
+        return;
+    }
     for (m = 0; m < CPR_MODE__MAX; m++) {
-        if (m != CPR_MODE_RESTART || !g_slist_find(cpr_allowed_blockers, err)) {
-            cpr_add_blocker(opaque, m, "migration", "%s",
-                            error_get_pretty(err));
-        }
+        cpr_add_blocker(opaque, m, "migration", "%s", error_get_pretty(err));
     }
 }
 

@@ -62,6 +62,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
 
 /* cpr-devices.c: the device and CPU state stream of every mode */
 
+/*
+ * Before device state is saved: record the run state for whoever loads
+ * it, stop the vCPUs in @state if they run, flush block devices.  A VM
+ * that was running is resumed with vm_start() by the caller.
+ */
+bool cpr_stop(RunState state, Error **errp);
+
 /* Append @opaque as @vmsd's record to @b, / load it from @data */
 void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
                       GByteArray *b);

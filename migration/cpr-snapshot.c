@@ -237,9 +237,9 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
         return false;
     }
 
-    global_state_store();
-    if (running) {
-        vm_stop(RUN_STATE_SAVE_VM);
+    if (!cpr_stop(RUN_STATE_SAVE_VM, errp)) {
+        cpr_snapshot_free(s);
+        goto out;
     }
     memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION);
     memory_global_dirty_log_sync();
@@ -276,6 +276,7 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
         cpr_snap = s;
         trace_cpr_snapshot_take(s->blocks->len, s->devices->len);
     }
+out:
     if (running) {
         vm_start();
     }

@@ -160,9 +160,7 @@ void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
     }
     trace_cpr_save_start(file, CprMode_str(mode));
 
-    global_state_store();
-    if (vm_stop(ops->stop_state)) {
-        error_setg(errp, "cannot flush block devices before saving");
+    if (!cpr_stop(ops->stop_state, errp)) {
         goto failed;
     }
     cpr_set_saving(true);

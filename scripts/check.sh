@@ -21,14 +21,14 @@ n=0
 failed=0
 
 run_suite() {
-    local name=$1
+    local name=$1 start=$SECONDS
     shift
     n=$((n + 1))
     echo "# Subtest: $name"
     if "$@" 2>&1 | sed 's/^/    /'; then
-        echo "ok $n - $name"
+        echo "ok $n - $name # $((SECONDS - start)) s"
     else
-        echo "not ok $n - $name"
+        echo "not ok $n - $name # $((SECONDS - start)) s"
         failed=1
     fi
 }
@@ -106,4 +106,5 @@ echo "# accelerators: $accels"
 for s in "${suites[@]}"; do
     run_suite "$s" "$s"
 done
+echo "# all suites: $SECONDS s"
 exit $failed

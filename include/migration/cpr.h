@@ -139,8 +139,9 @@ void cpr_remove_notifier(NotifierWithReturn *n);
 bool cpr_save_in_progress(void);
 
 /*
- * A migration blocker that does not block cprsave restart: the device it
- * belongs to handles live update itself (VFIO).
+ * A migration blocker that does not block CPR: the device it belongs to
+ * handles live update itself (VFIO) and reports, with a CprBlockerFn,
+ * what blocks each mode.
  */
 void cpr_allow_migration_blocker(Error *reason);
 void cpr_disallow_migration_blocker(Error *reason);

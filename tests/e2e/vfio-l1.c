@@ -664,11 +664,12 @@ static void test_updates(const char *irq)
          UPDATES);
 }
 
-/* cprsave (@extra: more arguments) must fail, naming @expect. */
-static int cprsave_refused(const char *extra, const char *expect)
+/* cprsave in @mode (@extra: more arguments) must fail, naming @expect. */
+static int cprsave_mode_refused(const char *mode, const char *extra,
+                                const char *expect)
 {
     char *line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"file\":"
-                         " \"" STATE "\", \"mode\": \"restart\"%s}}", extra);
+                         " \"" STATE "\", \"mode\": \"%s\"%s}}", mode, extra);
     int ok = line && strstr(line, expect);
 
     if (!ok) {
@@ -676,6 +677,11 @@ static int cprsave_refused(const char *extra, const char *expect)
     }
     free(line);
     return ok;
+}
+
+static int cprsave_refused(const char *extra, const char *expect)
+{
+    return cprsave_mode_refused("restart", extra, expect);
 }
 
 static void test_exec_fails(void)
@@ -690,6 +696,13 @@ static void test_exec_fails(void)
                                "cannot execute");
     ok = ok && wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
     result(ok, "a failed execve gives the old process its DMA mappings back");
+
+    /* The device's own blocker of reboot mode, not the migration one */
+    ok = cprsave_mode_refused("reboot", "", "loses its state when the host "
+                              "reboots") &&
+         wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
+    result(ok, "reboot mode is blocked by the VFIO device, which names "
+           "itself and what to do; DMA goes on");
 }
 
 static void test_blocked(void)
