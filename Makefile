@@ -27,7 +27,7 @@ guest: deps $(GUEST_IMG) $(FUZZ_GUEST)
 linux-guest: deps
 	bash scripts/linux-guest.sh
 
-vfio-l1: build
+vfio-l1: build guest
 	bash scripts/vfio-l1.sh
 
 $(GUEST_IMG): tests/guest/cpr-guest.S | deps

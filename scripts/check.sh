@@ -16,7 +16,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e snapshot_e2e style)
+suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e reboot_e2e snapshot_e2e style)
 n=0
 failed=0
 
@@ -66,6 +66,12 @@ libvirt_e2e() {
 # (tests/e2e/vfio-update.py).
 vfio_e2e() {
     in_session vfio-e2e python3 "$top/tests/e2e/vfio-update.py"
+}
+
+# Reboot mode across a real restart (kexec) of an L1 guest's kernel
+# (tests/e2e/reboot-l1.py).
+reboot_e2e() {
+    in_session reboot-e2e python3 "$top/tests/e2e/reboot-l1.py"
 }
 
 # In-process snapshot and restore (fuzzing): QMP, the cpr-trigger device

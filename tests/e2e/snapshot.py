@@ -320,8 +320,14 @@ class Heartbeat:
                 with self.lock:
                     if m:
                         seq = int(m.group(1))
-                        if seq <= self.last:
+                        # A restore goes back a few lines; any other jump
+                        # is a line garbled by the restore (the serial
+                        # port's FIFO sends again what it held at the
+                        # snapshot, into a line the host has half of).
+                        if self.last - 10 <= seq <= self.last:
                             self.restarts.append(seq)
+                        elif self.last >= 0 and seq != self.last + 1:
+                            continue
                         self.last = seq
                     elif line.startswith(b"E "):
                         self.errors.append(line.decode(errors="replace"))

@@ -7,6 +7,11 @@
  * and checks that DMA and interrupts go on across cprsave/cprload.  Prints
  * TAP on stdout (L1's console), which tests/e2e/vfio-update.py relays.
  *
+ * With "reboot-save DIR" and "reboot-load DIR" it is the inside of the
+ * reboot-mode test instead (tests/e2e/reboot-l1.py): an L2 guest saved
+ * with cprsave reboot to L1's disk before L1's kernel restarts, and
+ * restored by a fresh QEMU after it; TAP lines without a plan.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #define _GNU_SOURCE
@@ -865,11 +870,179 @@ static void test_nvme(void)
     }
 }
 
-int main(void)
+/* Reboot mode across a restart of L1's kernel */
+
+#define COUNTER_START   (2 << 20)       /* tests/guest/cpr-guest.S */
+#define COUNTER_PAGES   1024
+
+/* QEMU on the counting boot-sector guest, plain anonymous RAM */
+static pid_t start_counter_guest(int incoming)
+{
+    const char *argv[] = {
+        QEMU, "-L", "/usr/share/qemu", "-machine", "q35", "-accel", "tcg",
+        "-m", "128", "-nodefaults", "-display", "none",
+        "-drive", "file=/cpr-guest.img,format=raw",
+        "-qmp", "unix:" QMP_PATH ",server=on,wait=off",
+        incoming ? "-incoming" : NULL, "defer", NULL
+    };
+    pid_t pid;
+    int fd;
+
+    unlink(QMP_PATH);
+    pid = fork();
+    if (pid == 0) {
+        fd = open("/tmp/qemu.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+        execv(QEMU, (char **)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* The first word of each counted page: @c[COUNTER_PAGES] */
+static int read_counters(uint64_t *c)
+{
+    static char page[4096];
+    int fd, i, ok = 1;
+
+    if (!qmp_ok("{\"execute\": \"pmemsave\", \"arguments\": {\"val\": %d,"
+                " \"size\": %d, \"filename\": \"/tmp/counters\"}}",
+                COUNTER_START, COUNTER_PAGES * 4096)) {
+        return -1;
+    }
+    fd = open("/tmp/counters", O_RDONLY);
+    for (i = 0; ok && i < COUNTER_PAGES; i++) {
+        ok = read(fd, page, sizeof(page)) == sizeof(page);
+        memcpy(&c[i], page, sizeof(c[i]));
+    }
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+/* Every counter above zero and within one pass of the others */
+static int counters_consistent(const uint64_t *c)
+{
+    uint64_t lo = c[0], hi = c[0];
+    int i;
+
+    for (i = 1; i < COUNTER_PAGES; i++) {
+        lo = c[i] < lo ? c[i] : lo;
+        hi = c[i] > hi ? c[i] : hi;
+    }
+    if (!lo || hi - lo > 1) {
+        diag("counters from %llu to %llu", (unsigned long long)lo,
+             (unsigned long long)hi);
+        return 0;
+    }
+    return 1;
+}
+
+static int status_is(const char *want)
+{
+    char *line = qmp_cmd("{\"execute\": \"query-status\"}");
+    int ok = line && strstr(line, want);
+
+    if (!ok) {
+        diag("status: %s", line ? line : "(connection lost)");
+    }
+    free(line);
+    return ok;
+}
+
+static int reboot_save(const char *dir)
+{
+    static uint64_t c[COUNTER_PAGES];
+    char path[256];
+    double deadline = now() + 600;
+    int fd, ok;
+
+    qemu_pid = start_counter_guest(0);
+    ok = qmp_connect() == 0;
+    /* Three passes over RAM: every counter at 3 or more */
+    while (ok && read_counters(c) == 0 && c[COUNTER_PAGES - 1] < 3) {
+        ok = now() < deadline;
+        usleep(200000);
+    }
+    snprintf(path, sizeof(path), "%s/vm.cpr", dir);
+    ok = ok && qmp_ok("{\"execute\": \"cprsave\", \"arguments\":"
+                      " {\"file\": \"%s\", \"mode\": \"reboot\"}}", path) &&
+         status_is("paused") && read_counters(c) == 0 &&
+         counters_consistent(c);
+    snprintf(path, sizeof(path), "%s/counters", dir);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ok = ok && fd >= 0 && write(fd, c, sizeof(c)) == sizeof(c) &&
+         fsync(fd) == 0;
+    close(fd);
+    diag("L2 saved at pass %llu, L1 up %.1f s",
+         (unsigned long long)c[0], now());
+    ok = ok && qmp_ok("{\"execute\": \"quit\"}") &&
+         waitpid(qemu_pid, NULL, 0) == qemu_pid;
+    qemu_pid = 0;
+    result(ok, "L2 saved with cprsave reboot to L1's disk, QEMU quit");
+    if (!ok) {
+        show_qemu_log();
+    }
+    return !ok;
+}
+
+static int reboot_load(const char *dir)
+{
+    static uint64_t before[COUNTER_PAGES], after[COUNTER_PAGES];
+    char path[256], how[32] = "";
+    double deadline = now() + 600;
+    int fd, i, ok, behind = 0;
+
+    snprintf(path, sizeof(path), "%s/restart", dir);
+    read_file(path, how, sizeof(how));
+    diag("L1's kernel restarted (%s); L1 up %.1f s", how, now());
+    snprintf(path, sizeof(path), "%s/counters", dir);
+    fd = open(path, O_RDONLY);
+    ok = fd >= 0 && read(fd, before, sizeof(before)) == sizeof(before);
+    close(fd);
+    result(ok, "L1 came back with the state file and the counters");
+
+    qemu_pid = start_counter_guest(1);
+    snprintf(path, sizeof(path), "%s/vm.cpr", dir);
+    ok = ok && qmp_connect() == 0 && status_is("inmigrate") &&
+         qmp_ok("{\"execute\": \"cprload\", \"arguments\":"
+                " {\"file\": \"%s\"}}", path) && status_is("running");
+    result(ok, "a fresh QEMU loads the file with cprload, the VM runs");
+
+    ok = ok && read_counters(after) == 0 && counters_consistent(after);
+    for (i = 0; ok && i < COUNTER_PAGES; i++) {
+        behind += after[i] < before[i];
+    }
+    /* and it goes on */
+    while (ok && !behind && after[COUNTER_PAGES - 1] <= before[0] + 1 &&
+           now() < deadline) {
+        usleep(200000);
+        ok = read_counters(after) == 0;
+    }
+    diag("L2 at pass %llu, was %llu before the restart",
+         (unsigned long long)after[0], (unsigned long long)before[0]);
+    result(ok && !behind && after[COUNTER_PAGES - 1] > before[0] + 1,
+           "L2 went on from where it stopped: no counter went back, "
+           "none was lost, the guest did not boot again");
+    if (!ok) {
+        show_qemu_log();
+    }
+    stop_qemu();
+    return failed;
+}
+
+int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
-    printf("TAP version 14\n1..11\n");
+    if (argc == 3 && !strcmp(argv[1], "reboot-save")) {
+        return reboot_save(argv[2]);
+    }
+    if (argc == 3 && !strcmp(argv[1], "reboot-load")) {
+        return reboot_load(argv[2]);
+    }
+    printf("TAP version 14\n1..12\n");
     if (bind_device(&edu) < 0 || bind_device(&nvme) < 0) {
         result(0, "edu and NVMe bound to vfio-pci");
         return 1;
