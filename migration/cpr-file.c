@@ -331,6 +331,8 @@ static bool cpr_file_parse_header(CprFile *cf, size_t hlen, Error **errp)
 {
     if (!cpr_vmstate_load(&vmstate_cpr_file, cf, cf->data + CPR_FILE_PREFIX,
                           hlen)) {
+        /* RAM entries a failed load did not reach are not initialised */
+        cf->nr_ram = 0;
         error_setg(errp, "'%s' is corrupt: its header cannot be read",
                    cf->path);
         return false;

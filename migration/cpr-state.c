@@ -30,6 +30,7 @@
 #include "qemu/lockable.h"
 #include "qemu/thread.h"
 #include "qapi/error.h"
+#include "qemu/error-report.h"
 #include "migration/cpr.h"
 #include "cpr-internal.h"
 #include "trace.h"
@@ -41,8 +42,9 @@
 typedef struct CprFd {
     char *name;
     int id;
-    int fd;                     /* -1 for a string entry */
-    char *value;                /* NULL for a descriptor entry */
+    int fd;                     /* -1 for a value entry */
+    uint8_t *value;             /* NULL for a descriptor entry */
+    size_t value_len;           /* a string's with its NUL */
 } CprFd;
 
 /* A descriptor whose FD_CLOEXEC flag was changed for execve */
@@ -97,7 +99,8 @@ static int cpr_fd_index(GPtrArray *list, const char *name, int id)
     return -1;
 }
 
-static void cpr_save(const char *name, int id, int fd, const char *value)
+static void cpr_save(const char *name, int id, int fd, const void *value,
+                     size_t value_len)
 {
     GPtrArray *list = cpr_fd_list(&cpr_outgoing);
     int i = cpr_fd_index(list, name, id);
@@ -110,20 +113,30 @@ static void cpr_save(const char *name, int id, int fd, const char *value)
     elem->name = g_strdup(name);
     elem->id = id;
     elem->fd = fd;
-    elem->value = g_strdup(value);
+    elem->value = g_memdup2(value, value_len);
+    elem->value_len = value_len;
     g_ptr_array_add(list, elem);
 }
 
 void cpr_save_fd(const char *name, int id, int fd)
 {
     trace_cpr_save_fd(name, id, fd);
-    cpr_save(name, id, fd, NULL);
+    cpr_save(name, id, fd, NULL, 0);
 }
 
 void cpr_save_str(const char *name, const char *value)
 {
     trace_cpr_save_str(name, value);
-    cpr_save(name, 0, -1, value);
+    cpr_save(name, 0, -1, value, strlen(value) + 1);
+}
+
+void cpr_save_vmstate(const char *name, const VMStateDescription *vmsd,
+                      void *opaque)
+{
+    g_autoptr(GByteArray) b = g_byte_array_new();
+
+    cpr_vmstate_save(vmsd, opaque, b);
+    cpr_save(name, 0, -1, b->data, b->len);
 }
 
 void cpr_delete_fd(const char *name, int id)
@@ -177,19 +190,51 @@ bool cpr_has_fd(const char *name, int id)
     return cpr_fd_index(cpr_incoming, name, id) >= 0;
 }
 
-char *cpr_take_str(const char *name)
+/* The value inherited under @name, removed from the registry, or NULL */
+static uint8_t *cpr_take_value(const char *name, size_t *len)
 {
     QEMU_LOCK_GUARD(&cpr_incoming_lock);
     int i = cpr_fd_index(cpr_incoming, name, 0);
-    char *value = NULL;
+    uint8_t *value = NULL;
 
     if (i >= 0) {
         CprFd *elem = g_ptr_array_index(cpr_incoming, i);
 
         value = g_steal_pointer(&elem->value);
+        *len = elem->value_len;
         g_ptr_array_remove_index(cpr_incoming, i);
     }
     return value;
+}
+
+char *cpr_take_str(const char *name)
+{
+    size_t len;
+    g_autofree uint8_t *value = cpr_take_value(name, &len);
+
+    if (value && !cpr_vmstate_string_ok(value, len)) {
+        warn_report("CPR state: '%s' is not a string", name);
+        return NULL;
+    }
+    return (char *)g_steal_pointer(&value);
+}
+
+bool cpr_take_vmstate(const char *name, const VMStateDescription *vmsd,
+                      void *opaque, Error **errp)
+{
+    size_t len;
+    g_autofree uint8_t *value = cpr_take_value(name, &len);
+
+    if (!value) {
+        error_setg(errp, "CPR state has no '%s'", name);
+        return false;
+    }
+    if (!cpr_vmstate_load(vmsd, opaque, value, len)) {
+        error_setg(errp, "CPR state: '%s' cannot be read as '%s'", name,
+                   vmsd->name);
+        return false;
+    }
+    return true;
 }
 
 bool cpr_is_incoming(void)
@@ -248,11 +293,7 @@ static int cpr_fd_record_post_load(void *opaque, int version_id)
 {
     CprFdRecord *r = opaque;
 
-    if (!cpr_vmstate_string_ok(r->name, r->name_len) ||
-        (r->value_len && !cpr_vmstate_string_ok(r->value, r->value_len))) {
-        return -EINVAL;
-    }
-    return 0;
+    return cpr_vmstate_string_ok(r->name, r->name_len) ? 0 : -EINVAL;
 }
 
 static const VMStateDescription vmstate_cpr_fd = {
@@ -308,8 +349,8 @@ static GByteArray *cpr_state_serialize(void)
             .id = elem->id, .fd = elem->fd,
             .name_len = strlen(elem->name) + 1,
             .name = (uint8_t *)elem->name,
-            .value_len = elem->value ? strlen(elem->value) + 1 : 0,
-            .value = (uint8_t *)elem->value,
+            .value_len = elem->value_len,
+            .value = elem->value,
         };
     }
     memcpy(prefix, CPR_STATE_MAGIC, 8);
@@ -356,7 +397,8 @@ static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
     }
     if (!cpr_vmstate_load(&vmstate_cpr_state, &rec, p + CPR_STATE_PREFIX,
                           size - CPR_STATE_PREFIX)) {
-        cpr_state_record_free(&rec);
+        /* The entries a failed load did not reach are not initialised */
+        g_free(rec.fds);
         error_setg(errp, "inherited CPR state is corrupt");
         return false;
     }
@@ -367,7 +409,8 @@ static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
         elem->id = r->id;
         elem->fd = r->fd;
         elem->name = (char *)g_steal_pointer(&r->name);
-        elem->value = (char *)g_steal_pointer(&r->value);
+        elem->value = g_steal_pointer(&r->value);
+        elem->value_len = r->value_len;
         g_ptr_array_add(cpr_fd_list(&cpr_incoming), elem);
         trace_cpr_state_inherit(elem->name, elem->id, elem->fd);
     }

@@ -16,7 +16,8 @@
  * the virtual address of every mapping is invalidated
  * (VFIO_IOMMU_UNMAP_DMA with VFIO_DMA_UNMAP_FLAG_VADDR), because the old
  * address space goes away; the list of mappings (IOVA, size, RAM block,
- * offset) goes to the new process as "vfio-dma:<group>".  There, each
+ * offset) goes to the new process as "vfio-dma:<group>", a vmstate record
+ * ("vfio-cpr-dma").  There, each
  * mapping is pointed at the address the same RAM now has
  * (VFIO_IOMMU_MAP_DMA with VFIO_DMA_MAP_FLAG_VADDR) when the memory
  * listener adds the same section again.  Sections that only exist until
@@ -155,6 +156,64 @@ void vfio_cpr_dma_unmapped(VFIOContainer *c, hwaddr iova, uint64_t size)
     }
 }
 
+/* The DMA mappings of a container as they cross execve */
+
+typedef struct VFIOCprDmaRecord {
+    uint64_t iova;
+    uint64_t size;
+    uint32_t idstr_len;         /* with its NUL */
+    uint8_t *idstr;             /* RAM block and offset it maps */
+    uint64_t offset;
+} VFIOCprDmaRecord;
+
+typedef struct VFIOCprDmaList {
+    int32_t count;
+    VFIOCprDmaRecord *maps;
+} VFIOCprDmaList;
+
+static int vfio_cpr_dma_record_post_load(void *opaque, int version_id)
+{
+    VFIOCprDmaRecord *r = opaque;
+
+    return r->idstr_len && !r->idstr[r->idstr_len - 1] &&
+           strlen((char *)r->idstr) == r->idstr_len - 1 ? 0 : -EINVAL;
+}
+
+static const VMStateDescription vmstate_vfio_cpr_dma_record = {
+    .name = "vfio-cpr-dma-mapping",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .post_load = vfio_cpr_dma_record_post_load,
+    .fields = (VMStateField[]) {
+        VMSTATE_UINT64(iova, VFIOCprDmaRecord),
+        VMSTATE_UINT64(size, VFIOCprDmaRecord),
+        VMSTATE_UINT32(idstr_len, VFIOCprDmaRecord),
+        VMSTATE_VBUFFER_ALLOC_UINT32(idstr, VFIOCprDmaRecord, 0, NULL,
+                                     idstr_len),
+        VMSTATE_UINT64(offset, VFIOCprDmaRecord),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+static int vfio_cpr_dma_list_post_load(void *opaque, int version_id)
+{
+    return ((VFIOCprDmaList *)opaque)->count < 0 ? -EINVAL : 0;
+}
+
+static const VMStateDescription vmstate_vfio_cpr_dma = {
+    .name = "vfio-cpr-dma",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .post_load = vfio_cpr_dma_list_post_load,
+    .fields = (VMStateField[]) {
+        VMSTATE_INT32(count, VFIOCprDmaList),
+        VMSTATE_STRUCT_VARRAY_ALLOC(maps, VFIOCprDmaList, count, 0,
+                                    vmstate_vfio_cpr_dma_record,
+                                    VFIOCprDmaRecord),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
 /* In the new process: the old process's mappings of this container */
 
 static void vfio_cpr_old_free(gpointer p)
@@ -165,29 +224,36 @@ static void vfio_cpr_old_free(gpointer p)
 void vfio_cpr_container_incoming(VFIOContainer *c, int groupid)
 {
     g_autofree char *key = vfio_cpr_dma_name(groupid);
-    g_autofree char *list = cpr_is_incoming() ? cpr_take_str(key) : NULL;
-    g_auto(GStrv) lines = NULL;
+    VFIOCprDmaList list = { 0 };
+    Error *err = NULL;
     int i;
 
-    if (!list) {
+    if (!cpr_is_incoming() || !cpr_has_fd(key, 0)) {
         return;
     }
     c->cpr_old = g_array_new(false, false, sizeof(VFIOCprOld));
     g_array_set_clear_func(c->cpr_old, vfio_cpr_old_free);
     c->cpr_deferred = g_array_new(false, false, sizeof(VFIOCprDeferred));
-    lines = g_strsplit(list, "\n", -1);
-    for (i = 0; lines[i] && lines[i][0]; i++) {
-        VFIOCprOld old = { 0 };
-        char idstr[256];
+    if (!cpr_take_vmstate(key, &vmstate_vfio_cpr_dma, &list, &err)) {
+        /*
+         * Its mappings are then made anew as sections come.  The entries
+         * a failed load did not reach are not initialised: not freed.
+         */
+        warn_report_err(err);
+        g_free(list.maps);
+        return;
+    }
+    for (i = 0; list.maps && i < list.count; i++) {
+        VFIOCprOld old = {
+            .iova = list.maps[i].iova,
+            .size = list.maps[i].size,
+            .idstr = (char *)list.maps[i].idstr,
+            .offset = list.maps[i].offset,
+        };
 
-        if (sscanf(lines[i], "%" SCNx64 " %" SCNx64 " %255s %" SCNx64,
-                   &old.iova, &old.size, idstr, &old.offset) != 4) {
-            warn_report("vfio: bad kept mapping '%s'", lines[i]);
-            continue;
-        }
-        old.idstr = g_strdup(idstr);
         g_array_append_val(c->cpr_old, old);
     }
+    g_free(list.maps);
 }
 
 static bool vfio_cpr_vaddr(VFIOContainer *c, hwaddr iova, uint64_t size,
@@ -363,19 +429,23 @@ static void vfio_cpr_save_device(VFIODevice *vbasedev, bool keep)
 static void vfio_cpr_save_ranges(VFIOContainer *c, int groupid)
 {
     g_autofree char *key = vfio_cpr_dma_name(groupid);
-    g_autoptr(GString) list = g_string_new(NULL);
-    guint i;
+    int n = c->cpr_ranges ? c->cpr_ranges->len : 0;
+    g_autofree VFIOCprDmaRecord *maps = g_new0(VFIOCprDmaRecord, n);
+    VFIOCprDmaList list = { .count = n, .maps = maps };
+    int i;
 
-    for (i = 0; c->cpr_ranges && i < c->cpr_ranges->len; i++) {
+    for (i = 0; i < n; i++) {
         VFIODMARange *r = &g_array_index(c->cpr_ranges, VFIODMARange, i);
         ram_addr_t offset;
         RAMBlock *rb = qemu_ram_block_from_host(r->vaddr, false, &offset);
+        const char *idstr = vfio_cpr_rb_name(rb);
 
-        g_string_append_printf(list, "%" PRIx64 " %" PRIx64 " %s %" PRIx64
-                               "\n", r->iova, r->size, vfio_cpr_rb_name(rb),
-                               (uint64_t)offset);
+        maps[i] = (VFIOCprDmaRecord) {
+            .iova = r->iova, .size = r->size, .offset = offset,
+            .idstr_len = strlen(idstr) + 1, .idstr = (uint8_t *)idstr,
+        };
     }
-    cpr_save_str(key, list->str);
+    cpr_save_vmstate(key, &vmstate_vfio_cpr_dma, &list);
 }
 
 /* Invalidate the virtual address of every mapping: execve drops it. */

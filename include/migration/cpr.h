@@ -91,6 +91,16 @@ void cpr_add_keeper(CprKeepFn *fn);
 /* cpr_has_fd: whether a descriptor is inherited under @name and @id. */
 bool cpr_has_fd(const char *name, int id);
 
+/*
+ * Pass @opaque to the new process under @name, as @vmsd's vmstate record;
+ * cpr_take_vmstate() loads it there into its @opaque, false with errp set
+ * if there is none or it cannot be read.
+ */
+void cpr_save_vmstate(const char *name, const VMStateDescription *vmsd,
+                      void *opaque);
+bool cpr_take_vmstate(const char *name, const VMStateDescription *vmsd,
+                      void *opaque, Error **errp);
+
 /* cpr_take_str: the string inherited under @name (caller frees), or NULL. */
 char *cpr_take_str(const char *name);
 

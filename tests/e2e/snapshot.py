@@ -293,6 +293,7 @@ class Heartbeat:
     def __init__(self, path):
         self.lock = threading.Lock()
         self.last = -1
+        self.candidate = None   # a heartbeat that may be a restart
         self.restarts = []      # where the sequence went back to
         self.errors = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -319,18 +320,26 @@ class Heartbeat:
                 m = re.fullmatch(rb"H (\d+)\r?", line)
                 with self.lock:
                     if m:
-                        seq = int(m.group(1))
-                        # A restore goes back a few lines; any other jump
-                        # is a line garbled by the restore (the serial
-                        # port's FIFO sends again what it held at the
-                        # snapshot, into a line the host has half of).
-                        if self.last - 10 <= seq <= self.last:
-                            self.restarts.append(seq)
-                        elif self.last >= 0 and seq != self.last + 1:
-                            continue
-                        self.last = seq
+                        self.on_heartbeat(int(m.group(1)))
                     elif line.startswith(b"E "):
                         self.errors.append(line.decode(errors="replace"))
+
+    def on_heartbeat(self, seq):
+        """A restart is a heartbeat below the last one that the next one
+        follows.  After a restore the serial port's FIFO sends again what
+        it held at the snapshot, into a line the host may have half of:
+        such a garbled line is not followed by its successor, and is
+        dropped."""
+        if self.candidate is not None:
+            cand, self.candidate = self.candidate, None
+            if seq == cand + 1:
+                self.restarts.append(cand)
+                self.last = seq
+                return
+        if self.last < 0 or seq == self.last + 1:
+            self.last = seq
+        elif seq <= self.last:
+            self.candidate = seq
 
     def seq(self):
         with self.lock:
