@@ -28,7 +28,7 @@ static char *cpr_name(Chardev *chr, const char *what)
 
 static int char_socket_cpr_keep_one(Object *obj, void *opaque)
 {
-    bool keep = opaque;
+    bool keep = GPOINTER_TO_INT(opaque);
     Chardev *chr = (Chardev *)object_dynamic_cast(obj, TYPE_CHARDEV_SOCKET);
     g_autofree char *listen = NULL, *conn = NULL;
     SocketChardev *s;
@@ -52,7 +52,7 @@ static int char_socket_cpr_keep_one(Object *obj, void *opaque)
 static void char_socket_cpr_keep(bool keep)
 {
     object_child_foreach(get_chardevs_root(), char_socket_cpr_keep_one,
-                         (void *)keep);
+                         GINT_TO_POINTER(keep));
 }
 CPR_KEEPER(char_socket_cpr_keep)
 

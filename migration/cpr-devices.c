@@ -36,8 +36,11 @@ void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
 {
     QIOChannelBuffer *bioc = qio_channel_buffer_new(4 * KiB);
     QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
+    int ret;
 
-    vmstate_save_state(f, vmsd, opaque, NULL);
+    ret = vmstate_save_state(f, vmsd, opaque, NULL);
+    /* CPR's records have no pre_save that could fail */
+    assert(!ret);
     /* Ends the record: loading its last subsections never reads past it */
     qemu_put_byte(f, QEMU_VM_EOF);
     qemu_fflush(f);
@@ -46,22 +49,30 @@ void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
     object_unref(OBJECT(bioc));
 }
 
-bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
-                      const uint8_t *data, size_t len)
+/* A QEMUFile reading a copy of @data; qemu_fclose() frees all of it */
+static QEMUFile *cpr_buffer_input(const uint8_t *data, size_t len)
 {
     QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
     QEMUFile *f;
-    int ret;
 
     memcpy(bioc->data, data, len);
     bioc->usage = len;
     f = qemu_file_new_input(QIO_CHANNEL(bioc));
+    object_unref(OBJECT(bioc));         /* the file holds it */
+    return f;
+}
+
+bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
+                      const uint8_t *data, size_t len)
+{
+    QEMUFile *f = cpr_buffer_input(data, len);
+    int ret;
+
     ret = vmstate_load_state(f, vmsd, opaque, vmsd->version_id);
     if (!ret && (qemu_get_byte(f) != QEMU_VM_EOF || qemu_file_get_error(f))) {
         ret = -EINVAL;
     }
     qemu_fclose(f);
-    object_unref(OBJECT(bioc));
     return ret == 0;
 }
 
@@ -74,6 +85,10 @@ bool cpr_vmstate_string_ok(const void *s, uint32_t len)
 bool cpr_stop(RunState state, Error **errp)
 {
     global_state_store();
+    if (!runstate_is_running()) {
+        /* What vm_stop() does to block devices, the run state left alone */
+        bdrv_drain_all();
+    }
     if (runstate_is_running() ? vm_stop(state) : bdrv_flush_all()) {
         error_setg(errp, "cannot flush block devices before saving");
         return false;
@@ -123,13 +138,8 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp)
 {
     int64_t t;
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
-    QEMUFile *f;
+    QEMUFile *f = cpr_buffer_input(data, len);
     int ret;
-
-    memcpy(bioc->data, data, len);
-    bioc->usage = len;
-    f = qemu_file_new_input(QIO_CHANNEL(bioc));
 
     if (qemu_get_be32(f) != QEMU_VM_FILE_MAGIC ||
         qemu_get_be32(f) != QEMU_VM_FILE_VERSION) {
@@ -153,7 +163,6 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
     }
 out:
     qemu_fclose(f);
-    object_unref(OBJECT(bioc));
     return ret >= 0;
 }
 

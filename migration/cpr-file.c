@@ -40,6 +40,22 @@
 /* Larger than any device state: a bad length is refused, not allocated */
 #define CPR_FILE_MAX_ENVELOPE (1 * GiB)
 
+/* Bounds checked before a length or count sizes an allocation */
+#define CPR_FILE_MAX_NAME       256     /* RAM block ids, machine types */
+#define CPR_FILE_MAX_RAM        4096
+
+/* An element of the array vmstate allocates: start from zero */
+static int cpr_ram_entry_pre_load(void *opaque)
+{
+    memset(opaque, 0, sizeof(CprRamEntry));
+    return 0;
+}
+
+static bool cpr_ram_entry_idstr_len_ok(void *opaque, int version_id)
+{
+    return ((CprRamEntry *)opaque)->idstr_len <= CPR_FILE_MAX_NAME;
+}
+
 static int cpr_ram_entry_post_load(void *opaque, int version_id)
 {
     CprRamEntry *e = opaque;
@@ -76,9 +92,11 @@ static const VMStateDescription vmstate_cpr_ram_entry = {
     .name = "cpr-ram-block",
     .version_id = 1,
     .minimum_version_id = 1,
+    .pre_load = cpr_ram_entry_pre_load,
     .post_load = cpr_ram_entry_post_load,
     .fields = (VMStateField[]) {
         VMSTATE_UINT32(idstr_len, CprRamEntry),
+        VMSTATE_VALIDATE("idstr_len", cpr_ram_entry_idstr_len_ok),
         VMSTATE_VBUFFER_ALLOC_UINT32(idstr, CprRamEntry, 0, NULL, idstr_len),
         VMSTATE_UINT64(used_length, CprRamEntry),
         VMSTATE_UINT64(max_length, CprRamEntry),
@@ -100,11 +118,19 @@ static int cpr_file_header_post_load(void *opaque, int version_id)
 {
     CprFile *cf = opaque;
 
-    if (!cpr_vmstate_string_ok(cf->machine, cf->machine_len) ||
-        cf->nr_ram < 0) {
-        return -EINVAL;
-    }
-    return 0;
+    return cpr_vmstate_string_ok(cf->machine, cf->machine_len) ? 0 : -EINVAL;
+}
+
+static bool cpr_file_machine_len_ok(void *opaque, int version_id)
+{
+    return ((CprFile *)opaque)->machine_len <= CPR_FILE_MAX_NAME;
+}
+
+static bool cpr_file_nr_ram_ok(void *opaque, int version_id)
+{
+    CprFile *cf = opaque;
+
+    return cf->nr_ram >= 0 && cf->nr_ram <= CPR_FILE_MAX_RAM;
 }
 
 static bool cpr_file_has_ram(void *opaque)
@@ -139,8 +165,10 @@ static const VMStateDescription vmstate_cpr_file = {
     .post_load = cpr_file_header_post_load,
     .fields = (VMStateField[]) {
         VMSTATE_UINT32(machine_len, CprFile),
+        VMSTATE_VALIDATE("machine_len", cpr_file_machine_len_ok),
         VMSTATE_VBUFFER_ALLOC_UINT32(machine, CprFile, 0, NULL, machine_len),
         VMSTATE_INT32(nr_ram, CprFile),
+        VMSTATE_VALIDATE("nr_ram", cpr_file_nr_ram_ok),
         VMSTATE_STRUCT_VARRAY_ALLOC(ram, CprFile, nr_ram, 0,
                                     vmstate_cpr_ram_entry, CprRamEntry),
         VMSTATE_END_OF_LIST()

@@ -280,7 +280,7 @@ void cpr_ram_add_blockers(CprBlockerList ***tail)
 static int cpr_ram_keep_one(RAMBlock *rb, void *opaque)
 {
     g_autofree char *name = cpr_ram_fd_name(rb);
-    bool keep = opaque;
+    bool keep = GPOINTER_TO_INT(opaque);
 
     cpr_keep_fd(name, 0, rb->fd,
                 keep && qemu_ram_is_migratable(rb) && rb->fd >= 0);
@@ -290,6 +290,6 @@ static int cpr_ram_keep_one(RAMBlock *rb, void *opaque)
 /* The memfds of guest RAM cross execve */
 static void cpr_ram_keep(bool keep)
 {
-    qemu_ram_foreach_block(cpr_ram_keep_one, (void *)keep);
+    qemu_ram_foreach_block(cpr_ram_keep_one, GINT_TO_POINTER(keep));
 }
 CPR_KEEPER(cpr_ram_keep)

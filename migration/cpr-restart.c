@@ -89,11 +89,12 @@ static bool cpr_restart_finish(const char *file, const char *binary,
     }
     if (bdrv_inactivate_all() < 0) {
         error_setg(errp, "cannot hand over block devices");
-        goto abort;
+        goto activate;
     }
     trace_cpr_exec(exec_path);
     execv(exec_path, cpr_get_argv());
     error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
+activate:
     bdrv_activate_all(&err);
     if (err) {
         warn_report_err(err);

@@ -187,7 +187,7 @@ static void cpr_snapshot_find_blocker(Error *err, void *opaque)
  * Device state that cannot be migrated cannot be restored either.  The
  * snapshot there is does not count: a new one replaces it.
  */
-static bool cpr_snapshot_blocked(Error **errp)
+static bool cpr_snapshot_devices_ok(Error **errp)
 {
     ERRP_GUARD();
     Error *blocker = NULL;
@@ -195,12 +195,12 @@ static bool cpr_snapshot_blocked(Error **errp)
     if (!qemu_savevm_state_blocked(errp)) {
         migration_foreach_blocker(cpr_snapshot_find_blocker, &blocker);
         if (!blocker) {
-            return false;
+            return true;
         }
         error_propagate(errp, error_copy(blocker));
     }
     error_prepend(errp, "cannot snapshot: ");
-    return true;
+    return false;
 }
 
 bool cpr_snapshot_take(strList *exclude, Error **errp)
@@ -215,7 +215,7 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
         return false;
     }
     excluded = cpr_snapshot_excluded_blocks(exclude, errp);
-    if (!excluded || cpr_snapshot_blocked(errp)) {
+    if (!excluded || !cpr_snapshot_devices_ok(errp)) {
         return false;
     }
     /*

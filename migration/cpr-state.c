@@ -29,6 +29,7 @@
 #include "qemu/memfd.h"
 #include "qemu/lockable.h"
 #include "qemu/thread.h"
+#include "qemu/units.h"
 #include "qapi/error.h"
 #include "qemu/error-report.h"
 #include "migration/cpr.h"
@@ -289,6 +290,28 @@ typedef struct CprStateRecord {
     CprFdRecord *fds;
 } CprStateRecord;
 
+/* Bounds checked before a length or count sizes an allocation */
+#define CPR_STATE_MAX_ENTRIES   65536
+#define CPR_STATE_MAX_NAME      4096
+#define CPR_STATE_MAX_VALUE     (16 * MiB)
+
+/* An element of the array vmstate allocates: start from zero */
+static int cpr_fd_record_pre_load(void *opaque)
+{
+    memset(opaque, 0, sizeof(CprFdRecord));
+    return 0;
+}
+
+static bool cpr_fd_record_name_len_ok(void *opaque, int version_id)
+{
+    return ((CprFdRecord *)opaque)->name_len <= CPR_STATE_MAX_NAME;
+}
+
+static bool cpr_fd_record_value_len_ok(void *opaque, int version_id)
+{
+    return ((CprFdRecord *)opaque)->value_len <= CPR_STATE_MAX_VALUE;
+}
+
 static int cpr_fd_record_post_load(void *opaque, int version_id)
 {
     CprFdRecord *r = opaque;
@@ -300,33 +323,36 @@ static const VMStateDescription vmstate_cpr_fd = {
     .name = "cpr-fd",
     .version_id = 1,
     .minimum_version_id = 1,
+    .pre_load = cpr_fd_record_pre_load,
     .post_load = cpr_fd_record_post_load,
     .fields = (VMStateField[]) {
         VMSTATE_INT32(id, CprFdRecord),
         VMSTATE_INT32(fd, CprFdRecord),
         VMSTATE_UINT32(name_len, CprFdRecord),
+        VMSTATE_VALIDATE("name_len", cpr_fd_record_name_len_ok),
         VMSTATE_VBUFFER_ALLOC_UINT32(name, CprFdRecord, 0, NULL, name_len),
         VMSTATE_UINT32(value_len, CprFdRecord),
+        VMSTATE_VALIDATE("value_len", cpr_fd_record_value_len_ok),
         VMSTATE_VBUFFER_ALLOC_UINT32(value, CprFdRecord, 0, NULL,
                                      value_len),
         VMSTATE_END_OF_LIST()
     },
 };
 
-static int cpr_state_record_post_load(void *opaque, int version_id)
+static bool cpr_state_record_count_ok(void *opaque, int version_id)
 {
     CprStateRecord *r = opaque;
 
-    return r->count < 0 ? -EINVAL : 0;
+    return r->count >= 0 && r->count <= CPR_STATE_MAX_ENTRIES;
 }
 
 static const VMStateDescription vmstate_cpr_state = {
     .name = "cpr-state",
     .version_id = 1,
     .minimum_version_id = 1,
-    .post_load = cpr_state_record_post_load,
     .fields = (VMStateField[]) {
         VMSTATE_INT32(count, CprStateRecord),
+        VMSTATE_VALIDATE("count", cpr_state_record_count_ok),
         VMSTATE_STRUCT_VARRAY_ALLOC(fds, CprStateRecord, count, 0,
                                     vmstate_cpr_fd, CprFdRecord),
         VMSTATE_END_OF_LIST()

@@ -34,10 +34,11 @@
 #include "cpr-internal.h"
 #include "trace.h"
 
-static const CprModeOps *const cpr_modes[CPR_MODE__MAX] = {
+static const CprModeOps *const cpr_modes[] = {
     [CPR_MODE_RESTART] = &cpr_restart_ops,
     [CPR_MODE_REBOOT] = &cpr_reboot_ops,
 };
+QEMU_BUILD_BUG_ON(ARRAY_SIZE(cpr_modes) != CPR_MODE__MAX);
 
 void cpr_init(int argc, char **argv, Error **errp)
 {
@@ -102,6 +103,7 @@ static bool cpr_jobs_idle(Error **errp)
 static bool cpr_save_allowed(const CprModeOps *ops, const char *binary,
                              Error **errp)
 {
+    ERRP_GUARD();
     g_autoptr(CprBlockerList) blockers = NULL;
     CprBlockerList *b, *first = NULL;
     char state[64];

@@ -171,6 +171,22 @@ typedef struct VFIOCprDmaList {
     VFIOCprDmaRecord *maps;
 } VFIOCprDmaList;
 
+/* Bounds checked before a length or count sizes an allocation */
+#define VFIO_CPR_MAX_IDSTR      256
+#define VFIO_CPR_MAX_MAPPINGS   (1 << 20)
+
+/* An element of the array vmstate allocates: start from zero */
+static int vfio_cpr_dma_record_pre_load(void *opaque)
+{
+    memset(opaque, 0, sizeof(VFIOCprDmaRecord));
+    return 0;
+}
+
+static bool vfio_cpr_dma_record_idstr_len_ok(void *opaque, int version_id)
+{
+    return ((VFIOCprDmaRecord *)opaque)->idstr_len <= VFIO_CPR_MAX_IDSTR;
+}
+
 static int vfio_cpr_dma_record_post_load(void *opaque, int version_id)
 {
     VFIOCprDmaRecord *r = opaque;
@@ -183,11 +199,13 @@ static const VMStateDescription vmstate_vfio_cpr_dma_record = {
     .name = "vfio-cpr-dma-mapping",
     .version_id = 1,
     .minimum_version_id = 1,
+    .pre_load = vfio_cpr_dma_record_pre_load,
     .post_load = vfio_cpr_dma_record_post_load,
     .fields = (VMStateField[]) {
         VMSTATE_UINT64(iova, VFIOCprDmaRecord),
         VMSTATE_UINT64(size, VFIOCprDmaRecord),
         VMSTATE_UINT32(idstr_len, VFIOCprDmaRecord),
+        VMSTATE_VALIDATE("idstr_len", vfio_cpr_dma_record_idstr_len_ok),
         VMSTATE_VBUFFER_ALLOC_UINT32(idstr, VFIOCprDmaRecord, 0, NULL,
                                      idstr_len),
         VMSTATE_UINT64(offset, VFIOCprDmaRecord),
@@ -195,18 +213,20 @@ static const VMStateDescription vmstate_vfio_cpr_dma_record = {
     },
 };
 
-static int vfio_cpr_dma_list_post_load(void *opaque, int version_id)
+static bool vfio_cpr_dma_list_count_ok(void *opaque, int version_id)
 {
-    return ((VFIOCprDmaList *)opaque)->count < 0 ? -EINVAL : 0;
+    VFIOCprDmaList *l = opaque;
+
+    return l->count >= 0 && l->count <= VFIO_CPR_MAX_MAPPINGS;
 }
 
 static const VMStateDescription vmstate_vfio_cpr_dma = {
     .name = "vfio-cpr-dma",
     .version_id = 1,
     .minimum_version_id = 1,
-    .post_load = vfio_cpr_dma_list_post_load,
     .fields = (VMStateField[]) {
         VMSTATE_INT32(count, VFIOCprDmaList),
+        VMSTATE_VALIDATE("count", vfio_cpr_dma_list_count_ok),
         VMSTATE_STRUCT_VARRAY_ALLOC(maps, VFIOCprDmaList, count, 0,
                                     vmstate_vfio_cpr_dma_record,
                                     VFIOCprDmaRecord),
@@ -279,7 +299,7 @@ static bool vfio_cpr_vaddr(VFIOContainer *c, hwaddr iova, uint64_t size,
 bool vfio_cpr_dma_map(VFIOContainer *c, hwaddr iova, uint64_t size,
                       void *vaddr, bool readonly, int *ret)
 {
-    ram_addr_t offset;
+    ram_addr_t offset = 0;
     RAMBlock *rb;
     guint i;
 
@@ -436,7 +456,7 @@ static void vfio_cpr_save_ranges(VFIOContainer *c, int groupid)
 
     for (i = 0; i < n; i++) {
         VFIODMARange *r = &g_array_index(c->cpr_ranges, VFIODMARange, i);
-        ram_addr_t offset;
+        ram_addr_t offset = 0;
         RAMBlock *rb = qemu_ram_block_from_host(r->vaddr, false, &offset);
         const char *idstr = vfio_cpr_rb_name(rb);
 

@@ -12,8 +12,6 @@
 #include "chardev/char.h"
 #include "io/net-listener.h"
 
-/* Old process: keep every socket chardev's sockets across execve, or not */
-
 /*
  * New process: add the listening sockets @chr had before the restart to
  * @listener; false if there are none.

@@ -9,8 +9,6 @@
 #ifndef MONITOR_FDSET_CPR_H
 #define MONITOR_FDSET_CPR_H
 
-/* Keep (@keep) or stop keeping every fd set descriptor across execve. */
-
 /* In the new process: rebuild the fd sets from the kept descriptors. */
 void monitor_fdset_cpr_restore(void);
 

@@ -9,8 +9,6 @@
 #ifndef NET_TAP_CPR_H
 #define NET_TAP_CPR_H
 
-/* Old process: keep every tap queue's descriptor across execve, or not */
-
 /* New process: the kept descriptor of @netdev's queue @queue, or -1 */
 int tap_cpr_take(const char *netdev, int queue);
 

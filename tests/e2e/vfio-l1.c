@@ -178,12 +178,30 @@ static int bind_device(struct l1_dev *dev)
 }
 
 /* QEMU on the L2 guest @kernel, with @dev passed through if not NULL */
+/* Run QEMU with @argv, its output into /tmp/qemu.log */
+static pid_t spawn_qemu(const char **argv)
+{
+    pid_t pid;
+    int fd;
+
+    unlink(QMP_PATH);
+    pid = fork();
+    if (pid == 0) {
+        fd = open("/tmp/qemu.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+        execv(QEMU, (char **)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
 static pid_t start_qemu(const char *kernel, struct l1_dev *dev, int memfd)
 {
     char vfio[96], machine[64];
     const char *argv[32];
-    int i = 0, fd;
-    pid_t pid;
+    int i = 0;
 
     passed = dev;
     if (dev) {
@@ -213,17 +231,7 @@ static pid_t start_qemu(const char *kernel, struct l1_dev *dev, int memfd)
         argv[i++] = vfio;
     }
     argv[i] = NULL;
-    unlink(QMP_PATH);
-    pid = fork();
-    if (pid == 0) {
-        fd = open("/tmp/qemu.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        execv(QEMU, (char **)argv);
-        _exit(127);
-    }
-    return pid;
+    return spawn_qemu(argv);
 }
 
 /*
@@ -885,20 +893,8 @@ static pid_t start_counter_guest(int incoming)
         "-qmp", "unix:" QMP_PATH ",server=on,wait=off",
         incoming ? "-incoming" : NULL, "defer", NULL
     };
-    pid_t pid;
-    int fd;
 
-    unlink(QMP_PATH);
-    pid = fork();
-    if (pid == 0) {
-        fd = open("/tmp/qemu.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        execv(QEMU, (char **)argv);
-        _exit(127);
-    }
-    return pid;
+    return spawn_qemu(argv);
 }
 
 /* The first word of each counted page: @c[COUNTER_PAGES] */
