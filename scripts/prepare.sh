@@ -15,10 +15,16 @@ stamp=$src/.cpr-patches
 [ -f "$pristine/.unpacked" ] || { echo "prepare.sh: run scripts/fetch.sh first" >&2; exit 1; }
 
 want=$( (cd "$top" && for p in patches/*.patch; do if [ -e "$p" ]; then echo "$p"; cat "$p"; fi; done) | sha256sum | cut -c1-32)
+# The files the patch series touches
+patched_files() {
+    sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$top"/patches/*.patch | sort -u
+}
+
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     mkdir -p "$src"
     rm -f "$stamp"
-    rsync -a --delete --exclude=/.cpr-patches "$pristine/" "$src/"
+    rsync -a --delete --exclude=/.cpr-patches --exclude=/.cpr-patched \
+        "$pristine/" "$src/"
     for p in "$top"/patches/*.patch; do
         [ -e "$p" ] || continue
         if ! patch -d "$src" -p1 -s --no-backup-if-mismatch -r - <"$p"; then
@@ -26,6 +32,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
             exit 1
         fi
     done
+    # A file that a patch no longer touches is back to the pristine one,
+    # with its old time stamp: touch it, or the build keeps the old object.
+    { cat "$src/.cpr-patched" 2>/dev/null || true; patched_files; } |
+        sort -u |
+    while read -r f; do
+        if [ -f "$src/$f" ]; then
+            touch "$src/$f"
+        fi
+    done
+    patched_files >"$src/.cpr-patched"
     echo "$want" >"$stamp"
 fi
 
