@@ -74,8 +74,6 @@ void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
                       GByteArray *b);
 bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
                       const uint8_t *data, size_t len);
-/* @s holds @len bytes: a string and its NUL, nothing after */
-bool cpr_vmstate_string_ok(const void *s, uint32_t len);
 
 /*
  * Append the stream to @b / load it from @data; @cpu_ns, if not NULL,
@@ -118,7 +116,10 @@ typedef struct CprModeOps {
     void (*blockers)(CprBlockerList ***tail);
     /* Checked before the VM is touched, with @binary or NULL */
     bool (*check)(const char *binary, Error **errp);
-    /* After the state file is written; false (errp set) if that failed */
+    /*
+     * After the state file is written (NULL: nothing, the VM stays
+     * stopped); false (errp set) if that failed
+     */
     bool (*finish)(const char *file, const char *binary, Error **errp);
 
     /* cprload */

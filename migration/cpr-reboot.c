@@ -387,13 +387,6 @@ static bool cpr_reboot_load_ram(CprFile *cf, Error **errp)
     return true;
 }
 
-/* The VM stays paused here: quit, or cont to change one's mind */
-static bool cpr_reboot_finish(const char *file, const char *binary,
-                              Error **errp)
-{
-    return true;
-}
-
 /* A fresh QEMU started with -incoming defer, nothing migrated into it */
 static bool cpr_reboot_load_pending(void)
 {
@@ -405,7 +398,7 @@ const CprModeOps cpr_reboot_ops = {
     .mode = CPR_MODE_REBOOT,
     .stop_state = RUN_STATE_PAUSED,
     .file = &cpr_reboot_file_ops,
-    .finish = cpr_reboot_finish,
+    /* no finish: the VM stays paused; quit, or cont to change one's mind */
     .load_pending = cpr_reboot_load_pending,
     .load_ram = cpr_reboot_load_ram,
     .other_mode_hint = ", which only the process that cprsave started can "

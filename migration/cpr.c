@@ -171,7 +171,7 @@ void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
         goto failed;
     }
     cpr_set_saving(false);
-    if (ops->finish(file, has_binary ? binary : NULL, errp)) {
+    if (!ops->finish || ops->finish(file, has_binary ? binary : NULL, errp)) {
         trace_cpr_save_done(file, CprMode_str(mode));
         return;
     }

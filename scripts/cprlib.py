@@ -184,3 +184,16 @@ def cpr_update(vm, binary=None):
     stop = vm.qmp.event_time("STOP")
     vm.qmp.cmd("cprload", file=vm.state)
     return vm.qmp.event_time("RESUME") - stop
+
+
+def console_lines(args, log_name):
+    """Run QEMU with @args (its serial port on stdout) until it exits;
+    yield each line of its console, which also goes to build/@log_name."""
+    with open(os.path.join(TOP, "build", log_name), "w") as log, \
+            subprocess.Popen(args, stdout=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL) as proc:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            log.write(line + "\n")
+            log.flush()
+            yield line

@@ -191,8 +191,7 @@ static int vfio_cpr_dma_record_post_load(void *opaque, int version_id)
 {
     VFIOCprDmaRecord *r = opaque;
 
-    return r->idstr_len && !r->idstr[r->idstr_len - 1] &&
-           strlen((char *)r->idstr) == r->idstr_len - 1 ? 0 : -EINVAL;
+    return cpr_vmstate_string_ok(r->idstr, r->idstr_len) ? 0 : -EINVAL;
 }
 
 static const VMStateDescription vmstate_vfio_cpr_dma_record = {

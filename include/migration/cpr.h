@@ -98,6 +98,8 @@ bool cpr_has_fd(const char *name, int id);
  */
 void cpr_save_vmstate(const char *name, const VMStateDescription *vmsd,
                       void *opaque);
+/* For a post_load: @s holds @len bytes, a string and its NUL, no more */
+bool cpr_vmstate_string_ok(const void *s, uint32_t len);
 bool cpr_take_vmstate(const char *name, const VMStateDescription *vmsd,
                       void *opaque, Error **errp);
 

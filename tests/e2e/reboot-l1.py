@@ -15,6 +15,10 @@ import re
 import shutil
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "scripts"))
+import cprlib  # noqa: E402
 import tempfile
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -53,23 +57,17 @@ def main():
         bad = 0
         print("TAP version 14")
         print("1..%d" % PLAN, flush=True)
-        with open(os.path.join(TOP, "build", "reboot-l1.console"), "w") as log, \
-                subprocess.Popen(args, stdout=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL) as proc:
-            for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                log.write(line + "\n")
-                log.flush()
-                if line.startswith("# "):
-                    print(line, flush=True)
-                    continue
-                m = RESULT.match(line)
-                if not m:
-                    continue
-                n += 1
-                bad += m.group(1) is not None
-                print("%sok %d - %s" % (m.group(1) or "", n, m.group(2)),
-                      flush=True)
+        for line in cprlib.console_lines(args, "reboot-l1.console"):
+            if line.startswith("# "):
+                print(line, flush=True)
+                continue
+            m = RESULT.match(line)
+            if not m:
+                continue
+            n += 1
+            bad += m.group(1) is not None
+            print("%sok %d - %s" % (m.group(1) or "", n, m.group(2)),
+                  flush=True)
         if n != PLAN:
             print("# L1 ended after %d of %d tests; see "
                   "build/reboot-l1.console" % (n, PLAN))

@@ -8,8 +8,11 @@ live-updates it and prints TAP, which this script relays.  The rest of L1's cons
 
 import os
 import re
-import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "scripts"))
+import cprlib  # noqa: E402
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -31,22 +34,16 @@ def main():
     plan = None
     oks = 0
     bad = 0
-    with open(os.path.join(TOP, "build", "vfio-l1.console"), "w") as log, \
-            subprocess.Popen(args, stdout=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL) as proc:
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\r\n")
-            log.write(line + "\n")
-            log.flush()
-            if not TAP.match(line):
-                continue
-            print(line, flush=True)
-            if line.startswith("1.."):
-                plan = int(line[3:])
-            elif line.startswith("ok "):
-                oks += 1
-            elif line.startswith("not ok "):
-                bad += 1
+    for line in cprlib.console_lines(args, "vfio-l1.console"):
+        if not TAP.match(line):
+            continue
+        print(line, flush=True)
+        if line.startswith("1.."):
+            plan = int(line[3:])
+        elif line.startswith("ok "):
+            oks += 1
+        elif line.startswith("not ok "):
+            bad += 1
     if plan is None or oks + bad != plan:
         print("# L1 ended after %d of %s tests; see build/vfio-l1.console"
               % (oks + bad, plan))
