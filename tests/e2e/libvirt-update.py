@@ -169,6 +169,15 @@ def qemu_pid():
         return int(f.read())
 
 
+def qemu_log_tail(n):
+    """The last @n lines QEMU wrote to the log libvirt keeps for it."""
+    try:
+        with open("/var/log/libvirt/qemu/%s.log" % DOMAIN) as f:
+            return f.read().splitlines()[-n:]
+    except OSError as e:
+        return [str(e)]
+
+
 def errors():
     return watch.snapshot()["errors"]
 
@@ -266,6 +275,8 @@ def main():
                     msg += "\n" + (e.stderr or "")
                 for line in msg.splitlines() or [type(e).__name__]:
                     diag(line)
+                for line in qemu_log_tail(15):
+                    diag("qemu log: " + line)
                 sys.stdout.flush()
     except Exception as e:
         failed += 1

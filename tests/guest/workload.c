@@ -277,9 +277,20 @@ static void *net_worker(void *opaque)
     return NULL;
 }
 
+/*
+ * A disk worker holds its disk's lock while it writes and checks one
+ * record.  Powering off takes both locks first: since Linux resets virtio
+ * devices in device_shutdown(), a write still in flight would fail.
+ */
 struct disk {
     int index;
     char path[32];
+    pthread_mutex_t lock;
+};
+
+static struct disk disks[2] = {
+    { 0, "/dev/vda", PTHREAD_MUTEX_INITIALIZER },
+    { 1, "/dev/vdb", PTHREAD_MUTEX_INITIALIZER },
 };
 
 static void fill_record(uint8_t *rec, uint64_t seq, uint64_t sector)
@@ -337,25 +348,28 @@ static void *disk_worker(void *opaque)
     for (seq = 0;; seq++) {
         uint64_t s = seq % nsect;
 
+        pthread_mutex_lock(&d->lock);
         fill_record(buf, seq, s);
         if (pwrite(fd, buf, SECTOR, s * SECTOR) != SECTOR ||
             fdatasync(fd) < 0) {
             fail("%s: write record %llu: %s", d->path,
                  (unsigned long long)seq, strerror(errno));
-            return NULL;
+            break;
         }
         if (check_record(fd, buf, s, seq, d->path) < 0) {
-            return NULL;
+            break;
         }
         /* Re-read an older record: the one 7/8 of a lap behind, if any. */
         old = seq - (nsect * 7 / 8);
         if (seq >= nsect * 7 / 8 &&
             check_record(fd, buf, old % nsect, old, d->path) < 0) {
-            return NULL;
+            break;
         }
         disk_records[d->index] = seq + 1;
+        pthread_mutex_unlock(&d->lock);
         usleep(1000);
     }
+    pthread_mutex_unlock(&d->lock);
     return NULL;
 }
 
@@ -398,6 +412,9 @@ static void *power_worker(void *opaque)
     while (read(fd, &ev, sizeof(ev)) == sizeof(ev)) {
         if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value) {
             write_all(tty0, "P poweroff\n", 11);
+            /* Held until the end: no record is written after this. */
+            pthread_mutex_lock(&disks[0].lock);
+            pthread_mutex_lock(&disks[1].lock);
             sync();
             reboot(LINUX_REBOOT_CMD_POWER_OFF);
         }
@@ -407,7 +424,6 @@ static void *power_worker(void *opaque)
 
 int main(void)
 {
-    static struct disk disks[2] = { { 0, "/dev/vda" }, { 1, "/dev/vdb" } };
     char *mem = cmdline_param("cpr.mem");
     char *peer = cmdline_param("cpr.peer");
     pthread_t t;
