@@ -24,7 +24,7 @@ void hmp_cprsave(Monitor *mon, const QDict *qdict)
 
     if (mode >= 0) {
         qmp_cprsave(qdict_get_str(qdict, "file"), mode, !!binary, binary,
-                    &err);
+                    false, false, &err);
     }
     hmp_handle_error(mon, err);
 }

@@ -105,22 +105,33 @@ bool cpr_ram_resize(CprFile *cf, Error **errp);
 void cpr_ram_load_done(void);
 void cpr_ram_add_blockers(CprBlockerList ***tail);
 
+/* CPR state entry: the state file a restarted process loads by itself */
+#define CPR_AUTO_LOAD_NAME "cpr-auto-load"
+
+/* The arguments of cprsave that reach a mode */
+typedef struct CprSaveArgs {
+    const char *file;
+    const char *binary;         /* or NULL */
+    bool auto_load;
+} CprSaveArgs;
+
 /* A mode of cprsave: the hooks of cpr-<mode>.c around the common path */
 typedef struct CprModeOps {
     CprMode mode;
     RunState stop_state;        /* of a running VM while it is saved */
     bool resume_on_error;       /* a failed save resumes a running VM */
     bool has_binary;            /* takes cprsave's 'binary' */
+    bool has_auto_load;         /* takes cprsave's 'auto-load' */
     const CprFileOps *file;     /* what the state file has besides devices */
     /* Add what blocks the mode (cpr_add_blocker) */
     void (*blockers)(CprBlockerList ***tail);
-    /* Checked before the VM is touched, with @binary or NULL */
-    bool (*check)(const char *binary, Error **errp);
+    /* Checked before the VM is touched */
+    bool (*check)(const CprSaveArgs *args, Error **errp);
     /*
      * After the state file is written (NULL: nothing, the VM stays
      * stopped); false (errp set) if that failed
      */
-    bool (*finish)(const char *file, const char *binary, Error **errp);
+    bool (*finish)(const CprSaveArgs *args, Error **errp);
 
     /* cprload */
     /* Whether this process can load a file of the mode now */
@@ -135,6 +146,8 @@ typedef struct CprModeOps {
     void (*load_done)(void);
     /* Why a file of another mode cannot be loaded here (after its mode) */
     const char *other_mode_hint;
+    /* At the end of start-up: load a file without cprload, if asked to */
+    void (*started)(void);
 } CprModeOps;
 
 extern const CprModeOps cpr_restart_ops;

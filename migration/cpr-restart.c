@@ -17,6 +17,8 @@
 #include "qemu/config-file.h"
 #include "qemu/option.h"
 #include "block/block.h"
+#include "qapi/qapi-commands-cpr.h"
+#include "qemu/thread.h"
 #include "migration/cpr.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
@@ -54,9 +56,9 @@ static void cpr_restart_blockers(CprBlockerList ***tail)
     cpr_ram_add_blockers(tail);
 }
 
-static bool cpr_restart_check(const char *binary, Error **errp)
+static bool cpr_restart_check(const CprSaveArgs *args, Error **errp)
 {
-    const char *exec_path = binary ?: cpr_get_exec_path();
+    const char *exec_path = args->binary ?: cpr_get_exec_path();
 
     if (access(exec_path, X_OK) < 0) {
         error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
@@ -66,13 +68,13 @@ static bool cpr_restart_check(const char *binary, Error **errp)
 }
 
 /* Returns only if the new binary could not be executed */
-static bool cpr_restart_finish(const char *file, const char *binary,
-                               Error **errp)
+static bool cpr_restart_finish(const CprSaveArgs *args, Error **errp)
 {
-    const char *exec_path = binary ?: cpr_get_exec_path();
+    const char *exec_path = args->binary ?: cpr_get_exec_path();
     Error *err = NULL;
     pid_t helper;
 
+    cpr_keep_str(CPR_AUTO_LOAD_NAME, args->file, args->auto_load);
     if (!cpr_notify(CPR_EVENT_EXEC, errp) || !cpr_mm_prepare(errp)) {
         goto undo;
     }
@@ -105,7 +107,8 @@ release:
     cpr_mm_release(helper);
 undo:
     cpr_notify(CPR_EVENT_EXEC_FAILED, NULL);
-    unlink(file);
+    cpr_keep_str(CPR_AUTO_LOAD_NAME, NULL, false);
+    unlink(args->file);
     return false;
 }
 
@@ -113,6 +116,80 @@ undo:
 static bool cpr_restart_load_pending(void)
 {
     return cpr_is_incoming();
+}
+
+/*
+ * auto-load: the monitor holding cprsave's answer waits for the load
+ * (cpr_auto_load_wait, in its I/O thread) while the main thread loads.
+ */
+static struct {
+    QemuMutex lock;
+    bool loading;               /* cpr_restart_started() took the file */
+    bool done;
+    Error *err;                 /* the load's error, once done */
+    CprAutoLoadFn *fn;          /* who waits for it */
+    void *opaque;
+} cpr_auto_load;
+
+static void __attribute__((constructor)) cpr_auto_load_init(void)
+{
+    qemu_mutex_init(&cpr_auto_load.lock);
+}
+
+bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque)
+{
+    bool coming;
+
+    qemu_mutex_lock(&cpr_auto_load.lock);
+    if (cpr_auto_load.done) {
+        qemu_mutex_unlock(&cpr_auto_load.lock);
+        fn(opaque, cpr_auto_load.err);
+        return true;
+    }
+    coming = cpr_auto_load.loading ||
+             (cpr_is_incoming() && !cpr_is_recovery() &&
+              cpr_has_fd(CPR_AUTO_LOAD_NAME, 0));
+    if (coming) {
+        cpr_auto_load.fn = fn;
+        cpr_auto_load.opaque = opaque;
+    }
+    qemu_mutex_unlock(&cpr_auto_load.lock);
+    return coming;
+}
+
+/*
+ * The end of the new process's start-up: load the file cprsave asked
+ * for with auto-load (not in a process that took the VM back: that one
+ * answers cprsave with an error and waits for cprload).
+ */
+static void cpr_restart_started(void)
+{
+    g_autofree char *file = NULL;
+    CprAutoLoadFn *fn;
+    void *opaque;
+
+    if (!cpr_is_incoming() || cpr_is_recovery()) {
+        return;
+    }
+    qemu_mutex_lock(&cpr_auto_load.lock);
+    file = cpr_take_str(CPR_AUTO_LOAD_NAME);
+    cpr_auto_load.loading = file != NULL;
+    qemu_mutex_unlock(&cpr_auto_load.lock);
+    if (!file) {
+        return;
+    }
+
+    trace_cpr_auto_load(file);
+    qmp_cprload(file, &cpr_auto_load.err);
+
+    qemu_mutex_lock(&cpr_auto_load.lock);
+    cpr_auto_load.done = true;
+    fn = cpr_auto_load.fn;
+    opaque = cpr_auto_load.opaque;
+    qemu_mutex_unlock(&cpr_auto_load.lock);
+    if (fn) {
+        fn(opaque, cpr_auto_load.err);
+    }
 }
 
 static void cpr_restart_loaded(void)
@@ -137,6 +214,7 @@ const CprModeOps cpr_restart_ops = {
     .stop_state = RUN_STATE_SAVE_VM,
     .resume_on_error = true,
     .has_binary = true,
+    .has_auto_load = true,
     .blockers = cpr_restart_blockers,
     .check = cpr_restart_check,
     .finish = cpr_restart_finish,
@@ -144,6 +222,7 @@ const CprModeOps cpr_restart_ops = {
     .ram_kept = true,
     .loaded = cpr_restart_loaded,
     .load_done = cpr_restart_load_done,
+    .started = cpr_restart_started,
     .other_mode_hint = "; this process waits for the file of its cprsave "
                        "restart",
 };

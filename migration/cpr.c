@@ -50,6 +50,17 @@ void cpr_init(int argc, char **argv, Error **errp)
     }
 }
 
+void cpr_started(void)
+{
+    CprMode m;
+
+    for (m = 0; m < CPR_MODE__MAX; m++) {
+        if (cpr_modes[m]->started) {
+            cpr_modes[m]->started();
+        }
+    }
+}
+
 /* What blocks each mode now */
 static CprBlockerList *cpr_blockers(void)
 {
@@ -100,7 +111,7 @@ static bool cpr_jobs_idle(Error **errp)
 }
 
 /* Everything that can be checked before the VM is touched */
-static bool cpr_save_allowed(const CprModeOps *ops, const char *binary,
+static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
                              Error **errp)
 {
     ERRP_GUARD();
@@ -113,8 +124,12 @@ static bool cpr_save_allowed(const CprModeOps *ops, const char *binary,
                    "load the state before saving it again");
         return false;
     }
-    if (binary && !ops->has_binary) {
+    if (args->binary && !ops->has_binary) {
         error_setg(errp, "'binary' is only for mode 'restart'");
+        return false;
+    }
+    if (args->auto_load && !ops->has_auto_load) {
+        error_setg(errp, "'auto-load' is only for mode 'restart'");
         return false;
     }
     if (!runstate_check(RUN_STATE_RUNNING) &&
@@ -147,17 +162,23 @@ static bool cpr_save_allowed(const CprModeOps *ops, const char *binary,
     if (first) {
         return false;
     }
-    return !ops->check || ops->check(binary, errp);
+    return !ops->check || ops->check(args, errp);
 }
 
 void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
-                 const char *binary, Error **errp)
+                 const char *binary, bool has_auto_load, bool auto_load,
+                 Error **errp)
 {
     ERRP_GUARD();
     const CprModeOps *ops = cpr_modes[mode];
     bool was_running = runstate_is_running();
+    CprSaveArgs args = {
+        .file = file,
+        .binary = has_binary ? binary : NULL,
+        .auto_load = has_auto_load && auto_load,
+    };
 
-    if (!cpr_save_allowed(ops, has_binary ? binary : NULL, errp)) {
+    if (!cpr_save_allowed(ops, &args, errp)) {
         return;
     }
     trace_cpr_save_start(file, CprMode_str(mode));
@@ -171,7 +192,7 @@ void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
         goto failed;
     }
     cpr_set_saving(false);
-    if (!ops->finish || ops->finish(file, has_binary ? binary : NULL, errp)) {
+    if (!ops->finish || ops->finish(&args, errp)) {
         trace_cpr_save_done(file, CprMode_str(mode));
         return;
     }

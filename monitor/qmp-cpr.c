@@ -12,10 +12,13 @@
  * started the restart, the reply that command is waiting for.  The new
  * process then neither greets the client nor asks for capabilities
  * again; it sends that reply, so to the client cprsave simply returns.
+ * With cprsave's auto-load, the reply waits until the new process has
+ * loaded the state, and carries the error if that failed.
  */
 
 #include "qemu/osdep.h"
 #include "chardev/char-fe.h"
+#include "qapi/error.h"
 #include "qapi/qmp/qdict.h"
 #include "qapi/qmp/qjson.h"
 #include "qapi/qmp/qstring.h"
@@ -85,11 +88,46 @@ static void monitor_qmp_cpr_keep(bool keep)
 }
 CPR_KEEPER(monitor_qmp_cpr_keep)
 
+/* cprsave's answer, held until the load it asked for with auto-load */
+typedef struct QmpCprReply {
+    MonitorQMP *mon;
+    QDict *rsp;
+} QmpCprReply;
+
+static void qmp_cpr_send_reply(MonitorQMP *mon, QDict *rsp)
+{
+    qmp_send_response(mon, rsp);
+    if (!cpr_is_recovery()) {
+        cpr_mm_reply_sent();
+    }
+}
+
+static void qmp_cpr_auto_loaded(void *opaque, Error *err)
+{
+    QmpCprReply *r = opaque;
+
+    if (err) {
+        QDict *e = qdict_new();
+        g_autofree char *desc = g_strdup_printf(
+            "the new QEMU could not load the state: %s; the VM is paused "
+            "and waits for cprload", error_get_pretty(err));
+
+        qdict_put_str(e, "class", "GenericError");
+        qdict_put_str(e, "desc", desc);
+        qdict_del(r->rsp, "return");
+        qdict_put(r->rsp, "error", e);
+    }
+    qmp_cpr_send_reply(r->mon, r->rsp);
+    qobject_unref(r->rsp);
+    g_free(r);
+}
+
 bool monitor_qmp_cpr_resume(MonitorQMP *mon)
 {
     g_autofree char *caps_name = qmp_cpr_name(mon, "caps");
     g_autofree char *reply_name = qmp_cpr_name(mon, "reply");
     g_autofree char *caps = NULL, *reply = NULL;
+    QmpCprReply *r;
     QDict *rsp;
 
     if (!caps_name || !cpr_is_incoming()) {
@@ -103,26 +141,31 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
     mon->capab[QMP_CAPABILITY_OOB] = !strcmp(caps, "oob") &&
                                      mon->capab_offered[QMP_CAPABILITY_OOB];
     mon->commands = &qmp_commands;
-    if (reply && !cpr_recovery_replied()) {
-        rsp = qobject_to(QDict, qobject_from_json(reply, NULL));
-        if (rsp && cpr_is_recovery()) {
-            /* The restart failed: the old binary took the VM back. */
-            QDict *err = qdict_new();
+    if (!reply || cpr_recovery_replied()) {
+        return true;
+    }
+    rsp = qobject_to(QDict, qobject_from_json(reply, NULL));
+    if (!rsp) {
+        return true;
+    }
+    if (cpr_is_recovery()) {
+        /* The restart failed: the old binary took the VM back. */
+        QDict *err = qdict_new();
 
-            qdict_put_str(err, "class", "GenericError");
-            qdict_put_str(err, "desc", "the new QEMU did not come up; the "
-                          "previous binary took the VM back and waits for "
-                          "cprload");
-            qdict_del(rsp, "return");
-            qdict_put(rsp, "error", err);
-        }
-        if (rsp) {
-            qmp_send_response(mon, rsp);
-            if (!cpr_is_recovery()) {
-                cpr_mm_reply_sent();
-            }
-        }
+        qdict_put_str(err, "class", "GenericError");
+        qdict_put_str(err, "desc", "the new QEMU did not come up; the "
+                      "previous binary took the VM back and waits for "
+                      "cprload");
+        qdict_del(rsp, "return");
+        qdict_put(rsp, "error", err);
+    }
+    r = g_new(QmpCprReply, 1);
+    r->mon = mon;
+    r->rsp = rsp;
+    if (!cpr_auto_load_wait(qmp_cpr_auto_loaded, r)) {
+        qmp_cpr_send_reply(mon, rsp);
         qobject_unref(rsp);
+        g_free(r);
     }
     return true;
 }

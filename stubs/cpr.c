@@ -28,6 +28,11 @@ void cpr_mm_reply_sent(void)
 {
 }
 
+bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque)
+{
+    return false;
+}
+
 void cpr_save_fd(const char *name, int id, int fd)
 {
 }

@@ -34,6 +34,24 @@
 void cpr_init(int argc, char **argv, Error **errp);
 
 /*
+ * cpr_started: the end of start-up, once the machine is created and
+ * reset.  A process started by "cprsave restart" with auto-load loads
+ * its state file here.
+ */
+void cpr_started(void);
+
+/*
+ * A process started by "cprsave restart" with auto-load answers cprsave
+ * only once that load has ended.  The monitor holding the answer calls
+ * cpr_auto_load_wait(): @fn gets the load's error, or NULL, when the load
+ * ends (in the main thread), or at once in the caller's thread if it has
+ * ended already.  Returns false, without calling @fn, if no such load is
+ * coming: answer now.
+ */
+typedef void CprAutoLoadFn(void *opaque, Error *err);
+bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque);
+
+/*
  * cpr_is_incoming: true from the start of a process created by
  * "cprsave restart" until its cprload succeeds.
  */

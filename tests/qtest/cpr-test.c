@@ -626,6 +626,93 @@ static void test_round_trip(void)
     vm_kill(vm);
 }
 
+/*
+ * cprsave auto-load: the new process loads the state by itself and only
+ * then answers; no cprload.  A paused VM comes back paused.
+ */
+static void test_auto_load(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *err = NULL;
+    pid_t pid = vm->pid;
+    QDict *info;
+    int i;
+
+    vm_wait_passes(vm, 2);
+    for (i = 0; i < 2; i++) {
+        if (i == 1) {
+            qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+        }
+        g_free(before);
+        before = vm_counters(vm);
+        qobject_unref(vm_ok(vm, "{'execute': 'cprsave', 'arguments':"
+                            " {'file': %s, 'mode': 'restart',"
+                            " 'auto-load': true}}", vm->state_path));
+        g_assert_cmpint(vm->pid, ==, pid);
+        /* Answered once loaded: already in the saved run state */
+        g_assert_cmpstr(vm_status(vm), ==, i ? "paused" : "running");
+        info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+        g_assert(!qdict_get_bool(info, "load-pending"));
+        qobject_unref(info);
+        g_free(after);
+        after = vm_counters(vm);
+        check_not_behind(before, after);
+        check_consistent(after);
+        vm_wait_no_children(vm);
+    }
+    g_assert(!memcmp(before, after, COUNTER_PAGES * sizeof(uint64_t)));
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", vm->state_path));
+    g_assert(strstr(err, "no CPR restart is waiting to be loaded"));
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, after);
+    vm_kill(vm);
+}
+
+/*
+ * auto-load of a file that turns out corrupt (a wrapper corrupts it
+ * before it runs QEMU): cprsave's answer names the problem, and the new
+ * process waits for cprload of a good copy.
+ */
+static void test_auto_load_fails(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *wrapper = g_build_filename(vm->dir, "corrupts", NULL);
+    g_autofree char *good = g_build_filename(vm->dir, "good.cpr", NULL);
+    g_autofree char *script = g_strdup_printf(
+        "#!/bin/sh\ncp %s %s\nprintf X | dd of=%s bs=1 seek=4096 "
+        "conv=notrunc status=none\nexec %s \"$@\"\n", vm->state_path,
+        good, vm->state_path, getenv("QTEST_QEMU_BINARY"));
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *err = NULL;
+    pid_t pid = vm->pid;
+    QDict *info;
+
+    g_assert(g_file_set_contents(wrapper, script, -1, NULL));
+    g_assert(chmod(wrapper, 0755) == 0);
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart', 'binary': %s,"
+                          " 'auto-load': true}}", vm->state_path, wrapper));
+    g_assert(strstr(err, "the new QEMU could not load the state: "));
+    g_assert(strstr(err, "is corrupt"));
+    g_assert(strstr(err, "waits for cprload"));
+    g_assert_cmpint(vm->pid, ==, pid);
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    g_assert(qdict_get_bool(info, "load-pending"));
+    qobject_unref(info);
+    g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+    vm_cprload(vm, good);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = check_kept(vm, before);
+    vm_wait_no_children(vm);
+    vm_kill(vm);
+}
+
 /* Main RAM from an explicit memfd or shared file backend */
 static void test_backends(void)
 {
@@ -1913,6 +2000,8 @@ int main(int argc, char **argv)
     add_test("restart/inherited-monitor", test_inherited_monitor);
     add_test("restart/fdset", test_fdset);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
+    add_test("restart/auto-load", test_auto_load);
+    add_test("restart/auto-load-fails", test_auto_load_fails);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
