@@ -34,6 +34,11 @@
  *   had answered it, and cprload with the same state file resumes the
  *   guest.  Its PID is the helper's.
  *
+ * With cprsave's auto-load the new process sends 'k' as soon as its own
+ * load has resumed the guest, before it answers cprsave: from then on
+ * the guest has run in the new process, and only the new process can go
+ * on with it.
+ *
  * The new process reaps the helper; its pid travels in the CPR state.
  */
 

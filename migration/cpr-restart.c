@@ -59,6 +59,15 @@ static void cpr_restart_blockers(CprBlockerList ***tail)
 static bool cpr_restart_check(const CprSaveArgs *args, Error **errp)
 {
     const char *exec_path = args->binary ?: cpr_get_exec_path();
+    char **arg;
+
+    /* The new process would wait for x-exit-preconfig before loading */
+    for (arg = cpr_get_argv(); args->auto_load && *arg; arg++) {
+        if (!strcmp(*arg, "-preconfig") || !strcmp(*arg, "--preconfig")) {
+            error_setg(errp, "'auto-load' cannot be used with --preconfig");
+            return false;
+        }
+    }
 
     if (access(exec_path, X_OK) < 0) {
         error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
@@ -172,15 +181,24 @@ static void cpr_restart_started(void)
         return;
     }
     qemu_mutex_lock(&cpr_auto_load.lock);
+    cpr_auto_load.loading = cpr_has_fd(CPR_AUTO_LOAD_NAME, 0);
     file = cpr_take_str(CPR_AUTO_LOAD_NAME);
-    cpr_auto_load.loading = file != NULL;
     qemu_mutex_unlock(&cpr_auto_load.lock);
-    if (!file) {
+    if (!cpr_auto_load.loading) {
         return;
     }
 
-    trace_cpr_auto_load(file);
-    qmp_cprload(file, &cpr_auto_load.err);
+    if (file) {
+        trace_cpr_auto_load(file);
+        qmp_cprload(file, &cpr_auto_load.err);
+    } else {
+        error_setg(&cpr_auto_load.err, "the CPR state names no state file "
+                   "to load");
+    }
+    if (cpr_auto_load.err) {
+        warn_report("cprsave auto-load: %s",
+                    error_get_pretty(cpr_auto_load.err));
+    }
 
     qemu_mutex_lock(&cpr_auto_load.lock);
     cpr_auto_load.done = true;

@@ -22,6 +22,8 @@
 #include "qapi/qmp/qdict.h"
 #include "qapi/qmp/qjson.h"
 #include "qapi/qmp/qstring.h"
+#include "qemu/lockable.h"
+#include "qemu/thread.h"
 #include "migration/cpr.h"
 #include "monitor-internal.h"
 
@@ -88,11 +90,34 @@ static void monitor_qmp_cpr_keep(bool keep)
 }
 CPR_KEEPER(monitor_qmp_cpr_keep)
 
-/* cprsave's answer, held until the load it asked for with auto-load */
-typedef struct QmpCprReply {
+/*
+ * What the new process took over for one kept QMP monitor, claimed in the
+ * main thread when the monitor is created and used when its connection
+ * is attached (CHR_EVENT_OPENED, in the monitor I/O thread).  With
+ * auto-load, cprsave's answer is sent by whichever of the two comes
+ * second: the attachment, or the end of the load (main thread).
+ */
+typedef struct QmpCprKept {
     MonitorQMP *mon;
-    QDict *rsp;
-} QmpCprReply;
+    bool oob;                   /* the capability the client negotiated */
+    QDict *reply;               /* cprsave's answer, or NULL */
+    bool held;                  /* the answer waits for auto-load */
+    bool opened;                /* the kept connection is attached */
+} QmpCprKept;
+
+static QemuMutex qmp_cpr_lock;
+static GSList *qmp_cpr_kept;    /* QmpCprKept * */
+
+static void __attribute__((constructor)) qmp_cpr_init(void)
+{
+    qemu_mutex_init(&qmp_cpr_lock);
+}
+
+static void qmp_cpr_kept_free(QmpCprKept *k)
+{
+    qobject_unref(k->reply);
+    g_free(k);
+}
 
 static void qmp_cpr_send_reply(MonitorQMP *mon, QDict *rsp)
 {
@@ -102,70 +127,119 @@ static void qmp_cpr_send_reply(MonitorQMP *mon, QDict *rsp)
     }
 }
 
-static void qmp_cpr_auto_loaded(void *opaque, Error *err)
+/* Make @rsp the error reply "@fmt" */
+static void G_GNUC_PRINTF(2, 3) qmp_cpr_reply_error(QDict *rsp,
+                                                   const char *fmt, ...)
 {
-    QmpCprReply *r = opaque;
+    QDict *e = qdict_new();
+    g_autofree char *desc = NULL;
+    va_list ap;
 
-    if (err) {
-        QDict *e = qdict_new();
-        g_autofree char *desc = g_strdup_printf(
-            "the new QEMU could not load the state: %s; the VM is paused "
-            "and waits for cprload", error_get_pretty(err));
-
-        qdict_put_str(e, "class", "GenericError");
-        qdict_put_str(e, "desc", desc);
-        qdict_del(r->rsp, "return");
-        qdict_put(r->rsp, "error", e);
-    }
-    qmp_cpr_send_reply(r->mon, r->rsp);
-    qobject_unref(r->rsp);
-    g_free(r);
+    va_start(ap, fmt);
+    desc = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    qdict_put_str(e, "class", "GenericError");
+    qdict_put_str(e, "desc", desc);
+    qdict_del(rsp, "return");
+    qdict_put(rsp, "error", e);
 }
 
-bool monitor_qmp_cpr_resume(MonitorQMP *mon)
+/* cprsave's auto-load ended (main thread) */
+static void qmp_cpr_auto_loaded(void *opaque, Error *err)
+{
+    QmpCprKept *k = opaque;
+    bool send;
+
+    if (err) {
+        qmp_cpr_reply_error(k->reply, "the new QEMU could not load the "
+                            "state: %s; the VM is paused and waits for "
+                            "cprload", error_get_pretty(err));
+    }
+    WITH_QEMU_LOCK_GUARD(&qmp_cpr_lock) {
+        k->held = false;
+        send = k->opened;
+        if (send) {
+            qmp_cpr_kept = g_slist_remove(qmp_cpr_kept, k);
+        }
+    }
+    if (send) {
+        qmp_cpr_send_reply(k->mon, k->reply);
+        qmp_cpr_kept_free(k);
+    }
+}
+
+void monitor_qmp_cpr_claim(MonitorQMP *mon)
 {
     g_autofree char *caps_name = qmp_cpr_name(mon, "caps");
     g_autofree char *reply_name = qmp_cpr_name(mon, "reply");
     g_autofree char *caps = NULL, *reply = NULL;
-    QmpCprReply *r;
-    QDict *rsp;
+    QmpCprKept *k;
 
     if (!caps_name || !cpr_is_incoming()) {
-        return false;
+        return;
     }
     caps = cpr_take_str(caps_name);
     reply = cpr_take_str(reply_name);
     if (!caps) {
-        return false;
+        return;
     }
-    mon->capab[QMP_CAPABILITY_OOB] = !strcmp(caps, "oob") &&
+    k = g_new0(QmpCprKept, 1);
+    k->mon = mon;
+    k->oob = !strcmp(caps, "oob");
+    if (reply && !cpr_recovery_replied()) {
+        k->reply = qobject_to(QDict, qobject_from_json(reply, NULL));
+    }
+    if (k->reply && cpr_is_recovery()) {
+        /* The restart failed: the old binary took the VM back. */
+        qmp_cpr_reply_error(k->reply, "the new QEMU did not come up; the "
+                            "previous binary took the VM back and waits "
+                            "for cprload");
+    }
+    /* Before the connection is attached and before any load: no race */
+    k->held = k->reply && cpr_auto_load_wait(qmp_cpr_auto_loaded, k);
+    WITH_QEMU_LOCK_GUARD(&qmp_cpr_lock) {
+        qmp_cpr_kept = g_slist_append(qmp_cpr_kept, k);
+    }
+}
+
+bool monitor_qmp_cpr_resume(MonitorQMP *mon)
+{
+    QmpCprKept *k = NULL;
+    QDict *reply = NULL;
+    bool oob;
+    GSList *l;
+
+    WITH_QEMU_LOCK_GUARD(&qmp_cpr_lock) {
+        for (l = qmp_cpr_kept; l; l = l->next) {
+            QmpCprKept *e = l->data;
+
+            /* Only the kept connection: a later one is greeted anew */
+            if (e->mon == mon && !e->opened) {
+                k = e;
+                break;
+            }
+        }
+        if (!k) {
+            return false;
+        }
+        k->opened = true;
+        oob = k->oob;
+        if (k->held) {
+            k = NULL;           /* qmp_cpr_auto_loaded() sends and frees */
+        } else {
+            qmp_cpr_kept = g_slist_remove(qmp_cpr_kept, k);
+            reply = g_steal_pointer(&k->reply);
+        }
+    }
+    mon->capab[QMP_CAPABILITY_OOB] = oob &&
                                      mon->capab_offered[QMP_CAPABILITY_OOB];
     mon->commands = &qmp_commands;
-    if (!reply || cpr_recovery_replied()) {
-        return true;
+    if (k) {
+        qmp_cpr_kept_free(k);
     }
-    rsp = qobject_to(QDict, qobject_from_json(reply, NULL));
-    if (!rsp) {
-        return true;
-    }
-    if (cpr_is_recovery()) {
-        /* The restart failed: the old binary took the VM back. */
-        QDict *err = qdict_new();
-
-        qdict_put_str(err, "class", "GenericError");
-        qdict_put_str(err, "desc", "the new QEMU did not come up; the "
-                      "previous binary took the VM back and waits for "
-                      "cprload");
-        qdict_del(rsp, "return");
-        qdict_put(rsp, "error", err);
-    }
-    r = g_new(QmpCprReply, 1);
-    r->mon = mon;
-    r->rsp = rsp;
-    if (!cpr_auto_load_wait(qmp_cpr_auto_loaded, r)) {
-        qmp_cpr_send_reply(mon, rsp);
-        qobject_unref(rsp);
-        g_free(r);
+    if (reply) {
+        qmp_cpr_send_reply(mon, reply);
+        qobject_unref(reply);
     }
     return true;
 }

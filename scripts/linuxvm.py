@@ -62,6 +62,7 @@ class Watch:
         self.net = 0            # TCP records received in order
         self.net_conns = 0
         self.poweroff = False
+        self.partial = {}           # port -> line cut by a connection's end
 
     def error(self, msg):
         with self.lock:
@@ -130,13 +131,23 @@ class Watch:
 
 
 def _read_lines(f, handler, watch, what):
-    buf = b""
+    """Feed @handler each line read from @f until its end.  A line cut by
+    the end of a connection is finished by the next connection to the
+    same port (@what): after a reboot-mode restore, the rest of it comes
+    from the UART state the fresh QEMU loaded."""
+    buf = None
     while True:
         try:
             data = f.read(65536) if hasattr(f, "read") else f.recv(65536)
         except OSError:
             data = b""
+        if buf is None:
+            with watch.lock:
+                buf = watch.partial.pop(what, b"")
         if not data:
+            if buf:
+                with watch.lock:
+                    watch.partial[what] = buf
             return
         buf += data
         *lines, buf = buf.split(b"\n")

@@ -220,6 +220,15 @@ static void vm_connect(CprVm *vm)
         g_assert(g_get_monotonic_time() < deadline);
         g_usleep(1000);
     }
+    /*
+     * QEMU 7.2 sends events to a QMP monitor on a mux chardev before its
+     * greeting if the client connected early (RESUME at start-up).
+     */
+    while (qdict_haskey(greeting, "event")) {
+        qobject_unref(greeting);
+        greeting = vm_receive(vm);
+        g_assert(greeting);
+    }
     g_assert(qdict_haskey(greeting, "QMP"));
     qobject_unref(greeting);
     qobject_unref(vm_ok(vm, "{'execute': 'qmp_capabilities'}"));
@@ -251,6 +260,9 @@ typedef enum {
     CONSOLE_FDSET,              /* COM1 into serial.log, passed by -add-fd */
 } CprConsole;
 
+/* The next VM's QMP monitor on a mux chardev (attached late at start-up) */
+static bool qmp_on_mux;
+
 static CprVm *vm_start_args(const char *machine, int keep_fd,
                             const char *const *extra, CprConsole console)
 {
@@ -281,14 +293,15 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
              console == CONSOLE_PTY ? g_strdup("pty") :
              console == CONSOLE_FDSET ? g_strdup("file:/dev/fdset/3") :
              g_strdup_printf("file:%s", vm->serial_path);
-    qmp = g_strdup_printf("unix:%s,server=on,wait=off", vm->qmp_path);
+    qmp = g_strdup_printf("socket,id=qmp,path=%s,server=on,wait=off%s",
+                          vm->qmp_path, qmp_on_mux ? ",mux=on" : "");
     mem = g_strdup_printf("%d", GUEST_RAM_MB);
 
     argv = g_ptr_array_new_with_free_func(g_free);
     add_args(argv, vm->dir, (const char *const []) {
         qemu, "-machine", machine, "-accel", acc, "-m", mem,
         "-display", "none", "-drive", drive, "-serial", serial,
-        "-qmp", qmp, NULL
+        "-chardev", qmp, "-mon", "chardev=qmp,mode=control", NULL
     });
     if (console == CONSOLE_SOCKET) {
         add_args(argv, vm->dir, (const char *const []) {
@@ -672,6 +685,29 @@ static void test_auto_load(void)
 }
 
 /*
+ * auto-load with the QMP monitor on a mux chardev: its connection is
+ * attached only after the load, and still gets cprsave's answer.
+ */
+static void test_auto_load_mux(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm;
+    g_autofree uint64_t *before = NULL;
+
+    qmp_on_mux = true;
+    vm = vm_start(machine, -1);
+    qmp_on_mux = false;
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    qobject_unref(vm_ok(vm, "{'execute': 'cprsave', 'arguments':"
+                        " {'file': %s, 'mode': 'restart',"
+                        " 'auto-load': true}}", vm->state_path));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    g_free(check_kept(vm, before));
+    vm_kill(vm);
+}
+
+/*
  * auto-load of a file that turns out corrupt (a wrapper corrupts it
  * before it runs QEMU): cprsave's answer names the problem, and the new
  * process waits for cprload of a good copy.
@@ -682,10 +718,14 @@ static void test_auto_load_fails(void)
     CprVm *vm = vm_start(machine, -1);
     g_autofree char *wrapper = g_build_filename(vm->dir, "corrupts", NULL);
     g_autofree char *good = g_build_filename(vm->dir, "good.cpr", NULL);
+    /* Flips the bits of the file's byte 4096, then runs QEMU */
     g_autofree char *script = g_strdup_printf(
-        "#!/bin/sh\ncp %s %s\nprintf X | dd of=%s bs=1 seek=4096 "
-        "conv=notrunc status=none\nexec %s \"$@\"\n", vm->state_path,
-        good, vm->state_path, getenv("QTEST_QEMU_BINARY"));
+        "#!/bin/bash\ncp '%s' '%s'\n"
+        "b=$(od -An -tu1 -j4096 -N1 '%s')\n"
+        "printf \"\\\\$(printf %%o $((b ^ 255)))\" | "
+        "dd of='%s' bs=1 seek=4096 conv=notrunc status=none\n"
+        "exec '%s' \"$@\"\n", vm->state_path, good, vm->state_path,
+        vm->state_path, getenv("QTEST_QEMU_BINARY"));
     g_autofree uint64_t *before = NULL, *after = NULL;
     g_autofree char *err = NULL;
     pid_t pid = vm->pid;
@@ -2001,6 +2041,7 @@ int main(int argc, char **argv)
     add_test("restart/fdset", test_fdset);
     add_test("restart/paused-stays-paused", test_paused_stays_paused);
     add_test("restart/auto-load", test_auto_load);
+    add_test("restart/auto-load-mux", test_auto_load_mux);
     add_test("restart/auto-load-fails", test_auto_load_fails);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
