@@ -639,6 +639,13 @@ static void test_round_trip(void)
     vm_kill(vm);
 }
 
+/* Write @text into @path, executable */
+static void write_script(const char *path, const char *text)
+{
+    g_assert(g_file_set_contents(path, text, -1, NULL));
+    g_assert(chmod(path, 0755) == 0);
+}
+
 /*
  * cprsave auto-load: the new process loads the state by itself and only
  * then answers; no cprload.  A paused VM comes back paused.
@@ -731,8 +738,7 @@ static void test_auto_load_fails(void)
     pid_t pid = vm->pid;
     QDict *info;
 
-    g_assert(g_file_set_contents(wrapper, script, -1, NULL));
-    g_assert(chmod(wrapper, 0755) == 0);
+    write_script(wrapper, script);
     vm_wait_passes(vm, 2);
     before = vm_counters(vm);
     err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
@@ -1212,9 +1218,7 @@ static void test_new_binary_dies(void)
     QDict *info;
     int status;
 
-    g_assert(g_file_set_contents(bad, "#!/bin/sh\nkill -KILL $$\n", -1,
-                                 NULL));
-    g_assert(chmod(bad, 0755) == 0);
+    write_script(bad, "#!/bin/sh\nkill -KILL $$\n");
     vm_wait_passes(vm, 2);
     before = vm_counters(vm);
 
@@ -1312,8 +1316,7 @@ static void test_exec_fails(void)
     g_autofree char *err = NULL;
 
     /* Executable, but not a program: execve fails with ENOEXEC. */
-    g_assert(g_file_set_contents(bad, "\x7f" "ELF broken", -1, NULL));
-    g_assert(chmod(bad, 0755) == 0);
+    write_script(bad, "\x7f" "ELF broken");
 
     vm_wait_passes(vm, 2);
 
