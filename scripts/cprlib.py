@@ -172,17 +172,21 @@ def wait_migration(qmp, timeout=600):
         time.sleep(0.005)
 
 
-def cpr_update(vm, binary=None):
+def cpr_update(vm, binary=None, auto_load=False):
     """cprsave restart + cprload on the same QMP connection, which the new
-    process keeps.  Returns the pause in seconds from the old process's STOP
+    process keeps (with @auto_load: cprsave alone, the new process loads
+    by itself).  Returns the pause in seconds from the old process's STOP
     event to the new process's RESUME event."""
     args = {"file": vm.state, "mode": "restart"}
     if binary:
         args["binary"] = binary
+    if auto_load:
+        args["auto-load"] = True
     if vm.qmp.cmd("cprsave", **args) is None:
         raise QmpError("the QMP connection was lost at cprsave")
     stop = vm.qmp.event_time("STOP")
-    vm.qmp.cmd("cprload", file=vm.state)
+    if not auto_load:
+        vm.qmp.cmd("cprload", file=vm.state)
     return vm.qmp.event_time("RESUME") - stop
 
 
