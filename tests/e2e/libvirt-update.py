@@ -250,7 +250,18 @@ def shutdown_through_virsh():
     deadline = time.monotonic() + 60
     while virsh("domstate", DOMAIN) != "shut off":
         if time.monotonic() > deadline:
-            raise AssertionError("domain did not shut down")
+            now = watch.snapshot()
+            try:
+                status = monitor("query-status")["status"]
+            except Exception as e:  # what is known goes in the message
+                status = "unknown (%s)" % e
+            raise AssertionError(
+                "domain did not shut down (the guest %s the power button; "
+                "heartbeat %d -> %d, vda %d -> %d, vdb %d -> %d records; "
+                "QEMU run state %s)" %
+                ("saw" if watch.poweroff else "did not see", st["hb"],
+                 now["hb"], st.get("vda", 0), now.get("vda", 0),
+                 st.get("vdb", 0), now.get("vdb", 0), status))
         time.sleep(0.2)
     assert watch.poweroff, "guest did not see the power button"
     problems = (linuxvm.check_disk(os.path.join(work, "disk.raw"), "raw",

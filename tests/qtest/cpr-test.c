@@ -647,6 +647,22 @@ static void write_script(const char *path, const char *text)
 }
 
 /*
+ * After a few passes of the guest: its page counters into *@before, then
+ * cprsave restart of @binary (with auto-load if asked), which must fail;
+ * returns the error.
+ */
+static char *vm_cprsave_binary_fails(CprVm *vm, const char *binary,
+                                     bool auto_load, uint64_t **before)
+{
+    vm_wait_passes(vm, 2);
+    *before = vm_counters(vm);
+    return vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                           " {'file': %s, 'mode': 'restart', 'binary': %s,"
+                           " 'auto-load': %i}, 'id': 'save'}",
+                           vm->state_path, binary, auto_load));
+}
+
+/*
  * cprsave auto-load: the new process loads the state by itself and only
  * then answers; no cprload.  A paused VM comes back paused.
  */
@@ -739,11 +755,7 @@ static void test_auto_load_fails(void)
     QDict *info;
 
     write_script(wrapper, script);
-    vm_wait_passes(vm, 2);
-    before = vm_counters(vm);
-    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
-                          " {'file': %s, 'mode': 'restart', 'binary': %s,"
-                          " 'auto-load': true}}", vm->state_path, wrapper));
+    err = vm_cprsave_binary_fails(vm, wrapper, true, &before);
     g_assert(strstr(err, "the new QEMU could not load the state: "));
     g_assert(strstr(err, "is corrupt"));
     g_assert(strstr(err, "waits for cprload"));
@@ -1219,12 +1231,7 @@ static void test_new_binary_dies(void)
     int status;
 
     write_script(bad, "#!/bin/sh\nkill -KILL $$\n");
-    vm_wait_passes(vm, 2);
-    before = vm_counters(vm);
-
-    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
-                          " {'file': %s, 'mode': 'restart', 'binary': %s},"
-                          " 'id': 'save'}", vm->state_path, bad));
+    err = vm_cprsave_binary_fails(vm, bad, false, &before);
     g_assert(strstr(err, "the new QEMU did not come up"));
     status = vm_follow_taken_back(vm);
     g_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
