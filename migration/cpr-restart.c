@@ -18,7 +18,6 @@
 #include "qemu/option.h"
 #include "block/block.h"
 #include "qapi/qapi-commands-cpr.h"
-#include "qemu/thread.h"
 #include "migration/cpr.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
@@ -127,43 +126,25 @@ static bool cpr_restart_load_pending(void)
     return cpr_is_incoming();
 }
 
-/*
- * auto-load: the monitor holding cprsave's answer waits for the load
- * (cpr_auto_load_wait, in its I/O thread) while the main thread loads.
- */
-static struct {
-    QemuMutex lock;
-    bool loading;               /* cpr_restart_started() took the file */
-    bool done;
-    Error *err;                 /* the load's error, once done */
-    CprAutoLoadFn *fn;          /* who waits for it */
-    void *opaque;
-} cpr_auto_load;
-
-static void __attribute__((constructor)) cpr_auto_load_init(void)
+/* Whether this process is to load its state file by itself */
+static bool cpr_auto_load_coming(void)
 {
-    qemu_mutex_init(&cpr_auto_load.lock);
+    return cpr_is_incoming() && !cpr_is_recovery() &&
+           cpr_has_fd(CPR_AUTO_LOAD_NAME, 0);
 }
+
+/* Who waits for the auto-load; both run in the main thread */
+static CprAutoLoadFn *cpr_auto_load_fn;
+static void *cpr_auto_load_opaque;
 
 bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque)
 {
-    bool coming;
-
-    qemu_mutex_lock(&cpr_auto_load.lock);
-    if (cpr_auto_load.done) {
-        qemu_mutex_unlock(&cpr_auto_load.lock);
-        fn(opaque, cpr_auto_load.err);
-        return true;
+    if (!cpr_auto_load_coming()) {
+        return false;
     }
-    coming = cpr_auto_load.loading ||
-             (cpr_is_incoming() && !cpr_is_recovery() &&
-              cpr_has_fd(CPR_AUTO_LOAD_NAME, 0));
-    if (coming) {
-        cpr_auto_load.fn = fn;
-        cpr_auto_load.opaque = opaque;
-    }
-    qemu_mutex_unlock(&cpr_auto_load.lock);
-    return coming;
+    cpr_auto_load_fn = fn;
+    cpr_auto_load_opaque = opaque;
+    return true;
 }
 
 /*
@@ -174,40 +155,25 @@ bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque)
 static void cpr_restart_started(void)
 {
     g_autofree char *file = NULL;
-    CprAutoLoadFn *fn;
-    void *opaque;
+    Error *err = NULL;
 
-    if (!cpr_is_incoming() || cpr_is_recovery()) {
+    if (!cpr_auto_load_coming()) {
         return;
     }
-    qemu_mutex_lock(&cpr_auto_load.lock);
-    cpr_auto_load.loading = cpr_has_fd(CPR_AUTO_LOAD_NAME, 0);
     file = cpr_take_str(CPR_AUTO_LOAD_NAME);
-    qemu_mutex_unlock(&cpr_auto_load.lock);
-    if (!cpr_auto_load.loading) {
-        return;
-    }
-
     if (file) {
         trace_cpr_auto_load(file);
-        qmp_cprload(file, &cpr_auto_load.err);
+        qmp_cprload(file, &err);
     } else {
-        error_setg(&cpr_auto_load.err, "the CPR state names no state file "
-                   "to load");
+        error_setg(&err, "the CPR state names no state file to load");
     }
-    if (cpr_auto_load.err) {
-        warn_report("cprsave auto-load: %s",
-                    error_get_pretty(cpr_auto_load.err));
+    if (err) {
+        warn_report("cprsave auto-load: %s", error_get_pretty(err));
     }
-
-    qemu_mutex_lock(&cpr_auto_load.lock);
-    cpr_auto_load.done = true;
-    fn = cpr_auto_load.fn;
-    opaque = cpr_auto_load.opaque;
-    qemu_mutex_unlock(&cpr_auto_load.lock);
-    if (fn) {
-        fn(opaque, cpr_auto_load.err);
+    if (cpr_auto_load_fn) {
+        cpr_auto_load_fn(cpr_auto_load_opaque, err);
     }
+    error_free(err);
 }
 
 static void cpr_restart_loaded(void)

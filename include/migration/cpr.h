@@ -43,10 +43,10 @@ void cpr_started(void);
 /*
  * A process started by "cprsave restart" with auto-load answers cprsave
  * only once that load has ended.  The monitor holding the answer calls
- * cpr_auto_load_wait(): @fn gets the load's error, or NULL, when the load
- * ends (in the main thread), or at once in the caller's thread if it has
- * ended already.  Returns false, without calling @fn, if no such load is
- * coming: answer now.
+ * cpr_auto_load_wait() in the main thread when it is created, before
+ * cpr_started(): @fn gets the load's error, or NULL, when the load ends.
+ * Returns false, without calling @fn, if no such load is coming: answer
+ * now.
  */
 typedef void CprAutoLoadFn(void *opaque, Error *err);
 bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque);
