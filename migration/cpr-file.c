@@ -368,11 +368,75 @@ static bool cpr_file_parse_header(CprFile *cf, size_t hlen, Error **errp)
     return true;
 }
 
+/*
+ * Check the prefix of the state @name, @size bytes of which are at hand
+ * (at least CPR_FILE_PREFIX of them at @prefix, or all): give the length
+ * of its envelope and of its header
+ */
+static bool cpr_file_check_prefix(const char *name, const uint8_t *prefix,
+                                  uint64_t size, uint64_t *len,
+                                  uint32_t *hlen, Error **errp)
+{
+    uint32_t version;
+
+    if (size < 8 || memcmp(prefix, CPR_FILE_MAGIC, 8)) {
+        error_setg(errp, "'%s' is not a CPR state file", name);
+        return false;
+    }
+    if (size < CPR_FILE_PREFIX + 4) {
+        error_setg(errp, "'%s' is truncated: it ends inside its header",
+                   name);
+        return false;
+    }
+    version = ldl_be_p(prefix + 8);
+    if (version != CPR_FILE_VERSION) {
+        error_setg(errp, "'%s' has CPR state version %u; this QEMU reads "
+                   "version %u", name, version, CPR_FILE_VERSION);
+        return false;
+    }
+    *len = ldq_be_p(prefix + 16);
+    *hlen = ldl_be_p(prefix + 24);
+    if (*len > size) {
+        error_setg(errp, "'%s' is truncated: %" PRIu64 " bytes, expected at "
+                   "least %" PRIu64, name, size, *len);
+        return false;
+    }
+    if (*len < CPR_FILE_PREFIX + 4 || *len > CPR_FILE_MAX_ENVELOPE ||
+        *hlen > *len - CPR_FILE_PREFIX - 4) {
+        error_setg(errp, "'%s' is corrupt: its lengths are impossible",
+                   name);
+        return false;
+    }
+    return true;
+}
+
+/* Check @cf's envelope, read whole into @cf->data, and parse its header */
+static bool cpr_file_check_envelope(CprFile *cf, uint32_t hlen, Error **errp)
+{
+    /* ldl_be_p() gives an int: compare as the 32-bit CRC it is */
+    if ((uint32_t)ldl_be_p(cf->data + cf->len - 4) !=
+        (uint32_t)crc32(0, cf->data, cf->len - 4)) {
+        error_setg(errp, "'%s' is corrupt: checksum mismatch", cf->path);
+        return false;
+    }
+    cf->mode = ldl_be_p(cf->data + 12);
+    if (cf->mode >= CPR_MODE__MAX) {
+        error_setg(errp, "'%s' has unknown CPR mode %u", cf->path, cf->mode);
+        return false;
+    }
+    if (!cpr_file_parse_header(cf, hlen, errp)) {
+        return false;
+    }
+    cf->devices_offset = CPR_FILE_PREFIX + hlen;
+    cf->devices_len = cf->len - 4 - cf->devices_offset;
+    return true;
+}
+
 CprFile *cpr_file_read(const char *path, Error **errp)
 {
     g_autoptr(CprFile) cf = g_new0(CprFile, 1);
     uint8_t prefix[CPR_FILE_PREFIX];
-    uint32_t version, hlen;
+    uint32_t hlen;
     uint64_t len, end;
     struct stat st;
     int fd;
@@ -389,35 +453,13 @@ CprFile *cpr_file_read(const char *path, Error **errp)
                    "file", path);
         goto fail;
     }
-    if (st.st_size < 8 || !cpr_read_all(fd, prefix, 8, 0) ||
-        memcmp(prefix, CPR_FILE_MAGIC, 8)) {
-        error_setg(errp, "'%s' is not a CPR state file", path);
+    if (!cpr_read_all(fd, prefix, MIN(st.st_size, CPR_FILE_PREFIX), 0)) {
+        error_setg_errno(errp, errno ?: EIO, "cannot read CPR state file "
+                         "'%s'", path);
         goto fail;
     }
-    if (st.st_size < CPR_FILE_PREFIX + 4 ||
-        !cpr_read_all(fd, prefix, CPR_FILE_PREFIX, 0)) {
-        error_setg(errp, "'%s' is truncated: it ends inside its header",
-                   path);
-        goto fail;
-    }
-    version = ldl_be_p(prefix + 8);
-    if (version != CPR_FILE_VERSION) {
-        error_setg(errp, "'%s' has CPR state version %u; this QEMU reads "
-                   "version %u", path, version, CPR_FILE_VERSION);
-        goto fail;
-    }
-    cf->mode = ldl_be_p(prefix + 12);
-    len = ldq_be_p(prefix + 16);
-    hlen = ldl_be_p(prefix + 24);
-    if (len > st.st_size) {
-        error_setg(errp, "'%s' is truncated: %" PRIu64 " bytes, expected at "
-                   "least %" PRIu64, path, (uint64_t)st.st_size, len);
-        goto fail;
-    }
-    if (len < CPR_FILE_PREFIX + 4 || len > CPR_FILE_MAX_ENVELOPE ||
-        hlen > len - CPR_FILE_PREFIX - 4) {
-        error_setg(errp, "'%s' is corrupt: its lengths are impossible",
-                   path);
+    if (!cpr_file_check_prefix(path, prefix, st.st_size, &len, &hlen,
+                               errp)) {
         goto fail;
     }
     cf->data = g_malloc(len);
@@ -429,21 +471,9 @@ CprFile *cpr_file_read(const char *path, Error **errp)
     }
     close(fd);
     fd = -1;
-    /* ldl_be_p() gives an int: compare as the 32-bit CRC it is */
-    if ((uint32_t)ldl_be_p(cf->data + len - 4) !=
-        (uint32_t)crc32(0, cf->data, len - 4)) {
-        error_setg(errp, "'%s' is corrupt: checksum mismatch", path);
+    if (!cpr_file_check_envelope(cf, hlen, errp)) {
         return NULL;
     }
-    if (cf->mode >= CPR_MODE__MAX) {
-        error_setg(errp, "'%s' has unknown CPR mode %u", path, cf->mode);
-        return NULL;
-    }
-    if (!cpr_file_parse_header(cf, hlen, errp)) {
-        return NULL;
-    }
-    cf->devices_offset = CPR_FILE_PREFIX + hlen;
-    cf->devices_len = len - 4 - cf->devices_offset;
     /* What follows the envelope: the pages of guest RAM, or nothing */
     end = MAX(cf->file_size, len);
     if (st.st_size < end) {
@@ -464,6 +494,42 @@ fail:
         close(fd);
     }
     return NULL;
+}
+
+CprFile *cpr_file_parse(const char *name, GByteArray *b, Error **errp)
+{
+    g_autoptr(CprFile) cf = g_new0(CprFile, 1);
+    uint32_t hlen;
+    uint64_t len;
+
+    cf->path = g_strdup(name);
+    if (!cpr_file_check_prefix(name, b->data, b->len, &len, &hlen, errp)) {
+        g_byte_array_unref(b);
+        return NULL;
+    }
+    cf->len = b->len;
+    cf->data = g_byte_array_free(b, false);
+    if (!cpr_file_check_envelope(cf, hlen, errp)) {
+        return NULL;
+    }
+    if (cf->len != len || cf->file_size > len) {
+        error_setg(errp, "'%s' is corrupt: %zu bytes, its envelope is %"
+                   PRIu64, name, cf->len, len);
+        return NULL;
+    }
+    trace_cpr_file_read(name, len, cf->machine);
+    return g_steal_pointer(&cf);
+}
+
+GByteArray *cpr_file_save(CprMode mode, Error **errp)
+{
+    g_autoptr(CprFile) cf = cpr_file_new(mode);
+    g_autoptr(GByteArray) devices = g_byte_array_new();
+
+    if (!cpr_save_devices(devices, errp)) {
+        return NULL;
+    }
+    return cpr_file_envelope(cf, devices);
 }
 
 bool cpr_file_load_devices(CprFile *cf, Error **errp)

@@ -43,15 +43,21 @@ void cpr_remove_notifier(NotifierWithReturn *n)
     notifier_with_return_remove(n);
 }
 
+void cpr_run_keepers(bool keep)
+{
+    GSList *k;
+
+    for (k = cpr_keepers; k; k = k->next) {
+        ((CprKeepFn *)k->data)(keep);
+    }
+}
+
 bool cpr_notify(CprEvent event, Error **errp)
 {
     CprNotifyData data = { .event = event, .errp = errp };
-    GSList *k;
 
     if (event == CPR_EVENT_EXEC || event == CPR_EVENT_EXEC_FAILED) {
-        for (k = cpr_keepers; k; k = k->next) {
-            ((CprKeepFn *)k->data)(event == CPR_EVENT_EXEC);
-        }
+        cpr_run_keepers(event == CPR_EVENT_EXEC);
     }
     return notifier_with_return_list_notify(&cpr_notifiers, &data) == 0;
 }

@@ -9,6 +9,7 @@
 #ifndef MIGRATION_CPR_INTERNAL_H
 #define MIGRATION_CPR_INTERNAL_H
 
+#include "qemu/coroutine.h"
 #include "qapi/qapi-types-cpr.h"
 #include "qapi/qapi-types-run-state.h"
 #include "migration/cpr.h"
@@ -56,6 +57,12 @@ GByteArray *cpr_file_envelope(CprFile *cf, GByteArray *devices);
 bool cpr_file_write(const char *path, CprMode mode, const CprFileOps *ops,
                     Error **errp);
 CprFile *cpr_file_read(const char *path, Error **errp);
+/*
+ * Transfer mode: the envelope of this VM's state (no RAM) in memory, and
+ * the checked CprFile of one received under @name (takes @b)
+ */
+GByteArray *cpr_file_save(CprMode mode, Error **errp);
+CprFile *cpr_file_parse(const char *name, GByteArray *b, Error **errp);
 bool cpr_file_load_devices(CprFile *cf, Error **errp);
 void cpr_file_free(CprFile *cf);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
@@ -103,16 +110,19 @@ bool cpr_ram_check(CprFile *cf, bool kept, Error **errp);
 bool cpr_ram_resize(CprFile *cf, Error **errp);
 /* cprload succeeded: forget which blocks were kept */
 void cpr_ram_load_done(void);
-void cpr_ram_add_blockers(CprBlockerList ***tail);
+/* Blocks @mode (restart, transfer): RAM another process cannot have */
+void cpr_ram_add_blockers(CprBlockerList ***tail, CprMode mode);
 
 /* CPR state entry: the state file a restarted process loads by itself */
 #define CPR_AUTO_LOAD_NAME "cpr-auto-load"
 
 /* The arguments of cprsave that reach a mode */
 typedef struct CprSaveArgs {
-    const char *file;
+    const char *file;           /* or NULL */
     const char *binary;         /* or NULL */
     bool auto_load;
+    const char *channel;        /* or NULL */
+    GByteArray *state;          /* without a file: the saved state */
 } CprSaveArgs;
 
 /* A mode of cprsave: the hooks of cpr-<mode>.c around the common path */
@@ -122,16 +132,25 @@ typedef struct CprModeOps {
     bool resume_on_error;       /* a failed save resumes a running VM */
     bool has_binary;            /* takes cprsave's 'binary' */
     bool has_auto_load;         /* takes cprsave's 'auto-load' */
+    /* takes 'channel' instead of 'file': the state is saved in memory */
+    bool has_channel;
     const CprFileOps *file;     /* what the state file has besides devices */
     /* Add what blocks the mode (cpr_add_blocker) */
     void (*blockers)(CprBlockerList ***tail);
     /* Checked before the VM is touched */
     bool (*check)(const CprSaveArgs *args, Error **errp);
     /*
-     * After the state file is written (NULL: nothing, the VM stays
-     * stopped); false (errp set) if that failed
+     * Before the VM is stopped, while it runs (in coroutine context when
+     * cprsave came over QMP); false (errp set) if that failed
+     */
+    bool coroutine_fn (*prepare)(const CprSaveArgs *args, Error **errp);
+    /*
+     * After the state is saved (NULL: nothing, the VM stays stopped);
+     * false (errp set) if that failed
      */
     bool (*finish)(const CprSaveArgs *args, Error **errp);
+    /* The save failed after prepare succeeded: undo what it did */
+    void (*abandon)(void);
 
     /* cprload */
     /* Whether this process can load a file of the mode now */
@@ -140,8 +159,13 @@ typedef struct CprModeOps {
     bool ram_kept;
     /* Put guest RAM back from the file (NULL: it was kept) */
     bool (*load_ram)(CprFile *cf, Error **errp);
-    /* Device state is loaded: before the VM's run state is restored */
+    /*
+     * Device state is loaded and the images are active: before the VM's
+     * run state is restored
+     */
     void (*loaded)(void);
+    /* -S keeps a VM saved running paused, as after a migration */
+    bool obeys_autostart;
     /* The VM is back in its run state: what the mode lets go of */
     void (*load_done)(void);
     /* Why a file of another mode cannot be loaded here (after its mode) */
@@ -152,9 +176,48 @@ typedef struct CprModeOps {
 
 extern const CprModeOps cpr_restart_ops;
 extern const CprModeOps cpr_reboot_ops;
+extern const CprModeOps cpr_transfer_ops;
+
+/*
+ * Load the checked state @cf for mode @mode; on success the VM is back in
+ * its run state.  A failure leaves the VM paused, ready for another load.
+ */
+bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp);
+
+/* cpr-transfer.c: in a process started with -incoming cpr:CHANNEL */
+void cpr_transfer_incoming(const char *channel, Error **errp);
+
+/* cpr-channel.c: the socket of transfer mode */
+typedef enum CprMsg {
+    CPR_MSG_STATE = 1,          /* old to new: the CPR state */
+    CPR_MSG_FDS,                /* old to new: its descriptors, in order */
+    CPR_MSG_READY,              /* new to old: its start-up is done */
+    CPR_MSG_DEVICES,            /* old to new: the state envelope */
+    CPR_MSG_COMMIT,             /* new to old: it has taken the VM */
+    CPR_MSG_ERROR,              /* new to old: it refused; why */
+} CprMsg;
+/* Descriptors in one message */
+#define CPR_CHANNEL_MAX_FDS 200
+
+/* Connect to "unix:PATH" / listen there and accept one peer */
+int cpr_channel_connect(const char *channel, Error **errp);
+int cpr_channel_accept(const char *channel, Error **errp);
+bool cpr_channel_send(int fd, CprMsg type, const void *data, size_t len,
+                      const int *fds, size_t nfds, Error **errp);
+/*
+ * Receive the next message, which must be of @type: its payload into
+ * @data, its descriptors into @fds (NULL: it must have none).  An error
+ * message from the peer, the end of file or anything else is an error.
+ */
+bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
+                      Error **errp);
+/* Wait in a coroutine until @fd is readable, the main loop running */
+void coroutine_fn cpr_channel_co_wait(int fd);
 
 /* cpr-hooks.c: what subsystems registered */
 bool cpr_notify(CprEvent event, Error **errp);
+/* Let every keeper (un)register its descriptors (cpr_notify does too) */
+void cpr_run_keepers(bool keep);
 void cpr_set_saving(bool saving);
 /* Blockers from devices, migration blockers and blocker functions */
 void cpr_hooks_add_blockers(CprBlockerList ***tail);
@@ -174,6 +237,19 @@ CprSnapshotInfo *cpr_snapshot_info(void);
 void cpr_state_init(int argc, char **argv, Error **errp);
 pid_t cpr_state_get_helper(void);
 bool cpr_state_set_helper(pid_t pid, Error **errp);
+/*
+ * Transfer mode: the registry as it goes over the channel, and its
+ * descriptors in the order they go with it
+ */
+GByteArray *cpr_state_serialize(void);
+GArray *cpr_state_outgoing_fds(void);
+/* Take the registry @p and the descriptors @fds (this process's) */
+bool cpr_state_receive(const uint8_t *p, size_t len, GArray *fds,
+                       Error **errp);
+/* The incoming state came over a transfer channel */
+bool cpr_state_transferred(void);
+/* CHANNEL of "-incoming cpr:CHANNEL", or NULL */
+const char *cpr_state_incoming_channel(void);
 /* After cpr_state_exec_prepare(): the descriptors execve will close */
 GArray *cpr_state_exec_closing_fds(void);
 void cpr_forget_fd(const char *name, int id);

@@ -252,29 +252,38 @@ void cpr_ram_load_done(void)
     g_clear_pointer(&cpr_ram_adopted, g_hash_table_destroy);
 }
 
+typedef struct CprRamBlockers {
+    CprBlockerList ***tail;
+    CprMode mode;
+} CprRamBlockers;
+
 static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
 {
-    CprBlockerList ***tail = opaque;
+    CprRamBlockers *b = opaque;
+    const char *gone = b->mode == CPR_MODE_RESTART ? "which exec discards"
+                       : "which another process cannot map";
 
     if (!qemu_ram_is_migratable(rb)) {
         return 0;
     }
     if (rb->fd < 0) {
-        cpr_add_blocker(tail, CPR_MODE_RESTART, rb->idstr,
-                        "guest RAM is anonymous memory, which exec "
-                        "discards; start QEMU with -machine memfd-alloc=on "
-                        "or use memory-backend-memfd");
+        cpr_add_blocker(b->tail, b->mode, rb->idstr,
+                        "guest RAM is anonymous memory, %s; start QEMU "
+                        "with -machine memfd-alloc=on or use "
+                        "memory-backend-memfd", gone);
     } else if (!qemu_ram_is_shared(rb)) {
-        cpr_add_blocker(tail, CPR_MODE_RESTART, rb->idstr,
-                        "guest RAM is a private mapping, which exec "
-                        "discards; use share=on on its backend");
+        cpr_add_blocker(b->tail, b->mode, rb->idstr,
+                        "guest RAM is a private mapping, %s; use share=on "
+                        "on its backend", gone);
     }
     return 0;
 }
 
-void cpr_ram_add_blockers(CprBlockerList ***tail)
+void cpr_ram_add_blockers(CprBlockerList ***tail, CprMode mode)
 {
-    qemu_ram_foreach_block(cpr_ram_blocker_one, tail);
+    CprRamBlockers b = { .tail = tail, .mode = mode };
+
+    qemu_ram_foreach_block(cpr_ram_blocker_one, &b);
 }
 
 static int cpr_ram_keep_one(RAMBlock *rb, void *opaque)

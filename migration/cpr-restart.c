@@ -33,8 +33,9 @@ static int cpr_restart_sandbox_blocker(void *opaque, QemuOpts *opts,
         !strcmp(spawn, "deny")) {
         cpr_add_blocker(opaque, CPR_MODE_RESTART, "sandbox",
                         "-sandbox spawn=deny makes the kernel kill QEMU "
-                        "when it executes the new binary; start QEMU "
-                        "without spawn=deny (libvirt: seccomp_sandbox = 0)");
+                        "when it executes the new binary; use mode "
+                        "'transfer', or start QEMU without spawn=deny "
+                        "(libvirt: seccomp_sandbox = 0)");
     }
     return 0;
 }
@@ -52,7 +53,7 @@ static void cpr_restart_blockers(CprBlockerList ***tail)
     if (sandbox) {
         qemu_opts_foreach(sandbox, cpr_restart_sandbox_blocker, tail, NULL);
     }
-    cpr_ram_add_blockers(tail);
+    cpr_ram_add_blockers(tail, CPR_MODE_RESTART);
 }
 
 static bool cpr_restart_check(const CprSaveArgs *args, Error **errp)
@@ -123,14 +124,14 @@ undo:
 /* This process was started by cprsave restart and waits for cprload */
 static bool cpr_restart_load_pending(void)
 {
-    return cpr_is_incoming();
+    return cpr_is_incoming() && !cpr_state_transferred();
 }
 
 /* Whether this process is to load its state file by itself */
 static bool cpr_auto_load_coming(void)
 {
     return cpr_is_incoming() && !cpr_is_recovery() &&
-           cpr_has_fd(CPR_AUTO_LOAD_NAME, 0);
+           !cpr_state_transferred() && cpr_has_fd(CPR_AUTO_LOAD_NAME, 0);
 }
 
 /* Who waits for the auto-load; both run in the main thread */

@@ -21,6 +21,11 @@
  *
  * Only registered descriptors and the state memfd itself lose
  * FD_CLOEXEC; every other descriptor above stderr gets it.
+ *
+ * In transfer mode the same bytes go over the socket to a process
+ * started with "-incoming cpr:CHANNEL", followed by the registered
+ * descriptors in registry order (cpr-transfer.c); the receiver puts its
+ * own numbers for them into the entries.
  */
 
 #include "qemu/osdep.h"
@@ -60,6 +65,8 @@ static GPtrArray *cpr_incoming;     /* inherited from the previous process */
 static QemuMutex cpr_incoming_lock;
 static bool cpr_incoming_pending;
 static bool cpr_recovery;
+static bool cpr_transferred;        /* the state came over a channel */
+static char *cpr_incoming_channel;  /* of -incoming cpr:CHANNEL */
 static bool cpr_recovery_reply_sent;
 static pid_t cpr_helper_pid;
 static char **cpr_argv;
@@ -107,16 +114,19 @@ static void cpr_save(const char *name, int id, int fd, const void *value,
     int i = cpr_fd_index(list, name, id);
     CprFd *elem;
 
+    /* Registered again: in its place, so the registry's order stays */
     if (i >= 0) {
-        g_ptr_array_remove_index(list, i);
+        elem = g_ptr_array_index(list, i);
+        g_free(elem->value);
+    } else {
+        elem = g_new0(CprFd, 1);
+        elem->name = g_strdup(name);
+        elem->id = id;
+        g_ptr_array_add(list, elem);
     }
-    elem = g_new0(CprFd, 1);
-    elem->name = g_strdup(name);
-    elem->id = id;
     elem->fd = fd;
     elem->value = g_memdup2(value, value_len);
     elem->value_len = value_len;
-    g_ptr_array_add(list, elem);
 }
 
 void cpr_save_fd(const char *name, int id, int fd)
@@ -359,7 +369,7 @@ static const VMStateDescription vmstate_cpr_state = {
     },
 };
 
-static GByteArray *cpr_state_serialize(void)
+GByteArray *cpr_state_serialize(void)
 {
     GByteArray *buf = g_byte_array_new();
     GPtrArray *list = cpr_fd_list(&cpr_outgoing);
@@ -464,15 +474,91 @@ static bool cpr_state_read(int fd, Error **errp)
     return cpr_state_parse(buf, n, errp);
 }
 
+GArray *cpr_state_outgoing_fds(void)
+{
+    GArray *fds = g_array_new(false, false, sizeof(int));
+    guint i;
+
+    for (i = 0; cpr_outgoing && i < cpr_outgoing->len; i++) {
+        CprFd *elem = g_ptr_array_index(cpr_outgoing, i);
+
+        if (elem->fd >= 0) {
+            g_array_append_val(fds, elem->fd);
+        }
+    }
+    return fds;
+}
+
+bool cpr_state_receive(const uint8_t *p, size_t len, GArray *fds,
+                       Error **errp)
+{
+    guint i, next = 0;
+
+    if (!cpr_state_parse(p, len, errp)) {
+        return false;
+    }
+    for (i = 0; cpr_incoming && i < cpr_incoming->len; i++) {
+        CprFd *elem = g_ptr_array_index(cpr_incoming, i);
+
+        if (elem->fd < 0) {
+            continue;
+        }
+        if (next == fds->len) {
+            break;
+        }
+        elem->fd = g_array_index(fds, int, next++);
+        trace_cpr_state_inherit(elem->name, elem->id, elem->fd);
+    }
+    if (i < (cpr_incoming ? cpr_incoming->len : 0) || next != fds->len) {
+        error_setg(errp, "the CPR state names other descriptors than the "
+                   "%u sent", fds->len);
+        /* The entries keep the sender's numbers: not ours to close */
+        g_ptr_array_set_size(cpr_incoming, 0);
+        return false;
+    }
+    cpr_incoming_pending = true;
+    cpr_transferred = true;
+    trace_cpr_init_incoming(cpr_incoming ? cpr_incoming->len : 0);
+    return true;
+}
+
+bool cpr_state_transferred(void)
+{
+    return cpr_transferred;
+}
+
+const char *cpr_state_incoming_channel(void)
+{
+    return cpr_incoming_channel;
+}
+
+/* "-incoming cpr:CHANNEL" (or --incoming): not passed on to an execve */
+static bool cpr_state_incoming_arg(char **argv, int i)
+{
+    if (strcmp(argv[i], "-incoming") && strcmp(argv[i], "--incoming")) {
+        return false;
+    }
+    if (!argv[i + 1] || !g_str_has_prefix(argv[i + 1], "cpr:")) {
+        return false;
+    }
+    g_free(cpr_incoming_channel);
+    cpr_incoming_channel = g_strdup(argv[i + 1] + 4);
+    return true;
+}
+
 void cpr_state_init(int argc, char **argv, Error **errp)
 {
     const char *env = getenv(CPR_STATE_ENV);
-    int i, fd;
+    int i, n, fd;
 
     qemu_mutex_init(&cpr_incoming_lock);
     cpr_argv = g_new0(char *, argc + 1);
-    for (i = 0; i < argc; i++) {
-        cpr_argv[i] = g_strdup(argv[i]);
+    for (i = n = 0; i < argc; i++) {
+        if (cpr_state_incoming_arg(argv, i)) {
+            i++;
+            continue;
+        }
+        cpr_argv[n++] = g_strdup(argv[i]);
     }
     /* The path, not the inode: an operator may have replaced the file. */
     cpr_exec_path = g_file_read_link("/proc/self/exe", NULL);

@@ -6,14 +6,21 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
  * The mode-neutral part of every mode: refuse if anything blocks the
- * mode, stop the vCPUs, write the state file (device and CPU state, plus
- * what the mode adds), then let the mode finish (cpr-restart.c executes
- * the new binary, cpr-reboot.c leaves the VM paused).  If anything fails
- * before that, the VM is left as the mode says (restart: resumed).
+ * mode, let the mode prepare while the VM runs (cpr-transfer.c hands the
+ * descriptors over), stop the vCPUs, write the state (device and CPU
+ * state, plus what the mode adds) into a file or into memory, then let
+ * the mode finish (cpr-restart.c executes the new binary, cpr-reboot.c
+ * leaves the VM paused, cpr-transfer.c sends the state).  If anything
+ * fails before that, the VM is left as the mode says (restart, transfer:
+ * resumed).
  *
- * cprload checks the state file whole, loads what the mode put into it
- * and device and CPU state, and restores the run state the VM had when
- * it was saved.  A load that fails at any stage leaves the process ready
+ * cprsave is a coroutine command: a mode's preparation may wait while
+ * the main loop goes on running the VM.  The rest runs outside of
+ * coroutine context.
+ *
+ * cprload checks the state whole, loads what the mode put into it and
+ * device and CPU state, and restores the run state the VM had when it
+ * was saved.  A load that fails at any stage leaves the process ready
  * for another try.
  */
 
@@ -24,6 +31,9 @@
 #include "block/block.h"
 #include "hw/boards.h"
 #include "qemu/job.h"
+#include "qemu/coroutine.h"
+#include "qemu/main-loop.h"
+#include "block/aio.h"
 #include "migration/cpr.h"
 #include "migration/global_state.h"
 #include "migration/misc.h"
@@ -37,6 +47,7 @@
 static const CprModeOps *const cpr_modes[] = {
     [CPR_MODE_RESTART] = &cpr_restart_ops,
     [CPR_MODE_REBOOT] = &cpr_reboot_ops,
+    [CPR_MODE_TRANSFER] = &cpr_transfer_ops,
 };
 QEMU_BUILD_BUG_ON(ARRAY_SIZE(cpr_modes) != CPR_MODE__MAX);
 
@@ -45,6 +56,9 @@ void cpr_init(int argc, char **argv, Error **errp)
     ERRP_GUARD();
 
     cpr_state_init(argc, argv, errp);
+    if (!*errp && cpr_state_incoming_channel()) {
+        cpr_transfer_incoming(cpr_state_incoming_channel(), errp);
+    }
     if (!*errp && cpr_is_incoming()) {
         cpr_mm_incoming(cpr_state_get_helper());
     }
@@ -110,6 +124,9 @@ static bool cpr_jobs_idle(Error **errp)
     return true;
 }
 
+/* A cprsave waits in its mode's preparation */
+static bool cpr_save_busy;
+
 /* Everything that can be checked before the VM is touched */
 static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
                              Error **errp)
@@ -124,12 +141,33 @@ static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
                    "load the state before saving it again");
         return false;
     }
+    if (cpr_save_busy) {
+        error_setg(errp, "a cprsave is in progress");
+        return false;
+    }
     if (args->binary && !ops->has_binary) {
         error_setg(errp, "'binary' is only for mode 'restart'");
         return false;
     }
     if (args->auto_load && !ops->has_auto_load) {
         error_setg(errp, "'auto-load' is only for mode 'restart'");
+        return false;
+    }
+    if (args->channel && !ops->has_channel) {
+        error_setg(errp, "'channel' is only for mode 'transfer'");
+        return false;
+    }
+    if (!ops->has_channel && !args->file) {
+        error_setg(errp, "mode '%s' needs 'file'", CprMode_str(ops->mode));
+        return false;
+    }
+    if (ops->has_channel && args->file) {
+        error_setg(errp, "mode '%s' does not write a file: give 'channel'",
+                   CprMode_str(ops->mode));
+        return false;
+    }
+    if (ops->has_channel && !args->channel) {
+        error_setg(errp, "mode '%s' needs 'channel'", CprMode_str(ops->mode));
         return false;
     }
     if (!runstate_check(RUN_STATE_RUNNING) &&
@@ -165,35 +203,35 @@ static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
     return !ops->check || ops->check(args, errp);
 }
 
-void qmp_cprsave(const char *file, CprMode mode, bool has_binary,
-                 const char *binary, bool has_auto_load, bool auto_load,
-                 Error **errp)
-{
-    ERRP_GUARD();
-    const CprModeOps *ops = cpr_modes[mode];
-    bool was_running = runstate_is_running();
-    CprSaveArgs args = {
-        .file = file,
-        .binary = has_binary ? binary : NULL,
-        .auto_load = has_auto_load && auto_load,
-    };
+typedef struct CprSave {
+    const CprModeOps *ops;
+    CprSaveArgs args;
+    Error **errp;
+    Coroutine *co;
+} CprSave;
 
-    if (!cpr_save_allowed(ops, &args, errp)) {
-        return;
-    }
-    trace_cpr_save_start(file, CprMode_str(mode));
+/* Stop the VM, save it, and let the mode finish (outside of a coroutine) */
+static void cpr_save_stopped(CprSave *s)
+{
+    Error **errp = s->errp;
+    const CprModeOps *ops = s->ops;
+    bool was_running = runstate_is_running();
+    const char *what = s->args.file ?: s->args.channel;
+    bool ok;
 
     if (!cpr_stop(ops->stop_state, errp)) {
         goto failed;
     }
     cpr_set_saving(true);
-    if (!cpr_file_write(file, mode, ops->file, errp)) {
-        cpr_set_saving(false);
-        goto failed;
+    if (ops->has_channel) {
+        s->args.state = cpr_file_save(ops->mode, errp);
+        ok = s->args.state != NULL;
+    } else {
+        ok = cpr_file_write(s->args.file, ops->mode, ops->file, errp);
     }
     cpr_set_saving(false);
-    if (!ops->finish || ops->finish(&args, errp)) {
-        trace_cpr_save_done(file, CprMode_str(mode));
+    if (ok && (!ops->finish || ops->finish(&s->args, errp))) {
+        trace_cpr_save_done(what, CprMode_str(ops->mode));
         return;
     }
 
@@ -202,6 +240,57 @@ failed:
     if (was_running && ops->resume_on_error) {
         vm_start();
     }
+    if (ops->abandon) {
+        ops->abandon();
+    }
+}
+
+static void cpr_save_stopped_bh(void *opaque)
+{
+    CprSave *s = opaque;
+
+    cpr_save_stopped(s);
+    aio_co_wake(s->co);
+}
+
+void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
+                              bool has_binary, const char *binary,
+                              bool has_auto_load, bool auto_load,
+                              bool has_channel, const char *channel,
+                              Error **errp)
+{
+    ERRP_GUARD();
+    CprSave s = {
+        .ops = cpr_modes[mode],
+        .args = {
+            .file = has_file ? file : NULL,
+            .binary = has_binary ? binary : NULL,
+            .auto_load = has_auto_load && auto_load,
+            .channel = has_channel ? channel : NULL,
+        },
+        .errp = errp,
+    };
+
+    if (!cpr_save_allowed(s.ops, &s.args, errp)) {
+        return;
+    }
+    trace_cpr_save_start(s.args.file ?: s.args.channel, CprMode_str(mode));
+    cpr_save_busy = true;
+    if (s.ops->prepare && !s.ops->prepare(&s.args, errp)) {
+        trace_cpr_save_failed(error_get_pretty(*errp));
+        goto out;
+    }
+    if (qemu_in_coroutine()) {
+        s.co = qemu_coroutine_self();
+        aio_bh_schedule_oneshot(qemu_get_aio_context(), cpr_save_stopped_bh,
+                                &s);
+        qemu_coroutine_yield();
+    } else {
+        cpr_save_stopped(&s);
+    }
+out:
+    g_clear_pointer(&s.args.state, g_byte_array_unref);
+    cpr_save_busy = false;
 }
 
 /* Which mode's file this process can load now, or -1 with errp set */
@@ -219,51 +308,41 @@ static int cpr_load_mode(Error **errp)
     return -1;
 }
 
-void qmp_cprload(const char *file, Error **errp)
+bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp)
 {
     ERRP_GUARD();
-    g_autoptr(CprFile) cf = NULL;
+    const CprModeOps *ops = cpr_modes[mode];
     const char *machine = MACHINE_GET_CLASS(current_machine)->name;
-    int mode = cpr_load_mode(errp);
-    const CprModeOps *ops;
     RunState state;
 
-    if (mode < 0) {
-        return;
-    }
-    ops = cpr_modes[mode];
-    cf = cpr_file_read(file, errp);
-    if (!cf) {
-        return;
-    }
     if (cf->mode != mode) {
-        error_setg(errp, "'%s' was saved in mode '%s'%s", file,
+        error_setg(errp, "'%s' was saved in mode '%s'%s", cf->path,
                    CprMode_str(cf->mode), ops->other_mode_hint);
-        return;
+        return false;
     }
     if (strcmp(cf->machine, machine)) {
         error_setg(errp, "'%s' was saved by machine type '%s'; this VM is "
-                   "'%s'", file, cf->machine, machine);
-        return;
+                   "'%s'", cf->path, cf->machine, machine);
+        return false;
     }
     if (!cpr_ram_check(cf, ops->ram_kept, errp)) {
-        return;
+        return false;
     }
-    trace_cpr_load_start(file);
+    trace_cpr_load_start(cf->path);
 
     cpr_load_devices_prepare();
     if (!cpr_ram_resize(cf, errp)) {
-        return;
+        return false;
     }
     if (ops->load_ram && !ops->load_ram(cf, errp)) {
-        return;
+        return false;
     }
     if (!cpr_file_load_devices(cf, errp)) {
-        return;
+        return false;
     }
     bdrv_activate_all(errp);
     if (*errp) {
-        return;
+        return false;
     }
     if (ops->loaded) {
         ops->loaded();
@@ -271,6 +350,9 @@ void qmp_cprload(const char *file, Error **errp)
 
     state = global_state_received() ? global_state_get_runstate()
                                     : RUN_STATE_RUNNING;
+    if (state == RUN_STATE_RUNNING && ops->obeys_autostart && !autostart) {
+        state = RUN_STATE_PAUSED;   /* -S, as after an incoming migration */
+    }
     trace_cpr_load_done(RunState_str(state));
     if (state == RUN_STATE_RUNNING) {
         vm_start();
@@ -279,5 +361,20 @@ void qmp_cprload(const char *file, Error **errp)
     }
     if (ops->load_done) {
         ops->load_done();
+    }
+    return true;
+}
+
+void qmp_cprload(const char *file, Error **errp)
+{
+    g_autoptr(CprFile) cf = NULL;
+    int mode = cpr_load_mode(errp);
+
+    if (mode < 0) {
+        return;
+    }
+    cf = cpr_file_read(file, errp);
+    if (cf) {
+        cpr_load_state(mode, cf, errp);
     }
 }

@@ -33,6 +33,11 @@ bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque)
     return false;
 }
 
+bool cpr_transfer_defer(CprDeferFn *fn, void *opaque)
+{
+    return false;
+}
+
 void cpr_save_fd(const char *name, int id, int fd)
 {
 }

@@ -607,6 +607,9 @@ static void vfio_cpr_blockers(CprBlockerList ***tail)
                             "IOMMU cannot be kept yet", group->groupid);
         }
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
+            cpr_add_blocker(tail, CPR_MODE_TRANSFER, vbasedev->name,
+                            "handing a VFIO device to another process is "
+                            "not done yet; use mode 'restart'");
             cpr_add_blocker(tail, CPR_MODE_REBOOT, vbasedev->name,
                             "a device passed through with VFIO loses its "
                             "state when the host reboots; unplug it "

@@ -52,8 +52,22 @@ typedef void CprAutoLoadFn(void *opaque, Error *err);
 bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque);
 
 /*
+ * In a process taking a VM over from another with cprsave "transfer",
+ * which runs it until this one has loaded its state, what must not touch
+ * the descriptors both share before then (the monitor I/O thread polling
+ * a kept QMP connection or listener) waits: cpr_transfer_defer() runs
+ * @fn(@opaque) in the main thread once this process has the VM, just
+ * before it resumes it.
+ * Returns false, without calling @fn, if no such transfer is pending:
+ * go on now.
+ */
+typedef void CprDeferFn(void *opaque);
+bool cpr_transfer_defer(CprDeferFn *fn, void *opaque);
+
+/*
  * cpr_is_incoming: true from the start of a process created by
- * "cprsave restart" until its cprload succeeds.
+ * "cprsave restart" until its cprload succeeds, and in a process started
+ * with "-incoming cpr:CHANNEL" until it has loaded the VM's state.
  */
 bool cpr_is_incoming(void);
 
@@ -147,7 +161,7 @@ typedef enum CprEvent {
      * Before execve, after the state file is written (and after every
      * CprKeepFn kept its descriptors): register what must cross execve
      * and prepare for it.  Failing (with errp set) makes cprsave fail and
-     * the VM resume.
+     * the VM resume.  (Transfer mode runs only the keepers.)
      */
     CPR_EVENT_EXEC,
     /* execve, or something after CPR_EVENT_EXEC, failed: undo it. */

@@ -1,0 +1,348 @@
+/*
+ * CPR transfer mode: hand the VM over to another QEMU process
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * The new QEMU is started beforehand with the same command line plus
+ * "-incoming cpr:unix:PATH"; it listens on PATH before it creates
+ * anything.  cprsave with mode "transfer":
+ *
+ *   old                                  new
+ *   keepers register descriptors
+ *   state  + descriptors  ------------>  takes them as a restarted
+ *   (the VM runs on)                     process does, finishes its
+ *                                        start-up without touching what
+ *                                        the old one still uses
+ *                        <------------  ready
+ *   stop the VM, save device state,
+ *   inactivate images
+ *   devices (the state envelope)  ---->  check and load it, activate
+ *                                        images
+ *                        <------------  commit
+ *   _exit(0)                             resume, attach the kept QMP
+ *                                        connections, answer cprsave
+ *
+ * The commit point is the new process's "commit": until the old process
+ * reads it, any failure (nobody listening, the new process exiting or
+ * refusing the state, end of file) makes the old one activate its images
+ * again, resume the VM and fail cprsave with the reason.  After it, the
+ * new process runs the VM even if the old one is gone.  A new process
+ * that fails before the commit sends why and exits without any clean-up:
+ * what it took over belongs to the old one.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/coroutine.h"
+#include "qemu/error-report.h"
+#include "block/block.h"
+#include "migration/cpr.h"
+#include "sysemu/runstate.h"
+#include "cpr-internal.h"
+#include "trace.h"
+
+/* Old process: connected to the new one during cprsave */
+static int cpr_transfer_out = -1;
+/* The CPR state sent, to see whether it changed when the VM stopped */
+static GByteArray *cpr_transfer_sent;
+
+/* New process: connected to the old one until the commit */
+static int cpr_transfer_in = -1;
+static char *cpr_transfer_channel;
+
+/* New process: what waits until it has taken the VM */
+typedef struct CprDeferred {
+    CprDeferFn *fn;
+    void *opaque;
+} CprDeferred;
+static GSList *cpr_transfer_deferred;
+
+static bool cpr_transfer_pidfile(void)
+{
+    char **arg;
+
+    for (arg = cpr_get_argv(); *arg; arg++) {
+        if (!strcmp(*arg, "-pidfile") || !strcmp(*arg, "--pidfile")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void cpr_transfer_blockers(CprBlockerList ***tail)
+{
+    if (cpr_transfer_pidfile()) {
+        cpr_add_blocker(tail, CPR_MODE_TRANSFER, "pidfile",
+                        "the new QEMU cannot lock the pid file this one "
+                        "holds; start QEMU without -pidfile");
+    }
+    cpr_ram_add_blockers(tail, CPR_MODE_TRANSFER);
+}
+
+/* Send every registered descriptor, in registry order */
+static bool cpr_transfer_send_state(int fd, Error **errp)
+{
+    g_autoptr(GByteArray) state = cpr_state_serialize();
+    g_autoptr(GArray) fds = cpr_state_outgoing_fds();
+    g_autoptr(GByteArray) msg = g_byte_array_new();
+    uint32_t count = cpu_to_be32(fds->len);
+    guint i;
+
+    g_byte_array_append(msg, (uint8_t *)&count, 4);
+    g_byte_array_append(msg, state->data, state->len);
+    if (!cpr_channel_send(fd, CPR_MSG_STATE, msg->data, msg->len, NULL, 0,
+                          errp)) {
+        return false;
+    }
+    for (i = 0; i < fds->len; i += CPR_CHANNEL_MAX_FDS) {
+        if (!cpr_channel_send(fd, CPR_MSG_FDS, NULL, 0,
+                              &g_array_index(fds, int, i),
+                              MIN(fds->len - i, CPR_CHANNEL_MAX_FDS),
+                              errp)) {
+            return false;
+        }
+    }
+    cpr_transfer_sent = g_steal_pointer(&state);
+    return true;
+}
+
+static void cpr_transfer_abandon(void)
+{
+    if (cpr_transfer_out >= 0) {
+        close(cpr_transfer_out);
+        cpr_transfer_out = -1;
+    }
+    g_clear_pointer(&cpr_transfer_sent, g_byte_array_unref);
+    cpr_run_keepers(false);
+}
+
+/* While the VM runs: the new process starts up with our descriptors */
+static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
+                                              Error **errp)
+{
+    ERRP_GUARD();
+
+    cpr_transfer_out = cpr_channel_connect(args->channel, errp);
+    if (cpr_transfer_out < 0) {
+        return false;
+    }
+    cpr_run_keepers(true);
+    if (!cpr_transfer_send_state(cpr_transfer_out, errp)) {
+        error_prepend(errp, "cannot hand the VM over to the new QEMU: ");
+        goto fail;
+    }
+    trace_cpr_transfer_sent(args->channel);
+    if (qemu_in_coroutine()) {
+        cpr_channel_co_wait(cpr_transfer_out);
+    }
+    if (!cpr_channel_recv(cpr_transfer_out, CPR_MSG_READY, NULL, NULL,
+                          errp)) {
+        error_prepend(errp, "the new QEMU did not start: ");
+        goto fail;
+    }
+    return true;
+
+fail:
+    cpr_transfer_abandon();
+    return false;
+}
+
+/* The VM is stopped and its state saved: hand it over */
+static bool cpr_transfer_finish(const CprSaveArgs *args, Error **errp)
+{
+    g_autoptr(GByteArray) now = NULL;
+    Error *err = NULL;
+
+    /* A client that connected or left since: the new process lacks it */
+    cpr_run_keepers(true);
+    now = cpr_state_serialize();
+    if (now->len != cpr_transfer_sent->len ||
+        memcmp(now->data, cpr_transfer_sent->data, now->len)) {
+        error_setg(errp, "a connection of a socket chardev opened or closed "
+                   "during the transfer; try again");
+        return false;
+    }
+    if (bdrv_inactivate_all() < 0) {
+        error_setg(errp, "cannot hand over block devices");
+        goto activate;
+    }
+    if (!cpr_channel_send(cpr_transfer_out, CPR_MSG_DEVICES,
+                          args->state->data, args->state->len, NULL, 0,
+                          errp)) {
+        error_prepend(errp, "cannot hand the VM over to the new QEMU: ");
+        goto activate;
+    }
+    if (!cpr_channel_recv(cpr_transfer_out, CPR_MSG_COMMIT, NULL, NULL,
+                          errp)) {
+        error_prepend(errp, "the new QEMU did not take the VM: ");
+        goto activate;
+    }
+    /*
+     * The new process owns the VM and everything this one kept: no
+     * clean-up (it would unlink sockets, close images, run tap scripts).
+     */
+    trace_cpr_transfer_committed();
+    _exit(0);
+
+activate:
+    bdrv_activate_all(&err);
+    if (err) {
+        warn_report_err(err);
+    }
+    return false;
+}
+
+/* New process: its failure before the commit, told to the old one */
+static void G_GNUC_NORETURN cpr_transfer_refuse(Error *err)
+{
+    const char *why = error_get_pretty(err);
+
+    error_report("cprsave transfer: the VM stays with the old QEMU: %s",
+                 why);
+    if (cpr_transfer_in >= 0) {
+        cpr_channel_send(cpr_transfer_in, CPR_MSG_ERROR, why,
+                         strlen(why), NULL, 0, NULL);
+    }
+    /* What this process took over belongs to the old one: no clean-up */
+    _exit(1);
+}
+
+void cpr_transfer_incoming(const char *channel, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(GByteArray) state = NULL;
+    g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
+    uint32_t count;
+    guint i;
+
+    cpr_transfer_channel = g_strdup(channel);
+    cpr_transfer_in = cpr_channel_accept(channel, errp);
+    if (cpr_transfer_in < 0) {
+        goto fail;
+    }
+    if (!cpr_channel_recv(cpr_transfer_in, CPR_MSG_STATE, &state, NULL,
+                          errp)) {
+        goto fail;
+    }
+    if (state->len < 4) {
+        error_setg(errp, "it sent a malformed state message");
+        goto fail;
+    }
+    count = ldl_be_p(state->data);
+    while (fds->len < count) {
+        g_autoptr(GArray) batch = NULL;
+
+        if (!cpr_channel_recv(cpr_transfer_in, CPR_MSG_FDS, NULL, &batch,
+                              errp)) {
+            goto fail;
+        }
+        g_array_append_vals(fds, batch->data, batch->len);
+    }
+    if (fds->len != count ||
+        !cpr_state_receive(state->data + 4, state->len - 4, fds, errp)) {
+        goto fail;
+    }
+    trace_cpr_transfer_received(channel, fds->len);
+    return;
+
+fail:
+    for (i = 0; i < fds->len; i++) {
+        close(g_array_index(fds, int, i));
+    }
+    error_prepend(errp, "-incoming cpr:%s: no VM from the old QEMU: ",
+                  channel);
+}
+
+/* New process, at the end of its start-up: take the VM */
+static void cpr_transfer_started(void)
+{
+    g_autoptr(CprFile) cf = NULL;
+    GByteArray *b = NULL;
+    Error *err = NULL;
+
+    if (!cpr_state_transferred()) {
+        return;
+    }
+    if (!cpr_channel_send(cpr_transfer_in, CPR_MSG_READY, NULL, 0, NULL, 0,
+                          &err) ||
+        !cpr_channel_recv(cpr_transfer_in, CPR_MSG_DEVICES, &b, NULL,
+                          &err)) {
+        error_prepend(&err, "the old QEMU: ");
+        cpr_transfer_refuse(err);
+    }
+    cf = cpr_file_parse(cpr_transfer_channel, b, &err);
+    if (!cf || !cpr_load_state(CPR_MODE_TRANSFER, cf, &err)) {
+        cpr_transfer_refuse(err);
+    }
+}
+
+/* New process: the state is loaded, the images active: the commit point */
+static void cpr_transfer_loaded(void)
+{
+    Error *err = NULL;
+    GSList *deferred, *l;
+
+    if (!cpr_notify(CPR_EVENT_LOADED, &err)) {
+        warn_report_err(err);
+        err = NULL;
+    }
+    if (!cpr_channel_send(cpr_transfer_in, CPR_MSG_COMMIT, NULL, 0, NULL, 0,
+                          &err)) {
+        /* The old process is gone: the VM is only here now */
+        warn_reportf_err(err, "cprsave transfer: the old QEMU did not get "
+                         "the commit, this process runs the VM: ");
+    }
+    close(cpr_transfer_in);
+    cpr_transfer_in = -1;
+    trace_cpr_transfer_committed();
+
+    /* This process has the VM: what waited for it goes on */
+    deferred = g_steal_pointer(&cpr_transfer_deferred);
+    for (l = deferred; l; l = l->next) {
+        CprDeferred *d = l->data;
+
+        d->fn(d->opaque);
+    }
+    g_slist_free_full(deferred, g_free);
+}
+
+/* New process: the VM runs here */
+static void cpr_transfer_load_done(void)
+{
+    cpr_ram_load_done();
+    cpr_state_incoming_done();
+}
+
+bool cpr_transfer_defer(CprDeferFn *fn, void *opaque)
+{
+    CprDeferred *d;
+
+    if (!cpr_state_transferred() || !cpr_is_incoming()) {
+        return false;
+    }
+    d = g_new0(CprDeferred, 1);
+    d->fn = fn;
+    d->opaque = opaque;
+    cpr_transfer_deferred = g_slist_append(cpr_transfer_deferred, d);
+    return true;
+}
+
+const CprModeOps cpr_transfer_ops = {
+    .mode = CPR_MODE_TRANSFER,
+    .stop_state = RUN_STATE_SAVE_VM,
+    .resume_on_error = true,
+    .has_channel = true,
+    .blockers = cpr_transfer_blockers,
+    .prepare = cpr_transfer_prepare,
+    .finish = cpr_transfer_finish,
+    .abandon = cpr_transfer_abandon,
+    .ram_kept = true,
+    .loaded = cpr_transfer_loaded,
+    .obeys_autostart = true,
+    .load_done = cpr_transfer_load_done,
+    .started = cpr_transfer_started,
+    .other_mode_hint = "; this process takes a VM over from another with "
+                       "mode 'transfer'",
+};
