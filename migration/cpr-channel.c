@@ -98,7 +98,8 @@ int cpr_channel_connect(const char *channel, Error **errp)
 
 int cpr_channel_accept(const char *channel, Error **errp)
 {
-    struct sockaddr_un addr;
+    struct sockaddr_un addr, tmp;
+    g_autofree char *tmp_path = NULL;
     struct ucred cred;
     socklen_t len = sizeof(cred);
     struct stat st;
@@ -117,16 +118,29 @@ int cpr_channel_accept(const char *channel, Error **errp)
     if (!lstat(addr.sun_path, &st) && S_ISSOCK(st.st_mode)) {
         unlink(addr.sun_path);
     }
+    /*
+     * Bound under a temporary name and renamed once it listens: whoever
+     * waits for the path to appear can connect at once.
+     */
+    tmp = addr;
+    tmp_path = g_strdup_printf("%s.%d", addr.sun_path, getpid());
+    if (strlen(tmp_path) < sizeof(tmp.sun_path)) {
+        strcpy(tmp.sun_path, tmp_path);     /* else no room: no rename */
+    }
+    unlink(tmp.sun_path);
     umask_old = umask(0077);    /* only this user may hand a VM over */
-    if (bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+    if (bind(lfd, (struct sockaddr *)&tmp, sizeof(tmp)) < 0) {
         umask(umask_old);
         error_setg_errno(errp, errno, "cannot listen on '%s'", addr.sun_path);
         goto out;
     }
     umask(umask_old);
-    if (listen(lfd, 1) < 0) {
+    if (listen(lfd, 1) < 0 ||
+        (strcmp(tmp.sun_path, addr.sun_path) &&
+         rename(tmp.sun_path, addr.sun_path) < 0)) {
         error_setg_errno(errp, errno, "cannot listen on '%s'", addr.sun_path);
-        goto unlink;
+        unlink(tmp.sun_path);
+        goto out;
     }
     trace_cpr_channel_listen(addr.sun_path);
     do {
@@ -322,7 +336,7 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
         goto fail;
     }
     if (got_type != type) {
-        error_setg(errp, "it sent a %s message instead of %s",
+        error_setg(errp, "it sent a message of type '%s' instead of '%s'",
                    cpr_msg_name(got_type), cpr_msg_name(type));
         goto fail;
     }

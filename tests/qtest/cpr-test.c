@@ -40,6 +40,7 @@
 #define WAIT_SECONDS    60
 
 typedef struct CprVm {
+    GPtrArray *argv;            /* its command line, for a transfer's twin */
     char *dir;
     char *qmp_path;
     char *serial_path;
@@ -320,6 +321,10 @@ static CprVm *vm_start_args(const char *machine, int keep_fd,
                                               keep_fd));
     }
     add_args(argv, vm->dir, extra);
+    vm->argv = g_ptr_array_new_with_free_func(g_free);
+    for (guint i = 0; i < argv->len; i++) {
+        g_ptr_array_add(vm->argv, g_strdup(g_ptr_array_index(argv, i)));
+    }
     g_ptr_array_add(argv, NULL);
 
     vm->pid = fork();
@@ -347,6 +352,8 @@ static CprVm *vm_start(const char *machine, int keep_fd)
     return vm_start_args(machine, keep_fd, NULL, CONSOLE_FILE);
 }
 
+static void vm_transfer_cleanup(CprVm *vm);
+
 static void vm_kill(CprVm *vm)
 {
     g_autofree char *disk = g_build_filename(vm->dir, "disk.img", NULL);
@@ -366,11 +373,13 @@ static void vm_kill(CprVm *vm)
     unlink(vm->serial_path);
     unlink(vm->state_path);
     unlink(disk);
+    vm_transfer_cleanup(vm);
     rmdir(vm->dir);
     g_free(vm->dir);
     g_free(vm->qmp_path);
     g_free(vm->serial_path);
     g_free(vm->state_path);
+    g_ptr_array_unref(vm->argv);
     g_free(vm);
 }
 
@@ -2008,6 +2017,512 @@ typedef struct CprTestCase {
     void (*fn)(void);
 } CprTestCase;
 
+/* Transfer mode */
+
+static char *vm_channel_path(CprVm *vm)
+{
+    return g_build_filename(vm->dir, "cpr.sock", NULL);
+}
+
+static char *vm_new_err_path(CprVm *vm)
+{
+    return g_build_filename(vm->dir, "new.err", NULL);
+}
+
+static void vm_transfer_cleanup(CprVm *vm)
+{
+    g_autofree char *sock = vm_channel_path(vm);
+    g_autofree char *err = vm_new_err_path(vm);
+
+    unlink(sock);
+    unlink(err);
+}
+
+/*
+ * Start the new QEMU of a transfer: @vm's command line, then @extra, then
+ * -incoming cpr:unix:DIR/cpr.sock; its standard error goes to
+ * DIR/new.err.  Returns its pid once it listens.
+ */
+static pid_t vm_start_incoming(CprVm *vm, const char *const *extra)
+{
+    g_autofree char *sock = vm_channel_path(vm);
+    g_autofree char *errpath = vm_new_err_path(vm);
+    g_autofree char *incoming = g_strdup_printf("cpr:unix:%s", sock);
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+    pid_t pid;
+    guint i;
+
+    unlink(sock);
+    for (i = 0; i < vm->argv->len; i++) {
+        g_ptr_array_add(argv, g_strdup(g_ptr_array_index(vm->argv, i)));
+    }
+    add_args(argv, vm->dir, extra);
+    g_ptr_array_add(argv, g_strdup("-incoming"));
+    g_ptr_array_add(argv, g_strdup(incoming));
+    g_ptr_array_add(argv, NULL);
+
+    pid = fork();
+    g_assert(pid >= 0);
+    if (pid == 0) {
+        int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(fd, STDERR_FILENO);
+        execv(argv->pdata[0], (char **)argv->pdata);
+        _exit(127);
+    }
+    /* The socket appears under its name once it listens */
+    while (!g_file_test(sock, G_FILE_TEST_EXISTS)) {
+        g_assert(waitpid(pid, NULL, WNOHANG) == 0);
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(1000);
+    }
+    return pid;
+}
+
+static int wait_exit(pid_t pid)
+{
+    int status;
+
+    g_assert(waitpid(pid, &status, 0) == pid);
+    g_assert(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* cprsave transfer (over QMP or HMP): the new process @new_pid answers */
+static void vm_transfer_via(CprVm *vm, pid_t new_pid, bool hmp)
+{
+    g_autofree char *sock = vm_channel_path(vm);
+    g_autofree char *line = g_strdup_printf("cprsave unix:%s transfer", sock);
+    g_autofree char *channel = g_strdup_printf("unix:%s", sock);
+    QDict *resp = hmp ?
+        vm_qmp(vm, "{'execute': 'human-monitor-command', 'arguments':"
+               " {'command-line': %s}, 'id': 'save'}", line) :
+        vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+               " {'mode': 'transfer', 'channel': %s}, 'id': 'save'}",
+               channel);
+    QDict *info;
+
+    g_assert(resp);
+    if (!qdict_haskey(resp, "return")) {
+        g_autoptr(GString) str = qobject_to_json(QOBJECT(resp));
+
+        g_error("cprsave transfer failed: %s", str->str);
+    }
+    g_assert_cmpstr(qdict_get_str(resp, "id"), ==, "save");
+    if (hmp) {
+        g_assert_cmpstr(qdict_get_str(resp, "return"), ==, "");
+    }
+    qobject_unref(resp);
+    /* The old process left by itself, with no error */
+    g_assert_cmpint(wait_exit(vm->pid), ==, 0);
+    vm->pid = new_pid;
+    g_assert(vm_alive(vm));
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    g_assert(!qdict_get_bool(info, "load-pending"));
+    qobject_unref(info);
+}
+
+static void vm_transfer(CprVm *vm, pid_t new_pid)
+{
+    vm_transfer_via(vm, new_pid, false);
+}
+
+/* cprsave transfer fails with an error starting with @prefix */
+static void vm_transfer_fails(CprVm *vm, const char *prefix)
+{
+    g_autofree char *sock = vm_channel_path(vm);
+    g_autofree char *channel = g_strdup_printf("unix:%s", sock);
+    g_autofree char *err = vm_error(vm_qmp(vm,
+        "{'execute': 'cprsave', 'arguments': {'mode': 'transfer',"
+        " 'channel': %s}}", channel));
+
+    if (!g_str_has_prefix(err, prefix)) {
+        g_error("cprsave transfer: '%s', expected '%s...'", err, prefix);
+    }
+}
+
+/* Descriptors of @pid */
+static int count_fds(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/fd", pid);
+    GDir *dir = g_dir_open(path, 0, NULL);
+    int n = 0;
+
+    g_assert(dir);
+    while (g_dir_read_name(dir)) {
+        n++;
+    }
+    g_dir_close(dir);
+    return n;
+}
+
+/*
+ * Transfers to new processes, one over HMP; the QMP connection, the
+ * console log and guest RAM go on as they were; the new process may be
+ * a different binary path, and -S keeps the VM paused.
+ */
+static void test_transfer_round_trip(void)
+{
+    static const char *const paused[] = { "-S", NULL };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *log = NULL, *log_after = NULL;
+    gsize log_len, log_after_len;
+    pid_t new_pid;
+    int i;
+
+    vm_wait_passes(vm, 20);
+    for (i = 0; i < 2; i++) {
+        g_free(before);
+        before = vm_counters(vm);
+        g_assert(g_file_get_contents(vm->serial_path, &log, &log_len, NULL));
+        new_pid = vm_start_incoming(vm, NULL);
+        vm_transfer_via(vm, new_pid, i == 1);
+        g_assert_cmpstr(vm_status(vm), ==, "running");
+        g_free(before);
+        before = check_kept(vm, before);
+        /* The console log went on in the same file, nothing lost */
+        g_assert(g_file_get_contents(vm->serial_path, &log_after,
+                                     &log_after_len, NULL));
+        g_assert_cmpuint(log_after_len, >, log_len);
+        g_assert(!memcmp(log, log_after, log_len));
+        g_clear_pointer(&log, g_free);
+        g_clear_pointer(&log_after, g_free);
+    }
+
+    /* -S: a running VM stays paused in the new process until cont */
+    new_pid = vm_start_incoming(vm, paused);
+    vm_transfer(vm, new_pid);
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    g_free(before);
+    before = vm_counters(vm);
+    check_moving(vm, before);
+
+    /* A paused VM stays paused without -S */
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    new_pid = vm_start_incoming(vm, NULL);
+    vm_transfer(vm, new_pid);
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, before);
+    vm_kill(vm);
+}
+
+/* Under libvirt's default sandbox (no exec) on both sides */
+static void test_transfer_sandbox(void)
+{
+    static const char *const deny[] = {
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,"
+        "resourcecontrol=deny", NULL
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, deny, CONSOLE_FILE);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    QDict *info;
+    QList *blockers;
+    QListEntry *e;
+    bool restart_blocked = false;
+
+    vm_wait_passes(vm, 2);
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    blockers = qdict_get_qlist(info, "blockers");
+    QLIST_FOREACH_ENTRY(blockers, e) {
+        QDict *b = qobject_to(QDict, qlist_entry_obj(e));
+
+        g_assert_cmpstr(qdict_get_str(b, "mode"), !=, "transfer");
+        restart_blocked |= !strcmp(qdict_get_str(b, "object"), "sandbox");
+    }
+    g_assert(restart_blocked);
+    qobject_unref(info);
+    before = vm_counters(vm);
+    vm_transfer(vm, vm_start_incoming(vm, NULL));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = check_kept(vm, before);
+    vm_kill(vm);
+}
+
+/* What a fake new QEMU does (its end of the protocol, cpr-channel.c) */
+typedef enum {
+    PEER_CLOSE,                 /* accepts and closes at once */
+    PEER_CLOSE_AFTER_DEVICES,   /* says ready, reads the devices, closes */
+    PEER_REFUSE,                /* says ready, reads the devices, refuses */
+} PeerScript;
+
+/* Read one message; its descriptors are closed */
+static bool peer_read(int fd, uint32_t *type, GByteArray *payload)
+{
+    uint8_t header[16], cbuf[CMSG_SPACE(sizeof(int) * 253)];
+    size_t done = 0, len;
+
+    while (done < sizeof(header) + payload->len) {
+        bool in_header = done < sizeof(header);
+        struct iovec iov = {
+            .iov_base = in_header ? header + done
+                                  : payload->data + done - sizeof(header),
+            .iov_len = in_header ? sizeof(header) - done
+                                 : payload->len - (done - sizeof(header)),
+        };
+        struct msghdr msg = {
+            .msg_iov = &iov, .msg_iovlen = 1,
+            .msg_control = cbuf, .msg_controllen = sizeof(cbuf),
+        };
+        struct cmsghdr *c;
+        ssize_t n = recvmsg(fd, &msg, 0);
+
+        if (n <= 0) {
+            return false;
+        }
+        for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            int *fds = (int *)CMSG_DATA(c);
+            size_t i;
+
+            for (i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                close(fds[i]);
+            }
+        }
+        done += n;
+        if (done == sizeof(header)) {
+            *type = ldl_be_p(header);
+            len = ldq_be_p(header + 8);
+            g_byte_array_set_size(payload, len);
+        }
+    }
+    return true;
+}
+
+static void peer_send(int fd, uint32_t type, const char *payload)
+{
+    size_t len = payload ? strlen(payload) : 0;
+    uint8_t header[16];
+
+    stl_be_p(header, type);
+    stl_be_p(header + 4, 0);
+    stq_be_p(header + 8, len);
+    g_assert(write(fd, header, sizeof(header)) == sizeof(header));
+    g_assert(!len || write(fd, payload, len) == len);
+}
+
+/* A fake new QEMU listening on @vm's channel, following @script */
+static pid_t peer_start(CprVm *vm, PeerScript script)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    g_autofree char *sock = vm_channel_path(vm);
+    int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    pid_t pid;
+
+    pstrcpy(addr.sun_path, sizeof(addr.sun_path), sock);
+    unlink(sock);
+    g_assert(!bind(lfd, (struct sockaddr *)&addr, sizeof(addr)));
+    g_assert(!listen(lfd, 1));
+    pid = fork();
+    g_assert(pid >= 0);
+    if (pid == 0) {
+        g_autoptr(GByteArray) p = g_byte_array_new();
+        int fd = accept(lfd, NULL, NULL);
+        uint32_t type = 0, count, got = 0;
+
+        if (fd < 0 || script == PEER_CLOSE) {
+            _exit(0);
+        }
+        /* The state, then descriptor messages until its count */
+        if (!peer_read(fd, &type, p) || type != 1) {
+            _exit(1);
+        }
+        count = ldl_be_p(p->data);
+        while (got < count) {
+            g_byte_array_set_size(p, 0);
+            if (!peer_read(fd, &type, p) || type != 2) {
+                _exit(1);
+            }
+            got += MIN(count - got, 200);
+        }
+        peer_send(fd, 3, NULL);                 /* ready */
+        g_byte_array_set_size(p, 0);
+        if (!peer_read(fd, &type, p) || type != 4) {
+            _exit(1);
+        }
+        if (script == PEER_REFUSE) {
+            peer_send(fd, 6, "the fake QEMU refuses");
+        }
+        _exit(0);
+    }
+    close(lfd);
+    return pid;
+}
+
+/*
+ * Every failure before the new QEMU commits leaves the VM running in the
+ * old one, and cprsave names what happened: nobody listening, the new
+ * QEMU closing before it is ready, closing after it got the device
+ * state, refusing it, and a real new QEMU that cannot take the state
+ * (another RAM size).  A transfer after all of these works.
+ */
+static void test_transfer_fails(void)
+{
+    static const char *const bigger[] = { "-m", "256", NULL };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *errpath = vm_new_err_path(vm);
+    g_autofree char *new_err = NULL;
+    int fds = count_fds(vm->pid);
+    pid_t peer;
+
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+
+    vm_transfer_fails(vm, "no new QEMU listens on ");
+    check_moving(vm, before);
+
+    peer = peer_start(vm, PEER_CLOSE);
+    vm_transfer_fails(vm, "");
+    g_assert_cmpint(wait_exit(peer), ==, 0);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+
+    peer = peer_start(vm, PEER_CLOSE_AFTER_DEVICES);
+    vm_transfer_fails(vm, "the new QEMU did not take the VM: it closed the "
+                      "connection");
+    g_assert_cmpint(wait_exit(peer), ==, 0);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+
+    peer = peer_start(vm, PEER_REFUSE);
+    vm_transfer_fails(vm, "the new QEMU did not take the VM: the fake QEMU "
+                      "refuses");
+    g_assert_cmpint(wait_exit(peer), ==, 0);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+
+    /* A real new QEMU that cannot take the state: it says why, exits */
+    peer = vm_start_incoming(vm, bigger);
+    vm_transfer_fails(vm, "the new QEMU did not take the VM: ");
+    g_assert_cmpint(wait_exit(peer), ==, 1);
+    g_assert(g_file_get_contents(errpath, &new_err, NULL, NULL));
+    g_assert(strstr(new_err, "the VM stays with the old QEMU"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+
+    /* Nothing kept from the failures, and the VM can still go */
+    g_assert_cmpint(count_fds(vm->pid), ==, fds);
+    vm_transfer(vm, vm_start_incoming(vm, NULL));
+    check_kept(vm, before);
+    vm_kill(vm);
+}
+
+/* A new QEMU whose peer is not a QEMU handing a VM over exits, saying why */
+static void test_transfer_bad_peer(void)
+{
+    static const struct {
+        const char *send;       /* hex of what the peer sends, or NULL */
+        const char *says;
+    } cases[] = {
+        { NULL, "no VM from the old QEMU: it closed the connection" },
+        { "0000000400000000 0000000000000000",
+          "no VM from the old QEMU: it sent a message of type 'devices' "
+          "instead of 'state'" },
+        { "0000000100000000 00000000000000ff 00",
+          "no VM from the old QEMU: state message cut short" },
+        { "0000000100000000 0000000000000008 00000000 51454d55",
+          "no VM from the old QEMU: inherited CPR state has no valid header" },
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *errpath = vm_new_err_path(vm);
+    g_autofree char *sock = vm_channel_path(vm);
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(cases); i++) {
+        struct sockaddr_un addr = { .sun_family = AF_UNIX };
+        pid_t pid = vm_start_incoming(vm, NULL);
+        g_autofree char *err = NULL;
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        const char *h = cases[i].send;
+
+        pstrcpy(addr.sun_path, sizeof(addr.sun_path), sock);
+        g_assert(!connect(fd, (struct sockaddr *)&addr, sizeof(addr)));
+        while (h && *h) {
+            unsigned int byte;
+
+            if (*h == ' ') {
+                h++;
+                continue;
+            }
+            g_assert(sscanf(h, "%2x", &byte) == 1);
+            g_assert(write(fd, &(uint8_t){ byte }, 1) == 1);
+            h += 2;
+        }
+        close(fd);
+        g_assert_cmpint(wait_exit(pid), ==, 1);
+        g_assert(g_file_get_contents(errpath, &err, NULL, NULL));
+        if (!strstr(err, cases[i].says)) {
+            g_error("new QEMU said '%s', expected '%s'", err, cases[i].says);
+        }
+        /* The old QEMU and its listening socket are untouched */
+        g_assert_cmpstr(vm_status(vm), ==, "running");
+        g_assert(g_file_test(vm->qmp_path, G_FILE_TEST_EXISTS));
+    }
+    vm_kill(vm);
+}
+
+/* -pidfile blocks transfer (the new QEMU could not lock it) */
+static void test_transfer_blocked(void)
+{
+    static const char *const pidfile[] = {
+        "-pidfile", "@DIR@/qemu.pid", NULL
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, pidfile, CONSOLE_FILE);
+    g_autofree char *pid_path = g_build_filename(vm->dir, "qemu.pid", NULL);
+
+    vm_transfer_fails(vm, "cprsave is blocked by 'pidfile': ");
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    vm_kill(vm);
+    unlink(pid_path);
+}
+
+static long vm_rss_kb(CprVm *vm)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", vm->pid);
+    g_autofree char *data = NULL;
+    const char *p;
+
+    g_assert(g_file_get_contents(path, &data, NULL, NULL));
+    p = strstr(data, "VmRSS:");
+    g_assert(p);
+    return strtol(p + 6, NULL, 10);
+}
+
+/* 50 transfers in a row: no descriptor or memory growth */
+static void test_transfer_soak(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree uint64_t *before = NULL;
+    int fds = -1, i;
+    long rss = 0;
+
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    for (i = 0; i < 50; i++) {
+        vm_transfer(vm, vm_start_incoming(vm, NULL));
+        if (i == 0) {
+            fds = count_fds(vm->pid);
+            rss = vm_rss_kb(vm);
+        }
+    }
+    g_assert_cmpint(count_fds(vm->pid), ==, fds);
+    g_assert_cmpint(vm_rss_kb(vm), <, rss + rss / 4);
+    check_kept(vm, before);
+    vm_kill(vm);
+}
+
+
 static void run_case(const void *opaque)
 {
     const CprTestCase *tc = opaque;
@@ -2063,6 +2578,12 @@ int main(int argc, char **argv)
     add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("restart/only-registered-fds", test_only_registered_fds);
+    add_test("transfer/round-trip", test_transfer_round_trip);
+    add_test("transfer/sandbox", test_transfer_sandbox);
+    add_test("transfer/fails", test_transfer_fails);
+    add_test("transfer/bad-peer", test_transfer_bad_peer);
+    add_test("transfer/blocked", test_transfer_blocked);
+    add_test("transfer/soak", test_transfer_soak);
     add_test("reboot/round-trip", test_reboot_round_trip);
     add_test("reboot/cont", test_reboot_cont);
     add_test("reboot/file-backend", test_reboot_file_backend);
