@@ -18,7 +18,10 @@
  */
 
 #include "qemu/osdep.h"
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -2470,6 +2473,81 @@ static void test_transfer_bad_peer(void)
     vm_kill(vm);
 }
 
+/* A copy of QEMU's descriptor of /dev/net/tun (pidfd_getfd) */
+static int vm_tap_fd(CprVm *vm)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/fd", vm->pid);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    int pidfd, fd = -1;
+
+    g_assert(d);
+    while (fd < 0 && (name = g_dir_read_name(d))) {
+        g_autofree char *link = g_build_filename(dir, name, NULL);
+        g_autofree char *target = g_file_read_link(link, NULL);
+
+        if (target && !strcmp(target, "/dev/net/tun")) {
+            pidfd = syscall(SYS_pidfd_open, vm->pid, 0);
+            g_assert(pidfd >= 0);
+            fd = syscall(SYS_pidfd_getfd, pidfd, atoi(name), 0);
+            g_assert(fd >= 0);
+            close(pidfd);
+        }
+    }
+    g_assert(fd >= 0);
+    return fd;
+}
+
+static int tap_vnet_hdr_len(int fd)
+{
+    int len;
+
+    g_assert(!ioctl(fd, TUNGETVNETHDRSZ, &len));
+    return len;
+}
+
+/*
+ * A tap goes over to the new process.  Its vnet header length is a
+ * setting of the tap device that the old process's NIC relies on (12
+ * here, set behind QEMU's back): a new process that starts up and then
+ * refuses the state leaves it alone; one that takes the VM sets what its
+ * NIC asks for (10: no virtio driver in the guest), once it has the VM.
+ */
+static void test_transfer_tap(void)
+{
+    static const char *const bigger[] = { "-m", "256", NULL };
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *ifname = g_strdup_printf("cprtap%d", getpid());
+    g_autofree char *netdev = g_strdup_printf(
+        "tap,id=net0,ifname=%s,script=no,downscript=no,vnet_hdr=on", ifname);
+    const char *const extra[] = {
+        "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0", NULL
+    };
+    CprVm *vm = vm_start_args(machine, -1, extra, CONSOLE_FILE);
+    g_autoptr(GPtrArray) fds = NULL;
+    int ifindex = read_ifindex(ifname);
+    int tap = vm_tap_fd(vm);
+    int len = 12;
+    pid_t peer;
+
+    vm_wait_passes(vm, 2);
+    g_assert_cmpint(tap_vnet_hdr_len(tap), ==, 10);
+    g_assert(!ioctl(tap, TUNSETVNETHDRSZ, &len));
+
+    peer = vm_start_incoming(vm, bigger);
+    vm_transfer_fails(vm, "the new QEMU did not take the VM: ");
+    g_assert_cmpint(wait_exit(peer), ==, 1);
+    g_assert_cmpint(tap_vnet_hdr_len(tap), ==, 12);
+
+    vm_transfer(vm, vm_start_incoming(vm, NULL));
+    g_assert_cmpint(tap_vnet_hdr_len(tap), ==, 10);
+    g_assert_cmpint(read_ifindex(ifname), ==, ifindex);
+    fds = fd_targets(vm->pid);
+    g_assert_cmpuint(count_matching(fds, "/dev/net/tun"), ==, 1);
+    close(tap);
+    vm_kill(vm);
+}
+
 /* -pidfile blocks transfer (the new QEMU could not lock it) */
 static void test_transfer_blocked(void)
 {
@@ -2582,6 +2660,7 @@ int main(int argc, char **argv)
     add_test("transfer/sandbox", test_transfer_sandbox);
     add_test("transfer/fails", test_transfer_fails);
     add_test("transfer/bad-peer", test_transfer_bad_peer);
+    add_test("transfer/tap", test_transfer_tap);
     add_test("transfer/blocked", test_transfer_blocked);
     add_test("transfer/soak", test_transfer_soak);
     add_test("reboot/round-trip", test_reboot_round_trip);
