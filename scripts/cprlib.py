@@ -88,6 +88,30 @@ class Qmp:
                 return t
         raise QmpError("no %s event" % name)
 
+    def wait_event(self, name, since=0, timeout=30):
+        """The time of the first @name event from self.events[@since] on,
+        reading events until it comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev, t in self.events[since:]:
+                if ev == name:
+                    return t
+            if time.monotonic() > deadline:
+                raise QmpError("no %s event" % name)
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                resp = self._recv()
+            except socket.timeout:
+                resp = {}
+            finally:
+                self.sock.settimeout(None)
+            if resp is None:
+                raise QmpError("the QMP connection was lost")
+            if "event" in resp:
+                ts = resp["timestamp"]
+                self.events.append((resp["event"],
+                                    ts["seconds"] + ts["microseconds"] / 1e6))
+
     def close(self):
         if self.sock:
             self.sock.close()
@@ -188,6 +212,66 @@ def cpr_update(vm, binary=None, auto_load=False):
     if not auto_load:
         vm.qmp.cmd("cprload", file=vm.state)
     return vm.qmp.event_time("RESUME") - stop
+
+
+def wait_gone(pid, timeout=60):
+    """Wait until process @pid, which is not our child, has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except (OSError, IndexError):
+            return
+        if time.monotonic() > deadline:
+            raise QmpError("process %d did not exit" % pid)
+        time.sleep(0.005)
+
+
+def start_incoming(args, sock, binary=None, extra=()):
+    """Start the new QEMU of a transfer: @args (a QEMU command line; -S
+    dropped), with @binary instead of args[0], plus @extra and -incoming
+    cpr:unix:@sock.  Returns its Popen once it listens."""
+    if os.path.exists(sock):
+        os.unlink(sock)
+    argv = [binary or args[0]] + [a for a in args[1:] if a != "-S"] + \
+        list(extra) + ["-incoming", "cpr:unix:" + sock]
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sock):
+        if proc.poll() is not None:
+            raise QmpError("the new QEMU exited with status %d before it "
+                           "listened" % proc.returncode)
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise QmpError("the new QEMU does not listen on " + sock)
+        time.sleep(0.002)
+    return proc
+
+
+def cpr_transfer(vm, new, sock, resumes=True):
+    """cprsave transfer from @vm's QEMU to @new (start_incoming on @sock),
+    on the same QMP connection, which the new process answers; the old
+    process exits.  @vm gets the new process.  Returns the pause in
+    seconds from the old process's STOP event to the new one's RESUME
+    (None when the VM does not resume)."""
+    since = len(vm.qmp.events)
+    if vm.qmp.cmd("cprsave", mode="transfer",
+                  channel="unix:" + sock) is None:
+        raise QmpError("the QMP connection was lost at cprsave")
+    if vm.proc.pid == vm.pid:
+        if vm.proc.wait(timeout=60) != 0:
+            raise QmpError("the old QEMU exited with status %d" %
+                           vm.proc.returncode)
+    else:
+        wait_gone(vm.pid)       # not our child (a VM taken back)
+    vm.proc = vm.qmp.proc = new
+    vm.pid = new.pid
+    if not resumes:
+        return None
+    stop = vm.qmp.wait_event("STOP", since)
+    return vm.qmp.wait_event("RESUME", since) - stop
 
 
 def console_lines(args, log_name):

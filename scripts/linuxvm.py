@@ -426,6 +426,22 @@ class LinuxVm:
         self.wait_progress()
         return pause, self.watch.max_gap(t0)
 
+    def transfer(self, binary=None, extra=()):
+        """Live update by cprsave transfer to a new QEMU (@binary, with
+        @extra arguments); returns (QMP pause, largest heartbeat gap seen by
+        the host around it) in seconds."""
+        sock = os.path.join(self.dir, "cpr.sock")
+        new = cprlib.start_incoming(self.args, sock, binary, extra)
+        t0 = time.monotonic()
+        try:
+            pause = cprlib.cpr_transfer(self, new, sock)
+        finally:
+            if new is not self.proc:
+                new.kill()
+                new.wait()
+        self.wait_progress()
+        return pause, self.watch.max_gap(t0)
+
     def alive(self):
         if self.pid == self.proc.pid:
             return self.proc.poll() is None

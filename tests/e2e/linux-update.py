@@ -3,11 +3,14 @@
 """Live update of a running Linux guest (build/guest/linux) with tap
 networking, raw and qcow2 virtio disks, a unix-socket and a pty serial
 console and a QMP client that stays connected.  One guest goes through
-every case in order; the host checks heartbeats, TCP records and status
-lines all along and the disk images at the end.  Prints TAP.
+every case in order (exec-mode updates, then transfers to new processes,
+one of them under libvirt's default sandbox); the host checks heartbeats,
+TCP records and status lines all along and the disk images at the end.
+Prints TAP.
 
 Needs root (network namespace, tap).  Environment: CPR_TEST_ACCEL (tcg),
-CPR_SOAK (number of updates in the soak, 50)."""
+CPR_SOAK (number of updates in the soak, 50), CPR_TRANSFER_SOAK (number
+of transfers in the transfer soak, 10)."""
 
 import os
 import statistics
@@ -22,6 +25,8 @@ import linuxvm  # noqa: E402
 QEMU_A = cprlib.QEMU
 QEMU_B = os.path.join(cprlib.TOP, "build", "qemu-system-x86_64-b")
 RNG = "virtio-rng-pci,id=rng0"
+SANDBOX = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,"
+           "spawn=deny,resourcecontrol=deny"]
 
 vm = None
 results = []
@@ -180,17 +185,7 @@ def binary_crashes_on_startup():
 @case
 def new_binary_refuses_state():
     # An "incompatible build": the same QEMU without one of the devices.
-    drop = script("drop-rng.sh", """#!/bin/bash
-args=()
-for a in "$@"; do
-    if [ "$a" = "%s" ]; then
-        unset 'args[-1]'
-        continue
-    fi
-    args+=("$a")
-done
-exec %s "${args[@]}"
-""" % (RNG, QEMU_A))
+    drop = drop_rng_script()
     vm.qmp.cmd("cprsave", file=vm.state, mode="restart", binary=drop)
     try:
         vm.qmp.cmd("cprload", file=vm.state)
@@ -267,6 +262,107 @@ def soak():
     settled = anon[min(5, n - 1)]
     assert max(anon[min(5, n - 1):]) - settled < 4096, \
         "RssAnon grows: %s" % anon
+
+
+def drop_rng_script():
+    """A QEMU A that drops the virtio-rng device from its arguments: an
+    incompatible build (the state has a device it lacks)."""
+    return script("drop-rng.sh", """#!/bin/bash
+args=()
+for a in "$@"; do
+    if [ "$a" = "%s" ]; then
+        unset 'args[-1]'
+        continue
+    fi
+    args+=("$a")
+done
+exec %s "${args[@]}"
+""" % (RNG, QEMU_A))
+
+
+@case
+def transfer_keeps_everything():
+    """cprsave transfer to a new process started with the same arguments:
+    the same tap, disks, consoles and QMP client, in another PID."""
+    pci = vm.qmp.cmd("query-pci")
+    before = vm.watch.snapshot()
+    old_pid = vm.pid
+    pause, gap = vm.transfer()
+    after = vm.wait_progress()
+    assert vm.pid != old_pid, "PID did not change"
+    assert vm_pids() == [vm.pid], "QEMUs running the VM: %s" % vm_pids()
+    assert vm.qmp.cmd("query-pci") == pci, "PCI devices differ"
+    assert after["up"] > before["up"], "uptime did not grow"
+    assert vm.watch.net_conns == 1, "TCP connection was reopened"
+    diag("pause %.1f ms (QMP STOP->RESUME), largest heartbeat gap at the "
+         "host %.1f ms" % (pause * 1e3, gap * 1e3))
+
+
+@case
+def transfer_a_b_a():
+    a = version()
+    st0 = vm.watch.snapshot()
+    pause_b, _ = vm.transfer(QEMU_B)
+    b = version()
+    assert b != a, "build B reports the same version %r" % a
+    pause_a, _ = vm.transfer(QEMU_A)
+    assert version() == a, "back on A but version is %r" % version()
+    st1 = vm.wait_progress()
+    assert st1["up"] > st0["up"] and st1["hb"] > st0["hb"]
+    diag("%r -> %r -> %r: pauses %.1f, %.1f ms" %
+         (a, b, version(), pause_b * 1e3, pause_a * 1e3))
+
+
+@case
+def transfer_refused_stays():
+    """A new QEMU that cannot take the state: the VM never left the old
+    process, which goes on running it; cprsave says why."""
+    pid = vm.pid
+    try:
+        vm.transfer(drop_rng_script())
+        raise AssertionError("the build without virtio-rng took the VM")
+    except cprlib.QmpError as e:
+        diag(str(e))
+    check_running_after("refused transfer", pid)
+    vm.wait_progress()
+
+
+@case
+def transfer_under_sandbox():
+    """To a new process under libvirt's default seccomp sandbox, which
+    blocks exec-mode updates, and from it to the next one."""
+    vm.transfer(extra=SANDBOX)
+    blockers = vm.qmp.cmd("query-cpr")["blockers"]
+    modes = sorted({b["mode"] for b in blockers if b["object"] == "sandbox"})
+    assert modes == ["restart"], "sandbox blocks %s" % modes
+    pause, gap = vm.transfer(extra=SANDBOX)
+    vm.transfer()
+    diag("sandboxed to sandboxed: pause %.1f ms, heartbeat gap %.1f ms" %
+         (pause * 1e3, gap * 1e3))
+
+
+@case
+def transfer_soak():
+    n = int(os.environ.get("CPR_TRANSFER_SOAK", "10"))
+    pauses, gaps, fds, anon = [], [], [], []
+    hb0 = vm.watch.snapshot()["hb"]
+    for i in range(n):
+        pause, gap = vm.transfer(QEMU_B if i % 2 == 0 else QEMU_A)
+        pauses.append(pause * 1e3)
+        gaps.append(gap * 1e3)
+        fds.append(vm.fd_count())
+        anon.append(vm.rss_kb()[0])
+        errs = vm.watch.snapshot()["errors"][seen_errors:]
+        assert not errs, "transfer %d: %s" % (i + 1, "; ".join(errs[:5]))
+    st = vm.watch.snapshot()
+    diag("%d transfers (A<->B), %d heartbeats in order, none lost or "
+         "repeated" % (n, st["hb"] - hb0))
+    diag("pause ms: median %.1f, max %.1f; host heartbeat gap ms: median "
+         "%.1f, max %.1f" % (statistics.median(pauses), max(pauses),
+                             statistics.median(gaps), max(gaps)))
+    diag("open fds per process: %s; RssAnon KiB: %s" %
+         (sorted(set(fds)), anon))
+    assert len(set(fds)) == 1, "open fd count changed: %s" % fds
 
 
 @case

@@ -2568,12 +2568,18 @@ static long vm_rss_kb(CprVm *vm)
 {
     g_autofree char *path = g_strdup_printf("/proc/%d/status", vm->pid);
     g_autofree char *data = NULL;
-    const char *p;
+    const char *p, *end;
+    long kb;
 
     g_assert(g_file_get_contents(path, &data, NULL, NULL));
     p = strstr(data, "VmRSS:");
     g_assert(p);
-    return strtol(p + 6, NULL, 10);
+    p += 6;
+    while (*p == ' ' || *p == '\t') {
+        p++;
+    }
+    g_assert(!qemu_strtol(p, &end, 10, &kb));
+    return kb;
 }
 
 /* 50 transfers in a row: no descriptor or memory growth */
