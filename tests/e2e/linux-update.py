@@ -140,19 +140,24 @@ def update_keeps_everything():
          "host %.1f ms" % (pause * 1e3, gap * 1e3))
 
 
-@case
-def cross_version_a_b_a():
+def a_b_a(move):
+    """To build B and back to A with @move (vm.update or vm.transfer)."""
     a = version()
     st0 = vm.watch.snapshot()
-    pause_b, _ = vm.update(QEMU_B)
+    pause_b, _ = move(QEMU_B)
     b = version()
     assert b != a, "build B reports the same version %r" % a
-    pause_a, _ = vm.update(QEMU_A)
+    pause_a, _ = move(QEMU_A)
     assert version() == a, "back on A but version is %r" % version()
     st1 = vm.wait_progress()
     assert st1["up"] > st0["up"] and st1["hb"] > st0["hb"]
     diag("%r -> %r -> %r: pauses %.1f, %.1f ms" %
          (a, b, version(), pause_b * 1e3, pause_a * 1e3))
+
+
+@case
+def cross_version_a_b_a():
+    a_b_a(vm.update)
 
 
 @case
@@ -300,17 +305,7 @@ def transfer_keeps_everything():
 
 @case
 def transfer_a_b_a():
-    a = version()
-    st0 = vm.watch.snapshot()
-    pause_b, _ = vm.transfer(QEMU_B)
-    b = version()
-    assert b != a, "build B reports the same version %r" % a
-    pause_a, _ = vm.transfer(QEMU_A)
-    assert version() == a, "back on A but version is %r" % version()
-    st1 = vm.wait_progress()
-    assert st1["up"] > st0["up"] and st1["hb"] > st0["hb"]
-    diag("%r -> %r -> %r: pauses %.1f, %.1f ms" %
-         (a, b, version(), pause_b * 1e3, pause_a * 1e3))
+    a_b_a(vm.transfer)
 
 
 @case

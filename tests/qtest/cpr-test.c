@@ -502,6 +502,22 @@ static void check_moving(CprVm *vm, const uint64_t *before)
     check_consistent(now);
 }
 
+/* @resp answers cprsave (id 'save', over QMP or HMP) with success */
+static void check_save_reply(QDict *resp, bool hmp)
+{
+    g_assert(resp);
+    if (!qdict_haskey(resp, "return")) {
+        g_autoptr(GString) s = qobject_to_json(QOBJECT(resp));
+
+        g_error("cprsave failed: %s", s->str);
+    }
+    g_assert_cmpstr(qdict_get_str(resp, "id"), ==, "save");
+    if (hmp) {
+        g_assert_cmpstr(qdict_get_str(resp, "return"), ==, "");
+    }
+    qobject_unref(resp);
+}
+
 /*
  * cprsave restart: the process executes the new binary, which keeps the
  * QMP connection and answers the command; the PID stays the same and the
@@ -519,17 +535,7 @@ static void vm_cprsave_restart_via(CprVm *vm, bool hmp)
                vm->state_path);
     QDict *info;
 
-    g_assert(resp);
-    if (!qdict_haskey(resp, "return")) {
-        g_autoptr(GString) s = qobject_to_json(QOBJECT(resp));
-
-        g_error("cprsave failed: %s", s->str);
-    }
-    g_assert_cmpstr(qdict_get_str(resp, "id"), ==, "save");
-    if (hmp) {
-        g_assert_cmpstr(qdict_get_str(resp, "return"), ==, "");
-    }
-    qobject_unref(resp);
+    check_save_reply(resp, hmp);
     g_assert(vm_alive(vm));
     info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
     g_assert(qdict_get_bool(info, "load-pending"));
@@ -2107,17 +2113,7 @@ static void vm_transfer_via(CprVm *vm, pid_t new_pid, bool hmp)
                channel);
     QDict *info;
 
-    g_assert(resp);
-    if (!qdict_haskey(resp, "return")) {
-        g_autoptr(GString) str = qobject_to_json(QOBJECT(resp));
-
-        g_error("cprsave transfer failed: %s", str->str);
-    }
-    g_assert_cmpstr(qdict_get_str(resp, "id"), ==, "save");
-    if (hmp) {
-        g_assert_cmpstr(qdict_get_str(resp, "return"), ==, "");
-    }
-    qobject_unref(resp);
+    check_save_reply(resp, hmp);
     /* The old process left by itself, with no error */
     g_assert_cmpint(wait_exit(vm->pid), ==, 0);
     vm->pid = new_pid;
