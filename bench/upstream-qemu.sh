@@ -60,16 +60,17 @@ if [ ! -f "$out/src/.unpacked" ]; then
     dpkg-deb -x "$tmp"/meson_*.deb "$out/meson"
     rm -rf "$tmp/lists"
 
-    dsc=$(ls "$out"/qemu_*.dsc | sort -V | tail -1)
-    ver=$(sed -n 's/^Version: //p' "$dsc")
-    case "$ver" in
-    *:10.0*) ;;
-    *) echo "upstream-qemu.sh: trixie's qemu is $ver, not 10.0" >&2; exit 1 ;;
-    esac
     rm -rf "$out/src"
-    dpkg-source --no-check -x "$dsc" "$out/src" >/dev/null
+    dpkg-source --no-check -x "$(ls "$out"/qemu_*.dsc | sort -V | tail -1)" \
+        "$out/src" >/dev/null
     touch "$out/src/.unpacked"
 fi
+dsc=$(ls "$out"/qemu_*.dsc | sort -V | tail -1)
+ver=$(sed -n 's/^Version: //p' "$dsc")
+case "$ver" in
+*:10.0*) ;;
+*) echo "upstream-qemu.sh: trixie's qemu is $ver, not 10.0" >&2; exit 1 ;;
+esac
 
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 mkdir -p "$out/obj"
