@@ -79,8 +79,14 @@ class Vm:
     def alive(self):
         return self.proc.poll() is None
 
-    def wait_progress(self):
-        linuxvm.wait_watch(self.watch, 120, self.alive, net=False, parts=())
+    def wait_progress(self, beats=200, timeout=120):
+        """Wait for @beats more heartbeats."""
+        base = self.watch.snapshot()["hb"]
+        deadline = time.monotonic() + timeout
+        while self.watch.snapshot()["hb"] < base + beats:
+            if not self.alive() or time.monotonic() > deadline:
+                raise cprlib.QmpError("no heartbeat from the guest")
+            time.sleep(0.01)
 
     def check(self):
         errs = self.watch.snapshot()["errors"]

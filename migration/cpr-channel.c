@@ -22,11 +22,14 @@
  */
 
 #include "qemu/osdep.h"
+#include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include "qemu/bswap.h"
 #include "qemu/coroutine.h"
 #include "qemu/main-loop.h"
+#include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "block/aio.h"
@@ -355,6 +358,16 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
 fail:
     cpr_channel_close_fds(got);
     return false;
+}
+
+void cpr_channel_spin(int fd, int64_t max_ns)
+{
+    int64_t end = get_clock() + max_ns;
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+    while (!poll(&pfd, 1, 0) && get_clock() < end) {
+        sched_yield();
+    }
 }
 
 static void cpr_channel_readable(void *opaque)

@@ -16,6 +16,7 @@
  */
 
 #include "qemu/osdep.h"
+#include "exec/memory.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
@@ -50,6 +51,9 @@ void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
 }
 
 /* A QEMUFile reading a copy of @data; qemu_fclose() frees all of it */
+/* Device state is a few hundred KiB at most (e1000 is 200) */
+#define CPR_DEVICES_BUF (256 * KiB)
+
 static QEMUFile *cpr_buffer_input(const uint8_t *data, size_t len)
 {
     QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
@@ -96,10 +100,26 @@ bool cpr_stop(RunState state, Error **errp)
     return true;
 }
 
-bool cpr_save_devices(GByteArray *b, Error **errp)
+/* The buffer the next save writes into, made by cpr_devices_warm_up() */
+static QIOChannelBuffer *cpr_save_bioc;
+
+void cpr_devices_warm_up(void)
 {
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(256 * KiB);
+    if (!cpr_save_bioc) {
+        cpr_save_bioc = qio_channel_buffer_new(CPR_DEVICES_BUF);
+        /* Its pages are faulted in now, not while the VM is stopped */
+        memset(cpr_save_bioc->data, 0, CPR_DEVICES_BUF);
+    }
+    /* Loading: the first use of a buffer channel and an input file */
+    qemu_fclose(cpr_buffer_input((const uint8_t *)"", 1));
+}
+
+GByteArray *cpr_save_devices(Error **errp)
+{
+    QIOChannelBuffer *bioc = g_steal_pointer(&cpr_save_bioc) ?:
+                             qio_channel_buffer_new(CPR_DEVICES_BUF);
     QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
+    GByteArray *b = NULL;
     int ret;
 
     ret = qemu_save_device_state(f);
@@ -110,11 +130,13 @@ bool cpr_save_devices(GByteArray *b, Error **errp)
     if (ret < 0) {
         error_setg_errno(errp, -ret, "cannot save device state");
     } else {
-        g_byte_array_append(b, bioc->data, bioc->usage);
+        /* The channel's buffer becomes the result: no copy, no free */
+        b = g_byte_array_new_take(g_steal_pointer(&bioc->data), bioc->usage);
+        bioc->capacity = bioc->usage = bioc->offset = 0;
     }
     qemu_fclose(f);
     object_unref(OBJECT(bioc));
-    return ret >= 0;
+    return b;
 }
 
 /* A load failed after some devices had taken their part of the stream */
@@ -148,8 +170,16 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
         goto out;
     }
     cpu_synchronize_all_pre_loadvm();
-    /* As qemu_load_device_state(), timing the CPUs' own part */
+    /*
+     * As qemu_load_device_state(), timing the CPUs' own part, in one
+     * batched memory transaction: the memory map changes of all devices
+     * are applied once, not device after device, except where a device's
+     * post_load reads guest memory through the map the devices before it
+     * set up (AHCI's FIS buffer, virtio's rings).
+     */
+    memory_region_transaction_begin_batched();
     ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
+    memory_region_transaction_commit_batched();
     if (ret < 0) {
         cpr_devices_half_loaded = true;
         error_setg(errp, "cannot load device state (%s); see the error log "

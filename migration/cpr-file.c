@@ -279,12 +279,12 @@ bool cpr_file_write(const char *path, CprMode mode,
 {
     ERRP_GUARD();
     g_autoptr(CprFile) cf = cpr_file_new(mode);
-    g_autoptr(GByteArray) devices = g_byte_array_new();
+    g_autoptr(GByteArray) devices = cpr_save_devices(errp);
     g_autoptr(GByteArray) b = NULL;
     g_autofree char *tmp = g_strdup_printf("%s.XXXXXX", path);
     int fd;
 
-    if (!cpr_save_devices(devices, errp)) {
+    if (!devices) {
         return false;
     }
     if (ops && ops->layout) {
@@ -524,12 +524,9 @@ CprFile *cpr_file_parse(const char *name, GByteArray *b, Error **errp)
 GByteArray *cpr_file_save(CprMode mode, Error **errp)
 {
     g_autoptr(CprFile) cf = cpr_file_new(mode);
-    g_autoptr(GByteArray) devices = g_byte_array_new();
+    g_autoptr(GByteArray) devices = cpr_save_devices(errp);
 
-    if (!cpr_save_devices(devices, errp)) {
-        return NULL;
-    }
-    return cpr_file_envelope(cf, devices);
+    return devices ? cpr_file_envelope(cf, devices) : NULL;
 }
 
 bool cpr_file_load_devices(CprFile *cf, Error **errp)

@@ -76,6 +76,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
  */
 bool cpr_stop(RunState state, Error **errp);
 
+/*
+ * Use once what saving and loading device state go through (buffer
+ * channel, QEMU file), so that their first use in this process is not
+ * inside the pause of a transfer
+ */
+void cpr_devices_warm_up(void);
+
 /* Append @opaque as @vmsd's record to @b, / load it from @data */
 void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
                       GByteArray *b);
@@ -83,10 +90,11 @@ bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
                       const uint8_t *data, size_t len);
 
 /*
- * Append the stream to @b / load it from @data; @cpu_ns, if not NULL,
- * gets the time spent putting the CPUs' state back into the accelerator.
+ * The stream, or NULL with errp set / load it from @data; @cpu_ns, if
+ * not NULL, gets the time spent putting the CPUs' state back into the
+ * accelerator.
  */
-bool cpr_save_devices(GByteArray *b, Error **errp);
+GByteArray *cpr_save_devices(Error **errp);
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp);
 /*
@@ -211,6 +219,12 @@ bool cpr_channel_send(int fd, CprMsg type, const void *data, size_t len,
  */
 bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
                       Error **errp);
+/*
+ * Poll @fd without sleeping for at most @max_ns, until it is readable:
+ * for a message that comes within a millisecond or two, on which the
+ * pause waits, a sleeping thread would add its wake-up to the pause
+ */
+void cpr_channel_spin(int fd, int64_t max_ns);
 /* Wait in a coroutine until @fd is readable, the main loop running */
 void coroutine_fn cpr_channel_co_wait(int fd);
 

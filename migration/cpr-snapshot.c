@@ -266,8 +266,7 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
         }
     }
     if (!*errp) {
-        s->devices = g_byte_array_new();
-        cpr_save_devices(s->devices, errp);
+        s->devices = cpr_save_devices(errp);
     }
     if (*errp) {
         memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION);
@@ -386,7 +385,7 @@ static bool cpr_snapshot_blocks_present(CprSnapshot *s, Error **errp)
  */
 static bool cpr_snapshot_verify(CprSnapshot *s, Error **errp)
 {
-    g_autoptr(GByteArray) now = g_byte_array_new();
+    g_autoptr(GByteArray) now = NULL;
     g_autofree char *where = NULL;
     uint64_t off;
     guint i;
@@ -405,7 +404,8 @@ static bool cpr_snapshot_verify(CprSnapshot *s, Error **errp)
         }
     }
 
-    if (!cpr_save_devices(now, errp)) {
+    now = cpr_save_devices(errp);
+    if (!now) {
         return false;
     }
     for (i = 0; i < MIN(now->len, s->devices->len); i++) {

@@ -37,11 +37,15 @@
 #include "qapi/error.h"
 #include "qemu/coroutine.h"
 #include "qemu/error-report.h"
+#include "qemu/timer.h"
 #include "block/block.h"
 #include "migration/cpr.h"
 #include "sysemu/runstate.h"
 #include "cpr-internal.h"
 #include "trace.h"
+
+/* How long the new process polls for the device state before it sleeps */
+#define CPR_TRANSFER_SPIN_NS (50 * SCALE_MS)
 
 /* Old process: connected to the new one during cprsave */
 static int cpr_transfer_out = -1;
@@ -142,6 +146,7 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
         error_prepend(errp, "the new QEMU did not start: ");
         goto fail;
     }
+    cpr_devices_warm_up();
     return true;
 
 fail:
@@ -265,9 +270,15 @@ static void cpr_transfer_started(void)
     if (!cpr_state_transferred()) {
         return;
     }
+    cpr_devices_warm_up();
     if (!cpr_channel_send(cpr_transfer_in, CPR_MSG_READY, NULL, 0, NULL, 0,
-                          &err) ||
-        !cpr_channel_recv(cpr_transfer_in, CPR_MSG_DEVICES, &b, NULL,
+                          &err)) {
+        error_prepend(&err, "the old QEMU: ");
+        cpr_transfer_refuse(err);
+    }
+    /* The old QEMU now stops the VM and saves it: about a millisecond */
+    cpr_channel_spin(cpr_transfer_in, CPR_TRANSFER_SPIN_NS);
+    if (!cpr_channel_recv(cpr_transfer_in, CPR_MSG_DEVICES, &b, NULL,
                           &err)) {
         error_prepend(&err, "the old QEMU: ");
         cpr_transfer_refuse(err);
