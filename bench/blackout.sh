@@ -3,7 +3,9 @@
 # boot-sector guest at several RAM sizes and for the Linux guest with its
 # network and disks (needs root: network namespace, tap); then restores
 # per second of the in-process snapshot next to loadvm; then reboot mode's
-# save and restore next to the raw disk and to migrate-to-file.
+# save and restore next to the raw disk and to migrate-to-file; then the
+# pause of transfer and exec mode next to upstream QEMU 10.0's
+# cpr-transfer (built first from Debian trixie's source).
 set -euo pipefail
 here=$(dirname "$0")
 python3 "$here/blackout.py"
@@ -13,3 +15,6 @@ echo
 python3 "$here/snapshot.py"
 echo
 python3 "$here/reboot.py"
+echo
+bash "$here/upstream-qemu.sh"
+python3 "$here/transfer.py"
