@@ -129,8 +129,10 @@ int cpr_channel_accept(const char *channel, Error **errp)
     tmp_path = g_strdup_printf("%s.%d", addr.sun_path, getpid());
     if (strlen(tmp_path) < sizeof(tmp.sun_path)) {
         strcpy(tmp.sun_path, tmp_path);     /* else no room: no rename */
+        if (!lstat(tmp.sun_path, &st) && S_ISSOCK(st.st_mode)) {
+            unlink(tmp.sun_path);
+        }
     }
-    unlink(tmp.sun_path);
     umask_old = umask(0077);    /* only this user may hand a VM over */
     if (bind(lfd, (struct sockaddr *)&tmp, sizeof(tmp)) < 0) {
         umask(umask_old);
@@ -322,10 +324,16 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
     }
     payload = g_byte_array_sized_new(len + 1);
     g_byte_array_set_size(payload, len);
-    if (len && cpr_channel_read(fd, payload->data, len, got, errp) <= 0) {
-        error_prepend(errp, "%s message cut short: ",
-                      cpr_msg_name(got_type));
-        goto fail;
+    if (len) {
+        n = cpr_channel_read(fd, payload->data, len, got, errp);
+        if (n == 0) {
+            error_setg(errp, "it closed the connection");
+        }
+        if (n <= 0) {
+            error_prepend(errp, "%s message cut short: ",
+                          cpr_msg_name(got_type));
+            goto fail;
+        }
     }
     if (nfds != got->len) {
         error_setg(errp, "it sent a malformed %s message",
@@ -375,9 +383,17 @@ static void cpr_channel_readable(void *opaque)
     aio_co_wake(opaque);
 }
 
+void cpr_channel_co_cancel(int fd, Coroutine *co)
+{
+    aio_set_fd_handler(iohandler_get_aio_context(), fd, false, NULL, NULL,
+                       NULL, NULL, NULL);
+    aio_co_wake(co);
+}
+
 void coroutine_fn cpr_channel_co_wait(int fd)
 {
-    AioContext *ctx = qemu_get_aio_context();
+    /* Not the main AioContext, which nested aio_poll() calls also poll */
+    AioContext *ctx = iohandler_get_aio_context();
 
     aio_set_fd_handler(ctx, fd, false, cpr_channel_readable, NULL, NULL,
                        NULL, qemu_coroutine_self());

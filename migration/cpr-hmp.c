@@ -19,15 +19,12 @@ void hmp_cprsave(Monitor *mon, const QDict *qdict)
 {
     Error *err = NULL;
     const char *binary = qdict_get_try_str(qdict, "binary");
-    const char *file = qdict_get_str(qdict, "file");
     int mode = qapi_enum_parse(&CprMode_lookup, qdict_get_str(qdict, "mode"),
                                -1, &err);
-    bool transfer = mode == CPR_MODE_TRANSFER;
 
-    /* transfer: the first argument is the channel */
     if (mode >= 0) {
-        qmp_cprsave(!transfer, file, mode, !!binary, binary, false, false,
-                    transfer, file, &err);
+        qmp_cprsave(true, qdict_get_str(qdict, "file"), mode, !!binary,
+                    binary, false, false, false, NULL, &err);
     }
     hmp_handle_error(mon, err);
 }

@@ -159,6 +159,8 @@ typedef struct CprModeOps {
     bool (*finish)(const CprSaveArgs *args, Error **errp);
     /* The save failed after prepare succeeded: undo what it did */
     void (*abandon)(void);
+    /* After a failed save: false if the VM must stay stopped (NULL: true) */
+    bool (*can_resume)(void);
 
     /* cprload */
     /* Whether this process can load a file of the mode now */
@@ -225,8 +227,12 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
  * pause waits, a sleeping thread would add its wake-up to the pause
  */
 void cpr_channel_spin(int fd, int64_t max_ns);
-/* Wait in a coroutine until @fd is readable, the main loop running */
+/*
+ * Wait in a coroutine until @fd is readable, the main loop running;
+ * cpr_channel_co_cancel() ends the wait of coroutine @co early
+ */
 void coroutine_fn cpr_channel_co_wait(int fd);
+void cpr_channel_co_cancel(int fd, Coroutine *co);
 
 /* cpr-hooks.c: what subsystems registered */
 bool cpr_notify(CprEvent event, Error **errp);

@@ -41,6 +41,7 @@
 #include "block/block.h"
 #include "migration/cpr.h"
 #include "sysemu/runstate.h"
+#include "sysemu/sysemu.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
@@ -49,8 +50,16 @@
 
 /* Old process: connected to the new one during cprsave */
 static int cpr_transfer_out = -1;
-/* The CPR state sent, to see whether it changed when the VM stopped */
+/* The CPR state sent and what its descriptors are, to see later whether
+ * anything changed before the VM stopped */
 static GByteArray *cpr_transfer_sent;
+static GArray *cpr_transfer_sent_ids;
+/* The coroutine waiting for the new process, and whether QEMU shuts down */
+static Coroutine *cpr_transfer_waiting;
+static bool cpr_transfer_cancelled;
+static Notifier cpr_transfer_shutdown;
+/* The images could not be taken back: the VM must not run */
+static bool cpr_transfer_images_lost;
 
 /* New process: connected to the old one until the commit */
 static int cpr_transfer_in = -1;
@@ -85,6 +94,24 @@ static void cpr_transfer_blockers(CprBlockerList ***tail)
     cpr_ram_add_blockers(tail, CPR_MODE_TRANSFER);
 }
 
+/* What each descriptor of @fds is: its device and inode */
+static GArray *cpr_transfer_fd_ids(GArray *fds)
+{
+    GArray *ids = g_array_new(false, true, sizeof(uint64_t) * 2);
+    guint i;
+
+    for (i = 0; i < fds->len; i++) {
+        struct stat st = { 0 };
+        uint64_t id[2];
+
+        fstat(g_array_index(fds, int, i), &st);
+        id[0] = st.st_dev;
+        id[1] = st.st_ino;
+        g_array_append_val(ids, id);
+    }
+    return ids;
+}
+
 /* Send every registered descriptor, in registry order */
 static bool cpr_transfer_send_state(int fd, Error **errp)
 {
@@ -109,6 +136,7 @@ static bool cpr_transfer_send_state(int fd, Error **errp)
         }
     }
     cpr_transfer_sent = g_steal_pointer(&state);
+    cpr_transfer_sent_ids = cpr_transfer_fd_ids(fds);
     return true;
 }
 
@@ -119,7 +147,17 @@ static void cpr_transfer_abandon(void)
         cpr_transfer_out = -1;
     }
     g_clear_pointer(&cpr_transfer_sent, g_byte_array_unref);
+    g_clear_pointer(&cpr_transfer_sent_ids, g_array_unref);
     cpr_run_keepers(false);
+}
+
+/* QEMU shuts down while cprsave waits for the new process: give up */
+static void cpr_transfer_shutting_down(Notifier *n, void *data)
+{
+    if (cpr_transfer_waiting) {
+        cpr_transfer_cancelled = true;
+        cpr_channel_co_cancel(cpr_transfer_out, cpr_transfer_waiting);
+    }
 }
 
 /* While the VM runs: the new process starts up with our descriptors */
@@ -128,6 +166,7 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
 {
     ERRP_GUARD();
 
+    cpr_transfer_images_lost = false;
     cpr_transfer_out = cpr_channel_connect(args->channel, errp);
     if (cpr_transfer_out < 0) {
         return false;
@@ -138,8 +177,17 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
         goto fail;
     }
     trace_cpr_transfer_sent(args->channel);
-    if (qemu_in_coroutine()) {
-        cpr_channel_co_wait(cpr_transfer_out);
+    if (!cpr_transfer_shutdown.notify) {
+        cpr_transfer_shutdown.notify = cpr_transfer_shutting_down;
+        qemu_register_shutdown_notifier(&cpr_transfer_shutdown);
+    }
+    cpr_transfer_cancelled = false;
+    cpr_transfer_waiting = qemu_coroutine_self();
+    cpr_channel_co_wait(cpr_transfer_out);
+    cpr_transfer_waiting = NULL;
+    if (cpr_transfer_cancelled) {
+        error_setg(errp, "QEMU is shutting down");
+        goto fail;
     }
     if (!cpr_channel_recv(cpr_transfer_out, CPR_MSG_READY, NULL, NULL,
                           errp)) {
@@ -158,13 +206,19 @@ fail:
 static bool cpr_transfer_finish(const CprSaveArgs *args, Error **errp)
 {
     g_autoptr(GByteArray) now = NULL;
+    g_autoptr(GArray) fds = NULL, ids = NULL;
     Error *err = NULL;
+    int tries;
 
     /* A client that connected or left since: the new process lacks it */
     cpr_run_keepers(true);
     now = cpr_state_serialize();
+    fds = cpr_state_outgoing_fds();
+    ids = cpr_transfer_fd_ids(fds);
     if (now->len != cpr_transfer_sent->len ||
-        memcmp(now->data, cpr_transfer_sent->data, now->len)) {
+        memcmp(now->data, cpr_transfer_sent->data, now->len) ||
+        memcmp(ids->data, cpr_transfer_sent_ids->data,
+               ids->len * g_array_get_element_size(ids))) {
         error_setg(errp, "a connection of a socket chardev opened or closed "
                    "during the transfer; try again");
         return false;
@@ -192,11 +246,30 @@ static bool cpr_transfer_finish(const CprSaveArgs *args, Error **errp)
     _exit(0);
 
 activate:
-    bdrv_activate_all(&err);
-    if (err) {
-        warn_report_err(err);
+    /*
+     * A new process that failed after it activated the images holds
+     * their locks until it is gone, a little after it said why or after
+     * its end of the socket closed
+     */
+    for (tries = 0; tries < 100; tries++) {
+        error_free(err);
+        err = NULL;
+        bdrv_activate_all(&err);
+        if (!err) {
+            return false;
+        }
+        g_usleep(10 * 1000);
     }
+    cpr_transfer_images_lost = true;
+    error_append_hint(errp, "The VM stays paused: its images cannot be "
+                      "taken back (%s).\n", error_get_pretty(err));
+    error_free(err);
     return false;
+}
+
+static bool cpr_transfer_can_resume(void)
+{
+    return !cpr_transfer_images_lost;
 }
 
 /* New process: its failure before the commit, told to the old one */
@@ -245,8 +318,12 @@ void cpr_transfer_incoming(const char *channel, Error **errp)
         }
         g_array_append_vals(fds, batch->data, batch->len);
     }
-    if (fds->len != count ||
-        !cpr_state_receive(state->data + 4, state->len - 4, fds, errp)) {
+    if (fds->len != count) {
+        error_setg(errp, "it sent %u descriptors, its state names %u",
+                   fds->len, count);
+        goto fail;
+    }
+    if (!cpr_state_receive(state->data + 4, state->len - 4, fds, errp)) {
         goto fail;
     }
     trace_cpr_transfer_received(channel, fds->len);
@@ -349,6 +426,7 @@ const CprModeOps cpr_transfer_ops = {
     .prepare = cpr_transfer_prepare,
     .finish = cpr_transfer_finish,
     .abandon = cpr_transfer_abandon,
+    .can_resume = cpr_transfer_can_resume,
     .ram_kept = true,
     .loaded = cpr_transfer_loaded,
     .obeys_autostart = true,

@@ -237,7 +237,8 @@ static void cpr_save_stopped(CprSave *s)
 
 failed:
     trace_cpr_save_failed(error_get_pretty(*errp));
-    if (was_running && ops->resume_on_error) {
+    if (was_running && ops->resume_on_error &&
+        (!ops->can_resume || ops->can_resume())) {
         vm_start();
     }
     if (ops->abandon) {
@@ -271,6 +272,12 @@ void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
         .errp = errp,
     };
 
+    if (s.ops->prepare && !qemu_in_coroutine()) {
+        /* HMP: the main loop would not run the VM while the mode waits */
+        error_setg(errp, "mode '%s' is available over QMP only",
+                   CprMode_str(mode));
+        return;
+    }
     if (!cpr_save_allowed(s.ops, &s.args, errp)) {
         return;
     }
@@ -281,9 +288,14 @@ void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
         goto out;
     }
     if (qemu_in_coroutine()) {
+        /*
+         * Outside of coroutine context, from the main loop only: not from
+         * a nested aio_poll() of the main AioContext (a vCPU thread
+         * draining a disk), where stopping the VM would only be requested
+         */
         s.co = qemu_coroutine_self();
-        aio_bh_schedule_oneshot(qemu_get_aio_context(), cpr_save_stopped_bh,
-                                &s);
+        aio_bh_schedule_oneshot(iohandler_get_aio_context(),
+                                cpr_save_stopped_bh, &s);
         qemu_coroutine_yield();
     } else {
         cpr_save_stopped(&s);

@@ -202,6 +202,21 @@ void monitor_qmp_cpr_claim(MonitorQMP *mon)
     }
 }
 
+bool monitor_qmp_cpr_kept(MonitorQMP *mon)
+{
+    GSList *l;
+
+    QEMU_LOCK_GUARD(&qmp_cpr_lock);
+    for (l = qmp_cpr_kept; l; l = l->next) {
+        QmpCprKept *e = l->data;
+
+        if (e->mon == mon && !e->opened) {
+            return true;
+        }
+    }
+    return false;
+}
+
 bool monitor_qmp_cpr_resume(MonitorQMP *mon)
 {
     QmpCprKept *k = NULL;

@@ -127,8 +127,10 @@ def guest_trigger(accel):
         io = vm.wait(lambda io: io["iterations"] >= 102000)
         ran = io["iterations"] - before["iterations"]
         info = vm.snapshot_info()
-        diag("%s: %s; last restore copied %d pages" %
-             (accel, io, info["last-restore-pages"]))
+        diag("%s: %s; %d iterations and %d restores since %s; last restore "
+             "copied %d pages" %
+             (accel, io, ran, io["restored"] - before["restored"], before,
+              info["last-restore-pages"]))
         ok = (io["magic"] == IO_MAGIC and io["errors"] == 0 and
               # each iteration starts restored (one may be in flight)
               abs(io["restored"] - before["restored"] - ran) <= 1 and
