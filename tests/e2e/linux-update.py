@@ -238,13 +238,15 @@ def refused_during_migration():
     vm.wait_progress()
 
 
-@case
-def soak():
-    n = int(os.environ.get("CPR_SOAK", "50"))
+def soak_with(move, n, what):
+    """@n updates with @move (vm.update or vm.transfer), A<->B: no
+    heartbeat, record or disk write lost or repeated; the QEMU process's
+    descriptors the same after each; its anonymous memory flat once the
+    heap has settled."""
     pauses, gaps, fds, anon, rss = [], [], [], [], []
     hb0 = vm.watch.snapshot()["hb"]
     for i in range(n):
-        pause, gap = vm.update(QEMU_B if i % 2 == 0 else QEMU_A)
+        pause, gap = move(QEMU_B if i % 2 == 0 else QEMU_A)
         pauses.append(pause * 1e3)
         gaps.append(gap * 1e3)
         fds.append(vm.fd_count())
@@ -252,14 +254,14 @@ def soak():
         anon.append(a)
         rss.append(r)
         errs = vm.watch.snapshot()["errors"][seen_errors:]
-        assert not errs, "update %d: %s" % (i + 1, "; ".join(errs[:5]))
+        assert not errs, "%s %d: %s" % (what, i + 1, "; ".join(errs[:5]))
     st = vm.watch.snapshot()
-    diag("%d updates (A<->B), %d heartbeats in order, none lost or repeated"
-         % (n, st["hb"] - hb0))
+    diag("%d %ss (A<->B), %d heartbeats in order, none lost or repeated"
+         % (n, what, st["hb"] - hb0))
     diag("pause ms: median %.1f, max %.1f; host heartbeat gap ms: median "
          "%.1f, max %.1f" % (statistics.median(pauses), max(pauses),
                              statistics.median(gaps), max(gaps)))
-    diag("open fds per update: %s" % sorted(set(fds)))
+    diag("open fds per %s: %s" % (what, sorted(set(fds))))
     diag("RssAnon KiB first/last/max: %d/%d/%d; VmRSS KiB first/last: %d/%d"
          % (anon[0], anon[-1], max(anon), rss[0], rss[-1]))
     assert len(set(fds)) == 1, "open fd count changed: %s" % fds
@@ -267,6 +269,11 @@ def soak():
     settled = anon[min(5, n - 1)]
     assert max(anon[min(5, n - 1):]) - settled < 4096, \
         "RssAnon grows: %s" % anon
+
+
+@case
+def soak():
+    soak_with(vm.update, int(os.environ.get("CPR_SOAK", "50")), "update")
 
 
 def drop_rng_script():
@@ -338,27 +345,8 @@ def transfer_under_sandbox():
 
 @case
 def transfer_soak():
-    n = int(os.environ.get("CPR_TRANSFER_SOAK", "10"))
-    pauses, gaps, fds, anon = [], [], [], []
-    hb0 = vm.watch.snapshot()["hb"]
-    for i in range(n):
-        pause, gap = vm.transfer(QEMU_B if i % 2 == 0 else QEMU_A)
-        pauses.append(pause * 1e3)
-        gaps.append(gap * 1e3)
-        fds.append(vm.fd_count())
-        anon.append(vm.rss_kb()[0])
-        errs = vm.watch.snapshot()["errors"][seen_errors:]
-        assert not errs, "transfer %d: %s" % (i + 1, "; ".join(errs[:5]))
-    st = vm.watch.snapshot()
-    diag("%d transfers (A<->B), %d heartbeats in order, none lost or "
-         "repeated" % (n, st["hb"] - hb0))
-    diag("pause ms: median %.1f, max %.1f; host heartbeat gap ms: median "
-         "%.1f, max %.1f" % (statistics.median(pauses), max(pauses),
-                             statistics.median(gaps), max(gaps)))
-    diag("open fds per process: %s; RssAnon KiB: %s" %
-         (sorted(set(fds)), anon))
-    assert len(set(fds)) == 1, "open fd count changed: %s" % fds
-
+    soak_with(vm.transfer, int(os.environ.get("CPR_TRANSFER_SOAK", "10")),
+              "transfer")
 
 @case
 def reboot_mode_to_build_b():

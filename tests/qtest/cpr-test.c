@@ -2354,6 +2354,18 @@ static pid_t peer_start(CprVm *vm, PeerScript script)
     return pid;
 }
 
+/* A transfer to a fake new QEMU following @script fails as @prefix says */
+static void peer_fails(CprVm *vm, PeerScript script, const char *prefix,
+                       const uint64_t *before)
+{
+    pid_t peer = peer_start(vm, script);
+
+    vm_transfer_fails(vm, prefix);
+    g_assert_cmpint(wait_exit(peer), ==, 0);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+}
+
 /*
  * Every failure before the new QEMU commits leaves the VM running in the
  * old one, and cprsave names what happened: nobody listening, the new
@@ -2378,25 +2390,11 @@ static void test_transfer_fails(void)
     vm_transfer_fails(vm, "no new QEMU listens on ");
     check_moving(vm, before);
 
-    peer = peer_start(vm, PEER_CLOSE);
-    vm_transfer_fails(vm, "");
-    g_assert_cmpint(wait_exit(peer), ==, 0);
-    g_assert_cmpstr(vm_status(vm), ==, "running");
-    check_moving(vm, before);
-
-    peer = peer_start(vm, PEER_CLOSE_AFTER_DEVICES);
-    vm_transfer_fails(vm, "the new QEMU did not take the VM: it closed the "
-                      "connection");
-    g_assert_cmpint(wait_exit(peer), ==, 0);
-    g_assert_cmpstr(vm_status(vm), ==, "running");
-    check_moving(vm, before);
-
-    peer = peer_start(vm, PEER_REFUSE);
-    vm_transfer_fails(vm, "the new QEMU did not take the VM: the fake QEMU "
-                      "refuses");
-    g_assert_cmpint(wait_exit(peer), ==, 0);
-    g_assert_cmpstr(vm_status(vm), ==, "running");
-    check_moving(vm, before);
+    peer_fails(vm, PEER_CLOSE, "", before);
+    peer_fails(vm, PEER_CLOSE_AFTER_DEVICES, "the new QEMU did not take the "
+               "VM: it closed the connection", before);
+    peer_fails(vm, PEER_REFUSE, "the new QEMU did not take the VM: the fake "
+               "QEMU refuses", before);
 
     /* A real new QEMU that cannot take the state: it says why, exits */
     peer = vm_start_incoming(vm, bigger);
