@@ -50,8 +50,10 @@
 
 /* Old process: connected to the new one during cprsave */
 static int cpr_transfer_out = -1;
-/* The CPR state sent and what its descriptors are, to see later whether
- * anything changed before the VM stopped */
+/*
+ * The CPR state sent and what its descriptors are, to see later whether
+ * anything changed before the VM stopped
+ */
 static GByteArray *cpr_transfer_sent;
 static GArray *cpr_transfer_sent_ids;
 /* The coroutine waiting for the new process, and whether QEMU shuts down */
