@@ -151,6 +151,7 @@ static void cpr_transfer_abandon(void)
     g_clear_pointer(&cpr_transfer_sent, g_byte_array_unref);
     g_clear_pointer(&cpr_transfer_sent_ids, g_array_unref);
     cpr_run_keepers(false);
+    cpr_notify(CPR_EVENT_TRANSFER_FAILED, NULL);
 }
 
 /* QEMU shuts down while cprsave waits for the new process: give up */
@@ -171,6 +172,12 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
     cpr_transfer_images_lost = false;
     cpr_transfer_out = cpr_channel_connect(args->channel, errp);
     if (cpr_transfer_out < 0) {
+        return false;
+    }
+    if (!cpr_notify(CPR_EVENT_TRANSFER, errp)) {
+        cpr_notify(CPR_EVENT_TRANSFER_FAILED, NULL);
+        close(cpr_transfer_out);
+        cpr_transfer_out = -1;
         return false;
     }
     cpr_run_keepers(true);

@@ -14,6 +14,11 @@
  * again; it sends that reply, so to the client cprsave simply returns.
  * With cprsave's auto-load, the reply waits until the new process has
  * loaded the state, and carries the error if that failed.
+ *
+ * In transfer mode the old process stops reading its QMP connections
+ * before it hands them over, so that a request sent behind cprsave stays
+ * in the socket for the new process; one it had already read refuses
+ * the transfer (it would be lost with the old process).
  */
 
 #include "qemu/osdep.h"
@@ -24,6 +29,8 @@
 #include "qapi/qmp/qstring.h"
 #include "qemu/lockable.h"
 #include "qemu/thread.h"
+#include "block/aio-wait.h"
+#include "sysemu/iothread.h"
 #include "migration/cpr.h"
 #include "monitor-internal.h"
 
@@ -257,4 +264,96 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
         qobject_unref(reply);
     }
     return true;
+}
+
+/* Transfer mode: the QMP monitors this process stopped reading */
+static GSList *qmp_cpr_quiet;   /* MonitorQMP * */
+
+typedef struct QmpCprUnread {
+    bool io_thread;             /* look at the monitors of this thread */
+    bool pending;
+} QmpCprUnread;
+
+/* Whether requests were read behind cprsave (in the monitors' thread) */
+static void qmp_cpr_find_unread(void *opaque)
+{
+    QmpCprUnread *u = opaque;
+    GSList *l;
+
+    for (l = qmp_cpr_quiet; l; l = l->next) {
+        MonitorQMP *mon = l->data;
+
+        if (mon->common.use_io_thread != u->io_thread) {
+            continue;
+        }
+        WITH_QEMU_LOCK_GUARD(&mon->qmp_queue_lock) {
+            u->pending |= !g_queue_is_empty(mon->qmp_requests);
+        }
+        u->pending |= !g_queue_is_empty(&mon->parser.tokens) ||
+                      mon->parser.lexer.token->len;
+    }
+}
+
+static void qmp_cpr_resume_quiet(void)
+{
+    GSList *l;
+
+    for (l = qmp_cpr_quiet; l; l = l->next) {
+        monitor_resume(&((MonitorQMP *)l->data)->common);
+    }
+    g_clear_pointer(&qmp_cpr_quiet, g_slist_free);
+}
+
+static bool qmp_cpr_quiesce(Error **errp)
+{
+    AioContext *ctx = mon_iothread ? iothread_get_aio_context(mon_iothread)
+                                   : NULL;
+    QmpCprUnread in_main = { .io_thread = false }, io = { .io_thread = true };
+    Monitor *m;
+
+    QTAILQ_FOREACH(m, &mon_list, entry) {
+        if (monitor_is_qmp(m) && qemu_chr_fe_backend_open(&m->chr)) {
+            monitor_suspend(m);
+            qmp_cpr_quiet = g_slist_prepend(qmp_cpr_quiet,
+                                            container_of(m, MonitorQMP,
+                                                         common));
+        }
+    }
+    qmp_cpr_find_unread(&in_main);
+    if (ctx) {
+        /* In the monitor I/O thread: after any read it was doing */
+        aio_context_acquire(ctx);
+        aio_wait_bh_oneshot(ctx, qmp_cpr_find_unread, &io);
+        aio_context_release(ctx);
+    }
+    if (in_main.pending || io.pending) {
+        qmp_cpr_resume_quiet();
+        error_setg(errp, "a QMP client sent requests behind cprsave, which "
+                   "this process would lose; send them after it returns");
+        return false;
+    }
+    return true;
+}
+
+static int qmp_cpr_notify(NotifierWithReturn *n, void *data)
+{
+    CprNotifyData *d = data;
+
+    switch (d->event) {
+    case CPR_EVENT_TRANSFER:
+        return qmp_cpr_quiesce(d->errp) ? 0 : -1;
+    case CPR_EVENT_TRANSFER_FAILED:
+        qmp_cpr_resume_quiet();
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static NotifierWithReturn qmp_cpr_notifier = { .notify = qmp_cpr_notify };
+
+static void __attribute__((constructor)) qmp_cpr_notifier_init(void)
+{
+    cpr_add_notifier(&qmp_cpr_notifier);
 }

@@ -62,6 +62,10 @@ void cpr_add_keeper(CprKeepFn *fn)
 {
 }
 
+void cpr_add_notifier(NotifierWithReturn *n)
+{
+}
+
 int cpr_take_fd(const char *name, int id)
 {
     return -1;

@@ -572,6 +572,8 @@ static int vfio_cpr_notify(NotifierWithReturn *n, void *data)
     case CPR_EVENT_LOADED:
         vfio_cpr_loaded();
         break;
+    default:
+        break;
     }
     return 0;
 }

@@ -168,6 +168,14 @@ typedef enum CprEvent {
     CPR_EVENT_EXEC_FAILED,
     /* In the new process: cprload loaded the state; the VM is not running. */
     CPR_EVENT_LOADED,
+    /*
+     * Transfer mode, before the descriptors go to the new process: stop
+     * taking input this process could not answer any more.  Failing
+     * (with errp set) refuses the transfer; the VM runs on.
+     */
+    CPR_EVENT_TRANSFER,
+    /* The transfer failed after CPR_EVENT_TRANSFER: undo it. */
+    CPR_EVENT_TRANSFER_FAILED,
 } CprEvent;
 
 typedef struct CprNotifyData {

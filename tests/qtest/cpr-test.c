@@ -197,7 +197,7 @@ static bool vm_alive(CprVm *vm)
  * execve closes its descriptors; such a connection is reset before the
  * greeting, and the next attempt reaches the new process.
  */
-static void vm_connect(CprVm *vm)
+static void vm_connect_caps(CprVm *vm, bool oob)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
@@ -235,7 +235,17 @@ static void vm_connect(CprVm *vm)
     }
     g_assert(qdict_haskey(greeting, "QMP"));
     qobject_unref(greeting);
-    qobject_unref(vm_ok(vm, "{'execute': 'qmp_capabilities'}"));
+    if (oob) {
+        qobject_unref(vm_ok(vm, "{'execute': 'qmp_capabilities',"
+                            " 'arguments': {'enable': ['oob']}}"));
+    } else {
+        qobject_unref(vm_ok(vm, "{'execute': 'qmp_capabilities'}"));
+    }
+}
+
+static void vm_connect(CprVm *vm)
+{
+    vm_connect_caps(vm, false);
 }
 
 /* Append @args to @argv, with "@DIR@" replaced by @dir. */
@@ -2542,6 +2552,63 @@ static void test_transfer_tap(void)
     vm_kill(vm);
 }
 
+/*
+ * A request a client sends right behind cprsave transfer, in the same
+ * write, is answered: by the old process, which then refuses the
+ * transfer because it read it, or by the new one; never lost.  With the
+ * OOB capability QEMU reads requests ahead of the one it dispatches
+ * (without it, it stops reading after each).
+ */
+static void test_transfer_pipelined(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *sock = vm_channel_path(vm);
+    g_autofree char *text = g_strdup_printf(
+        "{\"execute\": \"cprsave\", \"id\": \"save\", \"arguments\":"
+        " {\"mode\": \"transfer\", \"channel\": \"unix:%s\"}}\n"
+        "{\"execute\": \"query-status\", \"id\": \"next\"}\n", sock);
+    struct timeval tv = { .tv_sec = WAIT_SECONDS };
+    QDict *save = NULL, *next = NULL;
+    pid_t new_pid;
+
+    vm_wait_passes(vm, 2);
+    vm_disconnect(vm);
+    vm_connect_caps(vm, true);
+    new_pid = vm_start_incoming(vm, NULL);
+    g_assert(!setsockopt(vm->qmp_fd, SOL_SOCKET, SO_RCVTIMEO, &tv,
+                         sizeof(tv)));
+    g_assert(write(vm->qmp_fd, text, strlen(text)) == strlen(text));
+    while (!save || !next) {
+        QDict *resp = vm_receive(vm);
+        const char *id;
+
+        g_assert(resp);         /* a reply was lost */
+        id = qdict_get_try_str(resp, "id");
+        if (!g_strcmp0(id, "save")) {
+            save = resp;
+        } else if (!g_strcmp0(id, "next")) {
+            next = resp;
+        } else {
+            qobject_unref(resp);
+        }
+    }
+    g_assert(qdict_haskey(next, "return"));
+    if (qdict_haskey(save, "error")) {
+        g_autofree char *err = vm_error(qobject_ref(save));
+
+        g_assert(strstr(err, "sent requests behind cprsave"));
+        g_assert_cmpint(wait_exit(new_pid), ==, 1);
+    } else {
+        g_assert_cmpint(wait_exit(vm->pid), ==, 0);
+        vm->pid = new_pid;
+    }
+    qobject_unref(save);
+    qobject_unref(next);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    vm_kill(vm);
+}
+
 /* -pidfile blocks transfer (the new QEMU could not lock it) */
 static void test_transfer_blocked(void)
 {
@@ -2661,6 +2728,7 @@ int main(int argc, char **argv)
     add_test("transfer/fails", test_transfer_fails);
     add_test("transfer/bad-peer", test_transfer_bad_peer);
     add_test("transfer/tap", test_transfer_tap);
+    add_test("transfer/pipelined", test_transfer_pipelined);
     add_test("transfer/blocked", test_transfer_blocked);
     add_test("transfer/soak", test_transfer_soak);
     add_test("reboot/round-trip", test_reboot_round_trip);
