@@ -88,10 +88,5 @@ mkdir -p "$out/obj"
     exit 1
 }
 ninja -C "$out/obj" -j"${JOBS:-$(nproc)}" qemu-system-x86_64
-for d in /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu; do
-    mkdir -p "$out/obj/qemu-bundle$d"
-    for f in "$d"/*; do
-        [ -e "$out/obj/qemu-bundle$f" ] || ln -s "$f" "$out/obj/qemu-bundle$f"
-    done
-done
+bash "$top/scripts/firmware-links.sh" "$out/obj"
 echo "upstream-qemu.sh: built $bin ($ver)"

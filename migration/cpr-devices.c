@@ -100,17 +100,21 @@ bool cpr_stop(RunState state, Error **errp)
     return true;
 }
 
-/* The buffer the next save writes into, made by cpr_devices_warm_up() */
+/* The buffer the next save writes into, made by cpr_devices_prepare_save */
 static QIOChannelBuffer *cpr_save_bioc;
 
-void cpr_devices_warm_up(void)
+void cpr_devices_prepare_save(void)
 {
     if (!cpr_save_bioc) {
         cpr_save_bioc = qio_channel_buffer_new(CPR_DEVICES_BUF);
         /* Its pages are faulted in now, not while the VM is stopped */
         memset(cpr_save_bioc->data, 0, CPR_DEVICES_BUF);
     }
-    /* Loading: the first use of a buffer channel and an input file */
+}
+
+void cpr_devices_prepare_load(void)
+{
+    /* The first use of a buffer channel and an input file */
     qemu_fclose(cpr_buffer_input((const uint8_t *)"", 1));
 }
 

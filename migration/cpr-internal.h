@@ -77,11 +77,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprFile, cpr_file_free)
 bool cpr_stop(RunState state, Error **errp);
 
 /*
- * Use once what saving and loading device state go through (buffer
- * channel, QEMU file), so that their first use in this process is not
- * inside the pause of a transfer
+ * Before a transfer's pause, so that it is not in it: make and fault in
+ * the buffer the next save writes into / use once what a load goes
+ * through (buffer channel, QEMU file)
  */
-void cpr_devices_warm_up(void);
+void cpr_devices_prepare_save(void);
+void cpr_devices_prepare_load(void);
 
 /* Append @opaque as @vmsd's record to @b, / load it from @data */
 void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,

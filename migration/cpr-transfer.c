@@ -203,7 +203,7 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
         error_prepend(errp, "the new QEMU did not start: ");
         goto fail;
     }
-    cpr_devices_warm_up();
+    cpr_devices_prepare_save();
     return true;
 
 fail:
@@ -356,7 +356,7 @@ static void cpr_transfer_started(void)
     if (!cpr_state_transferred()) {
         return;
     }
-    cpr_devices_warm_up();
+    cpr_devices_prepare_load();
     if (!cpr_channel_send(cpr_transfer_in, CPR_MSG_READY, NULL, 0, NULL, 0,
                           &err)) {
         error_prepend(&err, "the old QEMU: ");

@@ -30,15 +30,7 @@ configure_and_build() {
         echo "$cfg" >"$obj/.cpr-config"
     fi
     ninja -C "$obj" -j"${JOBS:-$(nproc)}" "$@"
-
-    # A binary run from the build tree looks for firmware under
-    # qemu-bundle/; point that at Debian's firmware packages.
-    for d in /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu; do
-        mkdir -p "$obj/qemu-bundle$d"
-        for f in "$d"/*; do
-            [ -e "$obj/qemu-bundle$f" ] || ln -s "$f" "$obj/qemu-bundle$f"
-        done
-    done
+    bash "$top/scripts/firmware-links.sh" "$obj"
 }
 
 if [ "${1:-}" = b ]; then
