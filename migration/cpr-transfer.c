@@ -228,8 +228,10 @@ static bool cpr_transfer_finish(const CprSaveArgs *args, Error **errp)
         memcmp(now->data, cpr_transfer_sent->data, now->len) ||
         memcmp(ids->data, cpr_transfer_sent_ids->data,
                ids->len * g_array_get_element_size(ids))) {
-        error_setg(errp, "a connection of a socket chardev opened or closed "
-                   "during the transfer; try again");
+        error_setg(errp, "what the new QEMU was given changed while it "
+                   "started (a socket chardev's client came or went, or a "
+                   "VFIO device's interrupts or DMA mappings changed); try "
+                   "again");
         return false;
     }
     if (bdrv_inactivate_all() < 0) {
@@ -381,9 +383,9 @@ static void cpr_transfer_loaded(void)
     Error *err = NULL;
     GSList *deferred, *l;
 
+    /* What cannot take its part of the VM here refuses it: VFIO mappings */
     if (!cpr_notify(CPR_EVENT_LOADED, &err)) {
-        warn_report_err(err);
-        err = NULL;
+        cpr_transfer_refuse(err);
     }
     if (!cpr_channel_send(cpr_transfer_in, CPR_MSG_COMMIT, NULL, 0, NULL, 0,
                           &err)) {

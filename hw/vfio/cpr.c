@@ -5,27 +5,32 @@
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * A passed-through device keeps working while QEMU executes its new
- * binary: its container, group and device descriptors, and the eventfds
- * its interrupts are signalled on, cross execve in the CPR state, and the
- * new process takes them instead of opening the device again.  Nothing is
- * done to the device itself: no container or IOMMU set-up, no reset, no
- * interrupt re-configuration, no config space sizing.
+ * A passed-through device keeps working while another QEMU takes the VM
+ * over, by execve (cprsave restart) or from another process (cprsave
+ * transfer): its container, group and device descriptors, and the
+ * eventfds its interrupts are signalled on, go to the new QEMU in the CPR
+ * state, and it takes them instead of opening the device again.  Nothing
+ * is done to the device itself: no container or IOMMU set-up, no reset,
+ * no interrupt re-configuration, no config space sizing.
  *
- * DMA mappings stay in the IOMMU with their pages pinned.  Before execve,
- * the virtual address of every mapping is invalidated
- * (VFIO_IOMMU_UNMAP_DMA with VFIO_DMA_UNMAP_FLAG_VADDR), because the old
- * address space goes away; the list of mappings (IOVA, size, RAM block,
- * offset) goes to the new process as "vfio-dma:<group>", a vmstate record
- * ("vfio-cpr-dma").  There, each
- * mapping is pointed at the address the same RAM now has
- * (VFIO_IOMMU_MAP_DMA with VFIO_DMA_MAP_FLAG_VADDR) when the memory
- * listener adds the same section again.  Sections that only exist until
- * cprload has loaded the guest's view of memory (PAM, BARs), and overlap a
- * kept mapping, are left unmapped; what the guest's view still lacks after
- * cprload is mapped then, and mappings it no longer has are removed.
+ * DMA mappings stay in the IOMMU with their pages pinned; only the
+ * virtual address each one has in the process that owns it changes.  The
+ * list of mappings (IOVA, size, RAM block, offset) goes to the new
+ * process as "vfio-dma:<group>", a vmstate record ("vfio-cpr-dma").
+ * Until it has loaded the VM's state, the new process changes nothing in
+ * the IOMMU: the memory listener's sections that match a kept mapping
+ * are noted, the others wait.  Once the state is loaded, each kept
+ * mapping is pointed at the address the same RAM has in the new process
+ * (VFIO_IOMMU_MAP_DMA with VFIO_DMA_MAP_FLAG_VADDR; for transfer mode,
+ * after invalidating the old process's address with
+ * VFIO_DMA_UNMAP_FLAG_VADDR, which also moves the locked-memory charge
+ * of the pinned pages to the new process).  Then kept mappings the loaded
+ * memory map lacks are removed and sections it gained are mapped: at
+ * once after cprload, after the commit point for transfer mode.
  *
- * If execve fails, every mapping gets its old virtual address back.
+ * Before execve the old process invalidates every address itself,
+ * because its address space goes away.  If execve or the transfer fails,
+ * every mapping gets the old process's address back.
  *
  * Names in the CPR state: "vfio-container" and "vfio-group" with the group
  * number as id, "vfio-device:<name>", "vfio-irq:<name>:<kind>" with the
@@ -53,10 +58,12 @@ typedef struct VFIOCprOld {
     uint64_t size;
     char *idstr;                /* RAM block and offset it maps */
     uint64_t offset;
+    void *vaddr;                /* the same memory here, once it is seen */
+    bool readonly;
     bool repointed;
 } VFIOCprOld;
 
-/* A section the new process left unmapped until cprload */
+/* A section the new process left unmapped until the VM is loaded */
 typedef struct VFIOCprDeferred {
     hwaddr iova;
     uint64_t size;
@@ -275,8 +282,15 @@ void vfio_cpr_container_incoming(VFIOContainer *c, int groupid)
     g_free(list.maps);
 }
 
-static bool vfio_cpr_vaddr(VFIOContainer *c, hwaddr iova, uint64_t size,
-                           void *vaddr)
+/*
+ * Point the kept mapping @iova+@size at @vaddr in this process.  Its
+ * address is invalid after the old process's execve; otherwise it is
+ * still the address another process (or this one) gave it, invalidated
+ * first.  Moving it moves the locked-memory charge of its pinned pages to
+ * this process (Linux 6.3, 6.1.16).
+ */
+static bool vfio_cpr_point(VFIOContainer *c, hwaddr iova, uint64_t size,
+                           void *vaddr, Error **errp)
 {
     struct vfio_iommu_type1_dma_map map = {
         .argsz = sizeof(map),
@@ -285,19 +299,45 @@ static bool vfio_cpr_vaddr(VFIOContainer *c, hwaddr iova, uint64_t size,
         .iova = iova,
         .size = size,
     };
+    struct vfio_iommu_type1_dma_unmap unmap = {
+        .argsz = sizeof(unmap),
+        .flags = VFIO_DMA_UNMAP_FLAG_VADDR,
+        .iova = iova,
+        .size = size,
+    };
+    int ret = ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map);
 
-    if (ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map)) {
-        error_report("vfio: cannot point kept mapping 0x%" HWADDR_PRIx
-                     "+0x%" PRIx64 " at %p: %s", iova, size, vaddr,
-                     strerror(errno));
-        return false;
+    if (ret && errno == EINVAL && !ioctl(c->fd, VFIO_IOMMU_UNMAP_DMA, &unmap)) {
+        ret = ioctl(c->fd, VFIO_IOMMU_MAP_DMA, &map);
     }
-    return true;
+    if (!ret) {
+        trace_vfio_cpr_dma_repoint(iova, size, vaddr);
+        return true;
+    }
+    if (errno == ENOMEM) {
+        error_setg(errp, "vfio: cannot take DMA mapping 0x%" HWADDR_PRIx
+                   "+0x%" PRIx64 ": its pinned pages are charged to this "
+                   "process, which may not lock that much memory (it needs "
+                   "CAP_IPC_LOCK or an RLIMIT_MEMLOCK covering the guest "
+                   "RAM the device can reach)", iova, size);
+    } else {
+        error_setg_errno(errp, errno, "vfio: cannot point kept DMA mapping "
+                         "0x%" HWADDR_PRIx "+0x%" PRIx64 " at %p", iova,
+                         size, vaddr);
+    }
+    return false;
 }
 
+/*
+ * In the new process, until the VM's state is loaded: note the sections
+ * that match a kept mapping, leave the others for later.  Nothing changes
+ * in the IOMMU: the device works for the old view of memory, and for
+ * transfer mode the old process still runs the VM.
+ */
 bool vfio_cpr_dma_map(VFIOContainer *c, hwaddr iova, uint64_t size,
                       void *vaddr, bool readonly, int *ret)
 {
+    VFIOCprDeferred d = { iova, size, vaddr, readonly };
     ram_addr_t offset = 0;
     RAMBlock *rb;
     guint i;
@@ -306,55 +346,74 @@ bool vfio_cpr_dma_map(VFIOContainer *c, hwaddr iova, uint64_t size,
         return false;
     }
     rb = qemu_ram_block_from_host(vaddr, false, &offset);
+    *ret = 0;
     for (i = 0; i < c->cpr_old->len; i++) {
         VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
 
-        if (old->repointed || !ranges_overlap(old->iova, old->size,
-                                              iova, size)) {
-            continue;
-        }
-        if (old->iova == iova && old->size == size &&
+        if (!old->vaddr && old->iova == iova && old->size == size &&
             !strcmp(old->idstr, vfio_cpr_rb_name(rb)) &&
             old->offset == offset) {
-            trace_vfio_cpr_dma_repoint(iova, size, vaddr);
-            *ret = vfio_cpr_vaddr(c, iova, size, vaddr) ? 0 : -EINVAL;
-            if (!*ret) {
-                old->repointed = true;
-                vfio_cpr_dma_mapped(c, iova, size, vaddr, readonly);
-            }
-            return true;
-        }
-        /* Another view of memory than the old one: wait for cprload. */
-        {
-            VFIOCprDeferred d = { iova, size, vaddr, readonly };
-
-            trace_vfio_cpr_dma_defer(iova, size);
-            g_array_append_val(c->cpr_deferred, d);
-            *ret = 0;
+            old->vaddr = vaddr;
+            old->readonly = readonly;
             return true;
         }
     }
-    return false;
+    trace_vfio_cpr_dma_defer(iova, size);
+    g_array_append_val(c->cpr_deferred, d);
+    return true;
 }
 
 bool vfio_cpr_dma_unmap(VFIOContainer *c, hwaddr iova, uint64_t size)
 {
     guint i;
 
-    for (i = 0; c->cpr_deferred && i < c->cpr_deferred->len; i++) {
+    if (!c->cpr_old) {
+        return false;
+    }
+    for (i = 0; i < c->cpr_old->len; i++) {
+        VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
+
+        if (old->iova >= iova && old->iova + old->size <= iova + size) {
+            old->vaddr = NULL;
+        }
+    }
+    i = 0;
+    while (i < c->cpr_deferred->len) {
         VFIOCprDeferred *d = &g_array_index(c->cpr_deferred,
                                             VFIOCprDeferred, i);
 
-        if (d->iova == iova && d->size == size) {
+        if (d->iova >= iova && d->iova + d->size <= iova + size) {
             g_array_remove_index(c->cpr_deferred, i);
-            return true;
+        } else {
+            i++;
         }
     }
-    return false;
+    return true;
 }
 
-/* After cprload: drop what the old view had alone, map what it lacked. */
-static void vfio_cpr_container_loaded(VFIOContainer *c)
+/* The VM's state is loaded: point the kept mappings at this process. */
+static bool vfio_cpr_container_take(VFIOContainer *c, Error **errp)
+{
+    guint i;
+
+    for (i = 0; c->cpr_old && i < c->cpr_old->len; i++) {
+        VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
+
+        if (!old->vaddr || old->repointed) {
+            continue;
+        }
+        if (!vfio_cpr_point(c, old->iova, old->size, old->vaddr, errp)) {
+            return false;
+        }
+        old->repointed = true;
+        vfio_cpr_dma_mapped(c, old->iova, old->size, old->vaddr,
+                            old->readonly);
+    }
+    return true;
+}
+
+/* Then drop what the old view had alone, map what it lacked. */
+static void vfio_cpr_container_reconcile(VFIOContainer *c)
 {
     struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap) };
     guint i;
@@ -386,14 +445,14 @@ static void vfio_cpr_container_loaded(VFIOContainer *c)
         if (vfio_container_dma_map(c, d->iova, d->size, d->vaddr,
                                    d->readonly)) {
             error_report("vfio: cannot map 0x%" HWADDR_PRIx "+0x%" PRIx64
-                         " after cprload", d->iova, d->size);
+                         " after the VM was loaded", d->iova, d->size);
         }
     }
     g_array_free(c->cpr_deferred, true);
     c->cpr_deferred = NULL;
 }
 
-/* Before execve */
+/* What crosses to the new process */
 
 static void vfio_cpr_save_irq(VFIODevice *vbasedev, const char *kind, int nr,
                               EventNotifier *e, bool keep)
@@ -445,14 +504,20 @@ static void vfio_cpr_save_device(VFIODevice *vbasedev, bool keep)
     }
 }
 
-static void vfio_cpr_save_ranges(VFIOContainer *c, int groupid)
+static void vfio_cpr_keep_ranges(VFIOContainer *c, int groupid, bool keep)
 {
     g_autofree char *key = vfio_cpr_dma_name(groupid);
     int n = c->cpr_ranges ? c->cpr_ranges->len : 0;
-    g_autofree VFIOCprDmaRecord *maps = g_new0(VFIOCprDmaRecord, n);
-    VFIOCprDmaList list = { .count = n, .maps = maps };
+    g_autofree VFIOCprDmaRecord *maps = NULL;
+    VFIOCprDmaList list = { .count = n };
     int i;
 
+    if (!keep) {
+        cpr_delete_fd(key, 0);
+        return;
+    }
+    maps = g_new0(VFIOCprDmaRecord, n);
+    list.maps = maps;
     for (i = 0; i < n; i++) {
         VFIODMARange *r = &g_array_index(c->cpr_ranges, VFIODMARange, i);
         ram_addr_t offset = 0;
@@ -465,6 +530,51 @@ static void vfio_cpr_save_ranges(VFIOContainer *c, int groupid)
         };
     }
     cpr_save_vmstate(key, &vmstate_vfio_cpr_dma, &list);
+}
+
+/* The new process owns the VM: its IOMMU map becomes the loaded one's. */
+static void vfio_cpr_reconcile(void *unused)
+{
+    VFIOGroup *group;
+
+    QLIST_FOREACH(group, &vfio_group_list, next) {
+        vfio_cpr_container_reconcile(group->container);
+    }
+}
+
+static void vfio_cpr_group_blockers(CprBlockerList ***tail, CprMode mode,
+                                    VFIOGroup *group)
+{
+    VFIOContainer *c = group->container;
+    VFIODevice *vbasedev;
+
+    if (group == QLIST_FIRST(&c->group_list)) {
+        if (c->iommu_type != VFIO_TYPE1v2_IOMMU &&
+            c->iommu_type != VFIO_TYPE1_IOMMU) {
+            cpr_add_blocker(tail, mode, "vfio", "group %d: only the type1 "
+                            "IOMMU backend can keep DMA mappings",
+                            group->groupid);
+        } else if (ioctl(c->fd, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) <= 0) {
+            cpr_add_blocker(tail, mode, "vfio", "group %d: the kernel cannot "
+                            "update DMA mapping addresses "
+                            "(no VFIO_UPDATE_VADDR)", group->groupid);
+        }
+        if (!QLIST_EMPTY(&c->giommu_list)) {
+            cpr_add_blocker(tail, mode, "vfio", "group %d: DMA through a "
+                            "virtual IOMMU cannot be kept yet",
+                            group->groupid);
+        }
+    }
+    QLIST_FOREACH(vbasedev, &group->device_list, next) {
+        if (vbasedev->type != VFIO_DEVICE_TYPE_PCI) {
+            cpr_add_blocker(tail, mode, vbasedev->name,
+                            "only VFIO PCI devices can be kept");
+        } else if (vbasedev->ram_block_discard_allowed) {
+            cpr_add_blocker(tail, mode, vbasedev->name,
+                            "a mediated device cannot keep a valid "
+                            "address window");
+        }
+    }
 }
 
 /* Invalidate the virtual address of every mapping: execve drops it. */
@@ -485,15 +595,18 @@ static bool vfio_cpr_invalidate(VFIOContainer *c, Error **errp)
             error_setg_errno(errp, errno, "vfio: cannot invalidate the "
                              "address of mapping 0x%" HWADDR_PRIx "+0x%"
                              PRIx64, r->iova, r->size);
-            break;
+            return false;
         }
-        /* The rollback gives back the first cpr_vaddr_invalid ranges. */
-        c->cpr_vaddr_invalid = i + 1;
     }
-    return !c->cpr_ranges || i == c->cpr_ranges->len;
+    return true;
 }
 
-static int vfio_cpr_exec(Error **errp)
+/*
+ * Register what the new process takes: when the VM is stopped for
+ * execve, and for transfer mode both before the new process starts and
+ * again once the VM is stopped, to see that nothing changed between.
+ */
+static void vfio_cpr_keep(bool keep)
 {
     VFIOGroup *group;
     VFIODevice *vbasedev;
@@ -501,62 +614,77 @@ static int vfio_cpr_exec(Error **errp)
     QLIST_FOREACH(group, &vfio_group_list, next) {
         VFIOContainer *c = group->container;
 
-        cpr_save_fd("vfio-group", group->groupid, group->fd);
-        cpr_save_fd("vfio-container", group->groupid, c->fd);
+        cpr_keep_fd("vfio-group", group->groupid, group->fd, keep);
+        cpr_keep_fd("vfio-container", group->groupid, c->fd, keep);
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
-            vfio_cpr_save_device(vbasedev, true);
+            vfio_cpr_save_device(vbasedev, keep);
         }
         /* A container's mappings go once, under its first group. */
         if (group == QLIST_FIRST(&c->group_list)) {
-            vfio_cpr_save_ranges(c, group->groupid);
-            if (!vfio_cpr_invalidate(c, errp)) {
-                return -1;
-            }
+            vfio_cpr_keep_ranges(c, group->groupid, keep);
+        }
+    }
+}
+CPR_KEEPER(vfio_cpr_keep)
+
+static int vfio_cpr_exec(Error **errp)
+{
+    VFIOGroup *group;
+
+    QLIST_FOREACH(group, &vfio_group_list, next) {
+        if (group == QLIST_FIRST(&group->container->group_list) &&
+            !vfio_cpr_invalidate(group->container, errp)) {
+            return -1;
         }
     }
     return 0;
 }
 
-static void vfio_cpr_exec_failed(void)
+/* The update failed: every mapping gets this process's address back. */
+static void vfio_cpr_take_back(void)
 {
     VFIOGroup *group;
-    VFIODevice *vbasedev;
+    Error *err = NULL;
+    guint i;
 
     QLIST_FOREACH(group, &vfio_group_list, next) {
         VFIOContainer *c = group->container;
-        g_autofree char *key = vfio_cpr_dma_name(group->groupid);
 
-        if (c->cpr_vaddr_invalid) {
-            guint n = c->cpr_vaddr_invalid, i;
-
-            for (i = 0; i < n; i++) {
-                VFIODMARange *r = &g_array_index(c->cpr_ranges,
-                                                 VFIODMARange, i);
-
-                vfio_cpr_vaddr(c, r->iova, r->size, r->vaddr);
-            }
-            c->cpr_vaddr_invalid = 0;
+        if (group != QLIST_FIRST(&c->group_list)) {
+            continue;
         }
-        cpr_delete_fd("vfio-group", group->groupid);
-        cpr_delete_fd("vfio-container", group->groupid);
-        cpr_delete_fd(key, 0);
-        QLIST_FOREACH(vbasedev, &group->device_list, next) {
-            vfio_cpr_save_device(vbasedev, false);
+        for (i = 0; c->cpr_ranges && i < c->cpr_ranges->len; i++) {
+            VFIODMARange *r = &g_array_index(c->cpr_ranges, VFIODMARange, i);
+
+            if (!vfio_cpr_point(c, r->iova, r->size, r->vaddr, &err)) {
+                error_report_err(err);
+                err = NULL;
+            }
         }
     }
 }
 
-static void vfio_cpr_loaded(void)
+/* The new process has the VM's state: its mappings are its own now. */
+static int vfio_cpr_loaded(Error **errp)
 {
     VFIOGroup *group;
     VFIODevice *vbasedev;
+    bool later;
 
     QLIST_FOREACH(group, &vfio_group_list, next) {
-        vfio_cpr_container_loaded(group->container);
+        if (!vfio_cpr_container_take(group->container, errp)) {
+            return -1;
+        }
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
             vbasedev->cpr_resume = false;
         }
     }
+    /* A transfer changes the IOMMU's map only once this process has the VM */
+    later = cpr_transfer_defer(vfio_cpr_reconcile, NULL);
+    if (!later) {
+        vfio_cpr_reconcile(NULL);
+    }
+    return 0;
 }
 
 static int vfio_cpr_notify(NotifierWithReturn *n, void *data)
@@ -567,11 +695,11 @@ static int vfio_cpr_notify(NotifierWithReturn *n, void *data)
     case CPR_EVENT_EXEC:
         return vfio_cpr_exec(d->errp);
     case CPR_EVENT_EXEC_FAILED:
-        vfio_cpr_exec_failed();
+    case CPR_EVENT_TRANSFER_FAILED:
+        vfio_cpr_take_back();
         break;
     case CPR_EVENT_LOADED:
-        vfio_cpr_loaded();
-        break;
+        return vfio_cpr_loaded(d->errp);
     default:
         break;
     }
@@ -580,53 +708,56 @@ static int vfio_cpr_notify(NotifierWithReturn *n, void *data)
 
 static NotifierWithReturn vfio_cpr_notifier = { .notify = vfio_cpr_notify };
 
+/*
+ * Whether re-pointing a mapping from another process moves the
+ * locked-memory charge of its pinned pages there (Linux 6.3, and 6.2.3,
+ * 6.1.16, 5.15.99 in the stable series).  Without it the charge stays
+ * with the old process and goes with it.  Version strings of distribution
+ * kernels do not tell; the same kernel series made VFIO_UPDATE_VADDR a
+ * property of a container with an IOMMU set, so a new container without
+ * one answers 0 where such a container answers 1.  -1: cannot tell.
+ */
+static int vfio_cpr_charge_moves = -1;
+
+static void vfio_cpr_probe_kernel(void)
+{
+    int fd = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+
+    if (fd >= 0) {
+        vfio_cpr_charge_moves =
+            ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) == 0;
+        close(fd);
+    }
+}
+
 /* What keeps cprsave from updating a VM with these devices */
 static void vfio_cpr_blockers(CprBlockerList ***tail)
 {
+    static const CprMode modes[] = { CPR_MODE_RESTART, CPR_MODE_TRANSFER };
     VFIOGroup *group;
     VFIODevice *vbasedev;
+    int m;
 
+    for (m = 0; m < ARRAY_SIZE(modes); m++) {
+        QLIST_FOREACH(group, &vfio_group_list, next) {
+            vfio_cpr_group_blockers(tail, modes[m], group);
+        }
+    }
     QLIST_FOREACH(group, &vfio_group_list, next) {
-        VFIOContainer *c = group->container;
-
-        if (group == QLIST_FIRST(&c->group_list) &&
-            (c->iommu_type != VFIO_TYPE1v2_IOMMU &&
-             c->iommu_type != VFIO_TYPE1_IOMMU)) {
-            cpr_add_blocker(tail, CPR_MODE_RESTART, "vfio",
-                            "group %d: only the type1 IOMMU "
-                            "backend can keep DMA mappings", group->groupid);
-        } else if (group == QLIST_FIRST(&c->group_list) &&
-                   ioctl(c->fd, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) <= 0) {
-            cpr_add_blocker(tail, CPR_MODE_RESTART, "vfio",
-                            "group %d: the kernel cannot "
-                            "update DMA mapping addresses "
-                            "(no VFIO_UPDATE_VADDR)", group->groupid);
-        }
-        if (group == QLIST_FIRST(&c->group_list) &&
-            !QLIST_EMPTY(&c->giommu_list)) {
-            cpr_add_blocker(tail, CPR_MODE_RESTART, "vfio",
-                            "group %d: DMA through a virtual "
-                            "IOMMU cannot be kept yet", group->groupid);
-        }
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
-            cpr_add_blocker(tail, CPR_MODE_TRANSFER, vbasedev->name,
-                            "handing a VFIO device to another process is "
-                            "not done yet; use mode 'restart'");
             cpr_add_blocker(tail, CPR_MODE_REBOOT, vbasedev->name,
                             "a device passed through with VFIO loses its "
                             "state when the host reboots; unplug it "
                             "(device_del) before cprsave reboot");
-            if (vbasedev->type != VFIO_DEVICE_TYPE_PCI) {
-                cpr_add_blocker(tail, CPR_MODE_RESTART, vbasedev->name,
-                                "only VFIO PCI devices can be kept");
-                continue;
-            }
-            if (vbasedev->ram_block_discard_allowed) {
-                cpr_add_blocker(tail, CPR_MODE_RESTART, vbasedev->name,
-                                "a mediated device cannot keep a valid "
-                                "address window");
-                continue;
-            }
+        }
+        if (vfio_cpr_charge_moves != 1) {
+            cpr_add_blocker(tail, CPR_MODE_TRANSFER, "vfio",
+                            "group %d: %s the device's pinned memory to "
+                            "another process (that needs Linux 6.3, or "
+                            "6.1.16, 5.15.99); use mode 'restart'",
+                            group->groupid, vfio_cpr_charge_moves ?
+                            "cannot tell whether this kernel can charge" :
+                            "this kernel cannot charge");
         }
     }
 }
@@ -671,6 +802,7 @@ void vfio_pci_cpr_register(VFIOPCIDevice *vdev)
         vfio_cpr_hooked = true;
         cpr_add_notifier(&vfio_cpr_notifier);
         cpr_add_blocker_fn(vfio_cpr_blockers);
+        vfio_cpr_probe_kernel();
     }
     if (vdev->vbasedev.migration_blocker) {
         cpr_allow_migration_blocker(vdev->vbasedev.migration_blocker);

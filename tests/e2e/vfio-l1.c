@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -34,6 +36,8 @@
 #define QEMU            "/usr/bin/qemu-system-x86_64"
 #define QMP_PATH        "/tmp/qmp.sock"
 #define STATE           "/tmp/vm.cpr"
+#define CPR_SOCK        "/tmp/cpr.sock"
+#define CAP_IPC_LOCK    14      /* linux/capability.h */
 #define MAILBOX         0x500000
 #define MAILBOX_MAGIC   0x45445547
 #define UPDATES         3
@@ -64,6 +68,7 @@ struct l1_dev {
 static struct l1_dev edu = { "edu", "1234 11e8" };
 static struct l1_dev nvme = { "nvme", "1b36 0010" };
 static struct l1_dev *passed;   /* the device the running QEMU has */
+static const char *guest_kernel;    /* and the L2 guest it runs */
 static pid_t qemu_pid;
 static int qmp = -1;
 static char qmp_buf[65536];
@@ -177,33 +182,53 @@ static int bind_device(struct l1_dev *dev)
     return access(dev->group, F_OK);
 }
 
-/* QEMU on the L2 guest @kernel, with @dev passed through if not NULL */
-/* Run QEMU with @argv, its output into /tmp/qemu.log */
-static pid_t spawn_qemu(const char **argv)
+/*
+ * Run QEMU with @argv, its output into /tmp/qemu.log.  A QEMU that takes
+ * the VM over from the running one (@incoming) keeps its QMP socket; with
+ * @memlock_kb >= 0 it may lock only that much memory (no CAP_IPC_LOCK).
+ */
+static pid_t spawn_qemu(const char **argv, int incoming, long memlock_kb)
 {
     pid_t pid;
     int fd;
 
-    unlink(QMP_PATH);
+    if (!incoming) {
+        unlink(QMP_PATH);
+    }
     pid = fork();
     if (pid == 0) {
         fd = open("/tmp/qemu.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
         dup2(fd, 1);
         dup2(fd, 2);
         close(fd);
+        if (memlock_kb >= 0) {
+            struct rlimit rl = { memlock_kb * 1024, memlock_kb * 1024 };
+
+            if (prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) ||
+                setrlimit(RLIMIT_MEMLOCK, &rl)) {
+                _exit(126);
+            }
+        }
         execv(QEMU, (char **)argv);
         _exit(127);
     }
     return pid;
 }
 
-static pid_t start_qemu(const char *kernel, struct l1_dev *dev, int memfd)
+/*
+ * QEMU on the L2 guest @kernel, with @dev passed through if not NULL;
+ * with @incoming, to take the VM over from the running QEMU (cprsave
+ * transfer) with the same arguments.
+ */
+static pid_t start_qemu_as(const char *kernel, struct l1_dev *dev, int memfd,
+                           int incoming, long memlock_kb)
 {
     char vfio[96], machine[64];
     const char *argv[32];
     int i = 0;
 
     passed = dev;
+    guest_kernel = kernel;
     if (dev) {
         snprintf(vfio, sizeof(vfio), "vfio-pci,host=%s,id=%s0", dev->bdf,
                  dev->name);
@@ -230,8 +255,17 @@ static pid_t start_qemu(const char *kernel, struct l1_dev *dev, int memfd)
         argv[i++] = "-device";
         argv[i++] = vfio;
     }
+    if (incoming) {
+        argv[i++] = "-incoming";
+        argv[i++] = "cpr:unix:" CPR_SOCK;
+    }
     argv[i] = NULL;
-    return spawn_qemu(argv);
+    return spawn_qemu(argv, incoming, memlock_kb);
+}
+
+static pid_t start_qemu(const char *kernel, struct l1_dev *dev, int memfd)
+{
+    return start_qemu_as(kernel, dev, memfd, 0, -1);
 }
 
 /*
@@ -623,6 +657,91 @@ static void pauses(const char *what)
          p[1], p[2]);
 }
 
+/* Locked memory a process is charged with (VmLck), in KiB, or -1 */
+static long locked_kb(pid_t pid)
+{
+    static char buf[4096];
+    char path[64], *p;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    if (read_file(path, buf, sizeof(buf)) < 0) {
+        return -1;
+    }
+    p = strstr(buf, "VmLck:");
+    return p ? atol(p + 6) : -1;
+}
+
+/* Wait up to @timeout s for @pid to exit; its wait status, or -1. */
+static int wait_exit(pid_t pid, double timeout)
+{
+    double deadline = now() + timeout;
+    int status;
+
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (now() > deadline) {
+            return -1;
+        }
+        usleep(10000);
+    }
+    return status;
+}
+
+/*
+ * cprsave transfer to a new QEMU started with the running one's
+ * arguments (and @memlock_kb, see spawn_qemu()).  0 once the new process
+ * runs the VM, answered cprsave on the same QMP connection and the old
+ * one exited with 0; 1 if cprsave failed naming @refused, the new process
+ * exited with 1 and the old one runs on; -1 otherwise.
+ */
+static int transfer(long memlock_kb, const char *refused)
+{
+    pid_t new_pid = start_qemu_as(guest_kernel, passed, 1, 1, memlock_kb);
+    double deadline = now() + 120;
+    struct stat st;
+    char *line;
+    int status, ret = -1;
+
+    while (stat(CPR_SOCK, &st) < 0) {
+        if (now() > deadline || waitpid(new_pid, NULL, WNOHANG) != 0) {
+            diag("the new QEMU does not listen on " CPR_SOCK);
+            show_qemu_log();
+            return -1;
+        }
+        usleep(10000);
+    }
+    ev_stop = ev_resume = 0;
+    line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"mode\": "
+                   "\"transfer\", \"channel\": \"unix:" CPR_SOCK "\"}}");
+    if (!refused && line && strstr(line, "\"return\"")) {
+        status = wait_exit(qemu_pid, 10);
+        if (status == 0) {
+            qemu_pid = new_pid;
+            ret = 0;
+        } else {
+            diag("the old QEMU did not exit with 0 (wait status %d)", status);
+        }
+    } else if (refused && line && strstr(line, refused)) {
+        status = wait_exit(new_pid, 10);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 1) {
+            ret = 1;
+        } else {
+            diag("the new QEMU did not exit with 1 (wait status %d)", status);
+        }
+    } else {
+        diag("cprsave transfer: %s", line ? line : "(connection lost)");
+    }
+    free(line);
+    if (ret < 0) {
+        show_qemu_log();
+        if (new_pid != qemu_pid) {
+            kill(new_pid, SIGKILL);
+            waitpid(new_pid, NULL, 0);
+        }
+    }
+    unlink(CPR_SOCK);
+    return ret;
+}
+
 static void test_updates(const char *irq)
 {
     char name[128];
@@ -729,6 +848,51 @@ static void test_blocked(void)
          cprsave_refused("", "blocked by 'pc.ram'") &&
          wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
     result(ok, "a blocked cprsave leaves the device's DMA alone");
+}
+
+/*
+ * Transfer mode: new QEMU processes take edu over from the running one;
+ * the pinned guest RAM is charged to each in turn.  Then one that may not
+ * lock it refuses the VM, and the old process takes its mappings back.
+ */
+static void test_transfer(void)
+{
+    struct mailbox mb;
+    double p[UPDATES];
+    long kb = 0;
+    int i, ok = 1;
+
+    for (i = 0; i < UPDATES && ok; i++) {
+        ok = transfer(-1, NULL) == 0 && wait_rounds(&mb, 3, 600) == 0 &&
+             mailbox_good(&mb, 120) && bus_master(&edu) == 1;
+        p[i] = (ev_resume - ev_stop) * 1e3;
+        kb = locked_kb(qemu_pid);
+        if (ok && kb < 100 * 1024) {
+            diag("the new QEMU is charged with %ld KiB of locked memory, "
+                 "not the guest's 128 MiB", kb);
+            ok = 0;
+        }
+    }
+    if (ok) {
+        diag("pause with the VFIO device, transfer mode (ms, QMP STOP -> "
+             "RESUME): %.1f %.1f %.1f; new process charged with %ld KiB "
+             "locked", p[0], p[1], p[2], kb);
+    }
+    result(ok, "transfer: new QEMU processes take edu over (DMA mappings, "
+           "MSI); DMA and interrupts go on, the QMP client stays connected, "
+           "each old process exits");
+    ok = ok && transfer(1024, "may not lock that much memory") == 1 &&
+         wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120) &&
+         bus_master(&edu) == 1;
+    kb = locked_kb(qemu_pid);
+    if (ok && kb < 100 * 1024) {
+        diag("the old QEMU is charged with %ld KiB of locked memory after "
+             "the refusal, not the guest's 128 MiB", kb);
+        ok = 0;
+    }
+    result(ok, "transfer: a new QEMU that may not lock the device's pinned "
+           "memory refuses the VM and says why; the old one takes the DMA "
+           "mappings back and runs on");
 }
 
 /* The same updates without the VFIO device, for comparison */
@@ -854,6 +1018,7 @@ static void test_nvme(void)
         result(0, "NVMe updates (not run)");
         result(0, "masked MSI-X vector, pending (not run)");
         result(0, "masked MSI-X vector, signalled (not run)");
+        result(0, "NVMe transfer (not run)");
         return;
     }
     diag("nvme at %08x: %u rounds, interrupts %u + %u", mb.bar0, mb.rounds,
@@ -873,6 +1038,10 @@ static void test_nvme(void)
     result(ok && nvme_update_in(NVME_MASKED) == 1, "a vector masked at the "
            "update and signalled after it shows pending, and is delivered "
            "on unmask");
+    ok = ok && transfer(-1, NULL) == 0 && nvme_wait(&mb, 50, 1) == 0 &&
+         bus_master(&nvme) == 1;
+    result(ok, "transfer: a new QEMU process takes the NVMe controller "
+           "over; DMA and MSI-X on both vectors go on");
     if (!ok) {
         show_qemu_log();
     }
@@ -894,7 +1063,7 @@ static pid_t start_counter_guest(int incoming)
         incoming ? "-incoming" : NULL, "defer", NULL
     };
 
-    return spawn_qemu(argv);
+    return spawn_qemu(argv, 0, -1);
 }
 
 /* The first word of each counted page: @c[COUNTER_PAGES] */
@@ -1038,7 +1207,7 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "reboot-load")) {
         return reboot_load(argv[2]);
     }
-    printf("TAP version 14\n1..12\n");
+    printf("TAP version 14\n1..15\n");
     if (bind_device(&edu) < 0 || bind_device(&nvme) < 0) {
         result(0, "edu and NVMe bound to vfio-pci");
         return 1;
@@ -1051,6 +1220,7 @@ int main(int argc, char **argv)
     }
     test_updates("MSI");
     test_exec_fails();
+    test_transfer();
     test_blocked();
     test_pause_without_vfio();
     test_nvme();
