@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include "qemu/bswap.h"
+#include "qemu/cutils.h"
 #include "qemu/coroutine.h"
 #include "qemu/main-loop.h"
 #include "qemu/timer.h"
@@ -99,16 +100,51 @@ int cpr_channel_connect(const char *channel, Error **errp)
     return fd;
 }
 
+/* Only a process of this user, or root, may hand a VM over */
+static bool cpr_channel_peer_ok(int fd, const char *what, Error **errp)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+        (cred.uid != geteuid() && cred.uid != 0)) {
+        error_setg(errp, "'%s': the connecting process is not of this user",
+                   what);
+        return false;
+    }
+    trace_cpr_channel_accepted(cred.pid);
+    return true;
+}
+
+/* "fd:N": a connected socket this process was started with */
+static int cpr_channel_inherited(const char *channel, Error **errp)
+{
+    struct stat st;
+    int fd;
+
+    if (qemu_strtoi(channel + 3, NULL, 10, &fd) || fd <= STDERR_FILENO ||
+        fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        error_setg(errp, "channel '%s' is not an inherited socket", channel);
+        return -1;
+    }
+    if (!cpr_channel_peer_ok(fd, channel, errp)) {
+        return -1;
+    }
+    qemu_set_cloexec(fd);
+    return fd;
+}
+
 int cpr_channel_accept(const char *channel, Error **errp)
 {
     struct sockaddr_un addr, tmp;
     g_autofree char *tmp_path = NULL;
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
     struct stat st;
     mode_t umask_old;
     int lfd, fd = -1;
 
+    if (g_str_has_prefix(channel, "fd:")) {
+        return cpr_channel_inherited(channel, errp);
+    }
     if (!cpr_channel_addr(channel, &addr, errp)) {
         return -1;
     }
@@ -155,15 +191,10 @@ int cpr_channel_accept(const char *channel, Error **errp)
         error_setg_errno(errp, errno, "cannot accept on '%s'", addr.sun_path);
         goto unlink;
     }
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
-        (cred.uid != geteuid() && cred.uid != 0)) {
-        error_setg(errp, "'%s': the connecting process is not of this user",
-                   addr.sun_path);
+    if (!cpr_channel_peer_ok(fd, addr.sun_path, errp)) {
         close(fd);
         fd = -1;
-        goto unlink;
     }
-    trace_cpr_channel_accepted(cred.pid);
 
 unlink:
     /* One old process only: nobody else may connect */

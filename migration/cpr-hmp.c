@@ -24,7 +24,7 @@ void hmp_cprsave(Monitor *mon, const QDict *qdict)
 
     if (mode >= 0) {
         qmp_cprsave(true, qdict_get_str(qdict, "file"), mode, !!binary,
-                    binary, false, false, false, NULL, &err);
+                    binary, false, false, false, NULL, false, false, &err);
     }
     hmp_handle_error(mon, err);
 }

@@ -131,6 +131,8 @@ typedef struct CprSaveArgs {
     const char *binary;         /* or NULL */
     bool auto_load;
     const char *channel;        /* or NULL */
+    int channel_fd;             /* connected already (relay), or -1 */
+    bool relay;                 /* restart through a relay process */
     GByteArray *state;          /* without a file: the saved state */
 } CprSaveArgs;
 
@@ -198,6 +200,22 @@ bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp);
 /* cpr-transfer.c: in a process started with -incoming cpr:CHANNEL */
 void cpr_transfer_incoming(const char *channel, Error **errp);
 
+/* cpr-relay.c: cprsave restart through a relay process */
+/* Start the new binary as the relay; this process's end of its socket */
+int cpr_relay_spawn(const char *binary, Error **errp);
+/* The relay took the VM: execute the new binary here to take it back */
+void G_GNUC_NORETURN cpr_relay_exec(int fd, const char *binary);
+/* Mark the state sent with the leg (@to the relay, or back), or unmark */
+void cpr_relay_mark(bool to, bool keep);
+/* A process taking the VM: which leg it is on, from the received state */
+void cpr_relay_incoming(void);
+/* Taking the VM on a leg of a relay: run it as it was, ignoring -S */
+bool cpr_relay_leg_incoming(void);
+/* The relay has taken the VM: hand it back over @fd */
+void cpr_relay_hand_back(int fd);
+/* cpr.c: the relay's transfer back over @fd, in a coroutine */
+bool coroutine_fn cpr_save_relay_back(int fd, Error **errp);
+
 /* cpr-channel.c: the socket of transfer mode */
 typedef enum CprMsg {
     CPR_MSG_STATE = 1,          /* old to new: the CPR state */
@@ -210,7 +228,10 @@ typedef enum CprMsg {
 /* Descriptors in one message */
 #define CPR_CHANNEL_MAX_FDS 200
 
-/* Connect to "unix:PATH" / listen there and accept one peer */
+/*
+ * Connect to "unix:PATH" / listen there and accept one peer, or take the
+ * connected socket N of "fd:N" this process was started with
+ */
 int cpr_channel_connect(const char *channel, Error **errp);
 int cpr_channel_accept(const char *channel, Error **errp);
 bool cpr_channel_send(int fd, CprMsg type, const void *data, size_t len,

@@ -150,6 +150,7 @@ static void cpr_transfer_abandon(void)
     }
     g_clear_pointer(&cpr_transfer_sent, g_byte_array_unref);
     g_clear_pointer(&cpr_transfer_sent_ids, g_array_unref);
+    cpr_relay_mark(false, false);
     cpr_run_keepers(false);
     cpr_notify(CPR_EVENT_TRANSFER_FAILED, NULL);
 }
@@ -170,7 +171,9 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
     ERRP_GUARD();
 
     cpr_transfer_images_lost = false;
-    cpr_transfer_out = cpr_channel_connect(args->channel, errp);
+    cpr_transfer_out = args->channel_fd >= 0 ? args->channel_fd :
+                       args->relay ? cpr_relay_spawn(args->binary, errp) :
+                       cpr_channel_connect(args->channel, errp);
     if (cpr_transfer_out < 0) {
         return false;
     }
@@ -181,6 +184,9 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
         return false;
     }
     cpr_run_keepers(true);
+    if (args->relay || args->channel_fd >= 0) {
+        cpr_relay_mark(args->relay, true);
+    }
     if (!cpr_transfer_send_state(cpr_transfer_out, errp)) {
         error_prepend(errp, "cannot hand the VM over to the new QEMU: ");
         goto fail;
@@ -254,6 +260,9 @@ static bool cpr_transfer_finish(const CprSaveArgs *args, Error **errp)
      * clean-up (it would unlink sockets, close images, run tap scripts).
      */
     trace_cpr_transfer_committed();
+    if (args->relay) {
+        cpr_relay_exec(cpr_transfer_out, args->binary);
+    }
     _exit(0);
 
 activate:
@@ -337,6 +346,7 @@ void cpr_transfer_incoming(const char *channel, Error **errp)
     if (!cpr_state_receive(state->data + 4, state->len - 4, fds, errp)) {
         goto fail;
     }
+    cpr_relay_incoming();
     trace_cpr_transfer_received(channel, fds->len);
     return;
 
@@ -393,7 +403,12 @@ static void cpr_transfer_loaded(void)
         warn_reportf_err(err, "cprsave transfer: the old QEMU did not get "
                          "the commit, this process runs the VM: ");
     }
-    close(cpr_transfer_in);
+    if (cpr_transfer_relaying()) {
+        /* The same socket takes the VM back to the old QEMU's PID */
+        cpr_relay_hand_back(cpr_transfer_in);
+    } else {
+        close(cpr_transfer_in);
+    }
     cpr_transfer_in = -1;
     trace_cpr_transfer_committed();
 

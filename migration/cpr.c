@@ -127,6 +127,21 @@ static bool cpr_jobs_idle(Error **errp)
 /* A cprsave waits in its mode's preparation */
 static bool cpr_save_busy;
 
+/*
+ * Whether @b blocks this cprsave.  A relay executes the new binary as
+ * restart mode does and hands the VM over as transfer mode does, and
+ * starts its relay process without -pidfile.
+ */
+static bool cpr_blocks(const CprModeOps *ops, const CprSaveArgs *args,
+                       CprBlocker *b)
+{
+    if (args->relay) {
+        return b->mode == CPR_MODE_RESTART ||
+               (b->mode == CPR_MODE_TRANSFER && strcmp(b->object, "pidfile"));
+    }
+    return b->mode == ops->mode;
+}
+
 /* Everything that can be checked before the VM is touched */
 static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
                              Error **errp)
@@ -145,7 +160,7 @@ static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
         error_setg(errp, "a cprsave is in progress");
         return false;
     }
-    if (args->binary && !ops->has_binary) {
+    if (args->binary && !ops->has_binary && !args->relay) {
         error_setg(errp, "'binary' is only for mode 'restart'");
         return false;
     }
@@ -186,7 +201,7 @@ static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
     }
     blockers = cpr_blockers();
     for (b = blockers; b; b = b->next) {
-        if (b->value->mode != ops->mode) {
+        if (!cpr_blocks(ops, args, b->value)) {
             continue;
         }
         if (first) {
@@ -254,36 +269,26 @@ static void cpr_save_stopped_bh(void *opaque)
     aio_co_wake(s->co);
 }
 
-void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
-                              bool has_binary, const char *binary,
-                              bool has_auto_load, bool auto_load,
-                              bool has_channel, const char *channel,
-                              Error **errp)
+/* cprsave: its checks, the mode's preparation, the save */
+static void coroutine_fn cpr_save(CprSave *s)
 {
-    ERRP_GUARD();
-    CprSave s = {
-        .ops = cpr_modes[mode],
-        .args = {
-            .file = has_file ? file : NULL,
-            .binary = has_binary ? binary : NULL,
-            .auto_load = has_auto_load && auto_load,
-            .channel = has_channel ? channel : NULL,
-        },
-        .errp = errp,
-    };
+    Error **errp = s->errp;
 
-    if (s.ops->prepare && !qemu_in_coroutine()) {
+    if (s->ops->prepare && !qemu_in_coroutine()) {
         /* HMP: the main loop would not run the VM while the mode waits */
-        error_setg(errp, "mode '%s' is available over QMP only",
-                   CprMode_str(mode));
+        error_setg(errp, "mode '%s'%s is available over QMP only",
+                   CprMode_str(s->args.relay ? CPR_MODE_RESTART :
+                               s->ops->mode),
+                   s->args.relay ? " with 'relay'" : "");
         return;
     }
-    if (!cpr_save_allowed(s.ops, &s.args, errp)) {
+    if (!cpr_save_allowed(s->ops, &s->args, errp)) {
         return;
     }
-    trace_cpr_save_start(s.args.file ?: s.args.channel, CprMode_str(mode));
+    trace_cpr_save_start(s->args.file ?: s->args.channel,
+                         CprMode_str(s->ops->mode));
     cpr_save_busy = true;
-    if (s.ops->prepare && !s.ops->prepare(&s.args, errp)) {
+    if (s->ops->prepare && !s->ops->prepare(&s->args, errp)) {
         trace_cpr_save_failed(error_get_pretty(*errp));
         goto out;
     }
@@ -293,16 +298,68 @@ void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
          * a nested aio_poll() of the main AioContext (a vCPU thread
          * draining a disk), where stopping the VM would only be requested
          */
-        s.co = qemu_coroutine_self();
+        s->co = qemu_coroutine_self();
         aio_bh_schedule_oneshot(iohandler_get_aio_context(),
-                                cpr_save_stopped_bh, &s);
+                                cpr_save_stopped_bh, s);
         qemu_coroutine_yield();
     } else {
-        cpr_save_stopped(&s);
+        cpr_save_stopped(s);
     }
 out:
-    g_clear_pointer(&s.args.state, g_byte_array_unref);
+    g_clear_pointer(&s->args.state, g_byte_array_unref);
     cpr_save_busy = false;
+}
+
+void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
+                              bool has_binary, const char *binary,
+                              bool has_auto_load, bool auto_load,
+                              bool has_channel, const char *channel,
+                              bool has_relay, bool relay, Error **errp)
+{
+    ERRP_GUARD();
+    CprSave s = {
+        .ops = cpr_modes[mode],
+        .args = {
+            .file = has_file ? file : NULL,
+            .binary = has_binary ? binary : NULL,
+            .auto_load = has_auto_load && auto_load,
+            .channel = has_channel ? channel : NULL,
+            .channel_fd = -1,
+        },
+        .errp = errp,
+    };
+
+    if (has_relay && relay) {
+        if (mode != CPR_MODE_RESTART) {
+            error_setg(errp, "'relay' is only for mode 'restart'");
+            return;
+        }
+        if (has_file || has_channel || s.args.auto_load) {
+            error_setg(errp, "mode 'restart' with 'relay' takes no 'file', "
+                       "'channel' or 'auto-load': the VM goes through a "
+                       "relay process and resumes by itself");
+            return;
+        }
+        /* Handed over as transfer mode does, to the same binary twice */
+        s.ops = &cpr_transfer_ops;
+        s.args.relay = true;
+        s.args.channel = "relay";
+        s.args.binary = s.args.binary ?: cpr_get_exec_path();
+    }
+    cpr_save(&s);
+}
+
+bool coroutine_fn cpr_save_relay_back(int fd, Error **errp)
+{
+    ERRP_GUARD();
+    CprSave s = {
+        .ops = &cpr_transfer_ops,
+        .args = { .channel = "relay", .channel_fd = fd },
+        .errp = errp,
+    };
+
+    cpr_save(&s);
+    return !*errp;
 }
 
 /* Which mode's file this process can load now, or -1 with errp set */
@@ -362,7 +419,8 @@ bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp)
 
     state = global_state_received() ? global_state_get_runstate()
                                     : RUN_STATE_RUNNING;
-    if (state == RUN_STATE_RUNNING && ops->obeys_autostart && !autostart) {
+    if (state == RUN_STATE_RUNNING && ops->obeys_autostart && !autostart &&
+        !cpr_relay_leg_incoming()) {
         state = RUN_STATE_PAUSED;   /* -S, as after an incoming migration */
     }
     trace_cpr_load_done(RunState_str(state));

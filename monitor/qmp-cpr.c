@@ -69,6 +69,8 @@ static char *qmp_cpr_reply(MonitorQMP *mon)
     return g_strdup(json->str);
 }
 
+static bool qmp_cpr_relayed(MonitorQMP *mon, bool *oob, char **reply);
+
 /* The capabilities and the pending reply of every QMP monitor */
 static void monitor_qmp_cpr_keep(bool keep)
 {
@@ -77,7 +79,7 @@ static void monitor_qmp_cpr_keep(bool keep)
     QTAILQ_FOREACH(m, &mon_list, entry) {
         MonitorQMP *mon = container_of(m, MonitorQMP, common);
         g_autofree char *caps = NULL, *reply_name = NULL, *reply = NULL;
-        bool keep_mon;
+        bool keep_mon, oob;
 
         if (!monitor_is_qmp(m) || !qemu_chr_fe_backend_open(&m->chr)) {
             continue;
@@ -89,9 +91,12 @@ static void monitor_qmp_cpr_keep(bool keep)
         }
         /* Only a monitor past capabilities negotiation stays so */
         keep_mon = keep && mon->commands == &qmp_commands;
-        reply = keep_mon ? qmp_cpr_reply(mon) : NULL;
-        cpr_keep_str(caps, mon->capab[QMP_CAPABILITY_OOB] ? "oob" : "",
-                     keep_mon);
+        oob = mon->capab[QMP_CAPABILITY_OOB];
+        /* A relay passes on what it took over and never attached */
+        if (!keep_mon || !qmp_cpr_relayed(mon, &oob, &reply)) {
+            reply = keep_mon ? qmp_cpr_reply(mon) : NULL;
+        }
+        cpr_keep_str(caps, oob ? "oob" : "", keep_mon);
         cpr_keep_str(reply_name, reply, reply != NULL);
     }
 }
@@ -196,7 +201,9 @@ void monitor_qmp_cpr_claim(MonitorQMP *mon)
     if (reply && !cpr_recovery_replied()) {
         k->reply = qobject_to(QDict, qobject_from_json(reply, NULL));
     }
-    if (k->reply && cpr_is_recovery()) {
+    if (k->reply && cpr_relay_error()) {
+        qmp_cpr_reply_error(k->reply, "%s", cpr_relay_error());
+    } else if (k->reply && cpr_is_recovery()) {
         /* The restart failed: the old binary took the VM back. */
         qmp_cpr_reply_error(k->reply, "the new QEMU did not come up; the "
                             "previous binary took the VM back and waits "
@@ -207,6 +214,31 @@ void monitor_qmp_cpr_claim(MonitorQMP *mon)
     WITH_QEMU_LOCK_GUARD(&qmp_cpr_lock) {
         qmp_cpr_kept = g_slist_append(qmp_cpr_kept, k);
     }
+}
+
+/*
+ * A relay of cprsave restart: the client's capabilities and cprsave's
+ * reply as the relay took them over for @mon, if it did
+ */
+static bool qmp_cpr_relayed(MonitorQMP *mon, bool *oob, char **reply)
+{
+    GSList *l;
+
+    QEMU_LOCK_GUARD(&qmp_cpr_lock);
+    for (l = qmp_cpr_kept; l; l = l->next) {
+        QmpCprKept *k = l->data;
+
+        if (k->mon == mon && !k->opened) {
+            g_autoptr(GString) json = k->reply ?
+                qobject_to_json(QOBJECT(k->reply)) : NULL;
+
+            *oob = k->oob;
+            *reply = json ? g_string_free(g_steal_pointer(&json), false) :
+                     NULL;
+            return true;
+        }
+    }
+    return false;
 }
 
 bool monitor_qmp_cpr_kept(MonitorQMP *mon)

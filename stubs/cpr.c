@@ -38,6 +38,16 @@ bool cpr_transfer_defer(CprDeferFn *fn, void *opaque)
     return false;
 }
 
+bool cpr_transfer_relaying(void)
+{
+    return false;
+}
+
+const char *cpr_relay_error(void)
+{
+    return NULL;
+}
+
 void cpr_save_fd(const char *name, int id, int fd)
 {
 }

@@ -65,6 +65,21 @@ typedef void CprDeferFn(void *opaque);
 bool cpr_transfer_defer(CprDeferFn *fn, void *opaque);
 
 /*
+ * The process taking the VM over is the relay of a cprsave restart with
+ * "relay": it runs the VM only until the process that executed the new
+ * binary takes it back, so its QMP monitors send events but read nothing
+ * (their clients wait for that process's answer to cprsave).
+ */
+bool cpr_transfer_relaying(void);
+
+/*
+ * Set when the process that started a cprsave restart with "relay" could
+ * not execute the new binary and took the VM back with the one it ran:
+ * the error its answer to cprsave carries (else NULL)
+ */
+const char *cpr_relay_error(void);
+
+/*
  * cpr_is_incoming: true from the start of a process created by
  * "cprsave restart" until its cprload succeeds, and in a process started
  * with "-incoming cpr:CHANNEL" until it has loaded the VM's state.

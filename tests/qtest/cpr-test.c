@@ -54,6 +54,7 @@ typedef struct CprVm {
     size_t console_len;         /* bytes read from it */
     JSONMessageParser parser;
     GQueue msgs;
+    int resumes;                /* RESUME events seen */
 } CprVm;
 
 static const char *test_accel;     /* accelerator of the running case */
@@ -131,6 +132,7 @@ static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
         if (!qdict_haskey(resp, "event")) {
             return resp;
         }
+        vm->resumes += !strcmp(qdict_get_str(resp, "event"), "RESUME");
         qobject_unref(resp);
     }
     return NULL;
@@ -2643,6 +2645,166 @@ static long vm_rss_kb(CprVm *vm)
     return kb;
 }
 
+
+/*
+ * cprsave restart with relay: the VM goes through a relay process and
+ * back to this PID, whose new binary answers; it is then in run state
+ * @status, and a running VM was resumed twice (by the relay, then here).
+ */
+static void vm_relay(CprVm *vm, const char *status)
+{
+    int resumes = vm->resumes;
+
+    check_save_reply(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                            " {'mode': 'restart', 'relay': true},"
+                            " 'id': 'save'}"), false);
+    g_assert(vm_alive(vm));
+    g_assert_cmpstr(vm_status(vm), ==, status);
+    if (!strcmp(status, "running")) {
+        g_assert_cmpint(vm->resumes, ==, resumes + 2);
+    }
+}
+
+/*
+ * Relayed restarts keep the PID, the QMP connection, the console log,
+ * guest RAM and the pid file, leave no process or descriptor behind,
+ * pass on no stray descriptor, and ignore -S as restart does.
+ */
+static void test_relay(void)
+{
+    static const char *const extra[] = {
+        "-pidfile", "@DIR@/qemu.pid", "-S", NULL
+    };
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *marker = g_strdup_printf("%s/cpr-test-marker-%d",
+                                              g_get_tmp_dir(), getpid());
+    int stray = open(marker, O_CREAT | O_RDWR, 0600);
+    CprVm *vm = vm_start_args(machine, stray, extra, CONSOLE_FILE);
+    g_autofree char *pidfile = g_build_filename(vm->dir, "qemu.pid", NULL);
+    g_autofree uint64_t *before = NULL;
+    pid_t pid = vm->pid;
+    int i, fds = -1;
+    long rss = 0;
+
+    close(stray);
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    vm_wait_passes(vm, 20);
+    for (i = 0; i < 10; i++) {
+        g_autofree char *log = NULL, *log_after = NULL, *pids = NULL;
+        g_autoptr(GPtrArray) targets = NULL;
+        gsize log_len, log_after_len;
+
+        g_free(before);
+        before = vm_counters(vm);
+        g_assert(g_file_get_contents(vm->serial_path, &log, &log_len, NULL));
+        vm_relay(vm, "running");
+        g_assert_cmpint(vm->pid, ==, pid);
+        g_assert_cmpint(count_children(pid), ==, 0);
+        g_free(before);
+        before = check_kept(vm, before);
+        g_assert(g_file_get_contents(vm->serial_path, &log_after,
+                                     &log_after_len, NULL));
+        g_assert_cmpuint(log_after_len, >, log_len);
+        g_assert(!memcmp(log, log_after, log_len));
+        g_assert(g_file_get_contents(pidfile, &pids, NULL, NULL));
+        g_assert_cmpint(atoi(pids), ==, pid);
+        targets = fd_targets(pid);
+        g_assert_cmpuint(count_matching(targets, marker), ==, 0);
+        if (i == 0) {
+            fds = count_fds(pid);
+            rss = vm_rss_kb(vm);
+        }
+    }
+    g_assert_cmpint(count_fds(pid), ==, fds);
+    g_assert_cmpint(vm_rss_kb(vm), <, rss + rss / 4);
+
+    /* A paused VM stays paused */
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    vm_relay(vm, "paused");
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, before);
+    unlink(marker);
+    vm_kill(vm);
+}
+
+/* cprsave relay @binary fails with an error containing @expect */
+static void vm_relay_fails(CprVm *vm, const char *binary, const char *expect)
+{
+    g_autofree char *err = vm_error(vm_qmp(vm,
+        "{'execute': 'cprsave', 'arguments': {'mode': 'restart',"
+        " 'relay': true, 'binary': %s}}", binary));
+
+    if (!strstr(err, expect)) {
+        g_error("cprsave relay: '%s', expected '%s'", err, expect);
+    }
+}
+
+/*
+ * Before the relay has the VM, failures leave it running here; if the
+ * new binary cannot be executed after it, the running binary takes the
+ * VM back and cprsave says so.
+ */
+static void test_relay_fails(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *bad = g_build_filename(vm->dir, "not-qemu", NULL);
+    g_autofree char *bigger = g_build_filename(vm->dir, "bigger", NULL);
+    g_autofree char *once = g_build_filename(vm->dir, "once", NULL);
+    g_autofree char *script = NULL, *err = NULL;
+    g_autofree uint64_t *before = NULL;
+    const char *qemu = getenv("QTEST_QEMU_BINARY");
+    int fds = count_fds(vm->pid);
+    pid_t pid = vm->pid;
+    CprVm *plain;
+
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'mode': 'restart', 'relay': true, 'file': %s}}",
+                          vm->state_path));
+    g_assert(strstr(err, "takes no 'file'"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'mode': 'transfer', 'relay': true}}"));
+    g_assert_cmpstr(err, ==, "'relay' is only for mode 'restart'");
+
+    /* The relay cannot start, or cannot take the state */
+    write_script(bad, "\x7f" "ELF broken");
+    vm_relay_fails(vm, bad, "cannot execute");
+    check_moving(vm, before);
+    script = g_strdup_printf("#!/bin/sh\nexec %s \"$@\" -m 256\n", qemu);
+    write_script(bigger, script);
+    vm_relay_fails(vm, bigger, "the new QEMU did not take the VM: ");
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    g_assert_cmpint(count_fds(vm->pid), ==, fds);
+    g_assert_cmpint(count_children(vm->pid), ==, 0);
+
+    /*
+     * A binary the relay runs and this process then cannot execute (it
+     * removes itself): the running binary takes the VM back.
+     */
+    g_free(script);
+    script = g_strdup_printf("#!/bin/sh\nrm -f \"$0\"\nexec %s \"$@\"\n",
+                             qemu);
+    write_script(once, script);
+    vm_relay_fails(vm, once, "the VM is back in the binary that ran it");
+    g_assert_cmpint(vm->pid, ==, pid);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    g_free(before);
+    before = check_kept(vm, before);
+    vm_relay(vm, "running");
+    check_kept(vm, before);
+    vm_kill(vm);
+
+    /* Blocked by what blocks restart */
+    plain = vm_start("q35", -1);
+    vm_relay_fails(plain, qemu, "cprsave is blocked by 'pc.ram'");
+    g_assert_cmpstr(vm_status(plain), ==, "running");
+    vm_kill(plain);
+}
+
 /* 50 transfers in a row: no descriptor or memory growth */
 static void test_transfer_soak(void)
 {
@@ -2723,6 +2885,8 @@ int main(int argc, char **argv)
     add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("restart/only-registered-fds", test_only_registered_fds);
+    add_test("restart/relay", test_relay);
+    add_test("restart/relay-fails", test_relay_fails);
     add_test("transfer/round-trip", test_transfer_round_trip);
     add_test("transfer/sandbox", test_transfer_sandbox);
     add_test("transfer/fails", test_transfer_fails);
