@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Pause of a live update of the Linux test guest, side by side in one
 run: our transfer mode (cprsave transfer to a QEMU started with -incoming
-cpr:unix:PATH), our exec mode (cprsave restart with auto-load), and
-upstream QEMU 10.0's cpr-transfer (build/upstream, built from Debian
-trixie's source by bench/upstream-qemu.sh).
+cpr:unix:PATH), our exec mode (cprsave restart with auto-load, and with
+relay: two short pauses, given as their sum), and upstream QEMU 10.0's
+cpr-transfer (build/upstream, built from Debian trixie's source by
+bench/upstream-qemu.sh).
 
 The guest is the Linux test guest alone (no disks, no network), its
 heartbeat every millisecond on a unix-socket serial console, main RAM in
@@ -109,6 +110,13 @@ class Vm:
         self.wait_progress()
         return pause, self.watch.max_gap(t0)
 
+    def ours_relay(self):
+        """Both pauses together; the heartbeat gap is the longer one's."""
+        t0 = time.monotonic()
+        pauses = cprlib.cpr_relay(self)
+        self.wait_progress()
+        return sum(pauses), self.watch.max_gap(t0), max(pauses)
+
     def upstream_transfer(self):
         """Upstream's cpr-transfer: the new QEMU with a main and a cpr
         incoming channel; migrate with both channels."""
@@ -158,13 +166,14 @@ class Vm:
 
 def measure(mem):
     """{kind: [(pause, gap), ...]} for guest RAM @mem MiB."""
-    out = {"transfer": [], "exec": [], "upstream": []}
+    out = {"transfer": [], "exec": [], "relay": [], "upstream": []}
     vm = Vm(cprlib.QEMU, mem, False)
     try:
         vm.wait_progress()
         for _ in range(RUNS):
             out["transfer"].append(vm.ours_transfer())
             out["exec"].append(vm.ours_exec())
+            out["relay"].append(vm.ours_relay())
         vm.check()
     finally:
         vm.kill()
@@ -196,11 +205,14 @@ def main():
           "the host | pause vs upstream |")
     print("|---|---|---|---|---|")
     errs = []
+    relay_max = []
     for mem in SIZES:
         out = measure(mem)
+        relay_max.append((mem, ms(out["relay"], 2)))
         base = ms(out["upstream"], 0)
         for kind, name in (("transfer", "qemu-cpr transfer"),
                            ("exec", "qemu-cpr exec (auto-load)"),
+                           ("relay", "qemu-cpr exec (relay), both pauses"),
                            ("upstream", "upstream 10.0 cpr-transfer")):
             s = out[kind]
             print("| %d MiB | %s | %.2f ms (%.2f-%.2f) | %.1f ms (max %.1f) "
@@ -209,6 +221,10 @@ def main():
                    max(x[0] for x in s) * 1e3, ms(s, 1),
                    max(x[1] for x in s) * 1e3, ms(s, 0) / base), flush=True)
         errs.append((mem, out["upstream errors"]))
+    print()
+    print("exec (relay): the guest pauses twice (relay process, then the "
+          "new binary in the same PID); the longer pause alone, median: " +
+          ", ".join("%d MiB %.2f ms" % (mem, m) for mem, m in relay_max))
     print()
     for mem, e in errs:
         print("%d MiB, upstream: the host saw %d problems on the serial "

@@ -214,6 +214,29 @@ def cpr_update(vm, binary=None, auto_load=False):
     return vm.qmp.event_time("RESUME") - stop
 
 
+def cpr_relay(vm, binary=None):
+    """cprsave restart with relay on @vm's QMP connection, which the new
+    binary in the same PID answers.  Returns the two pauses in seconds
+    (STOP -> RESUME: the relay process takes the VM, then this PID's new
+    binary takes it back)."""
+    since = len(vm.qmp.events)
+    args = {"mode": "restart", "relay": True}
+    if binary:
+        args["binary"] = binary
+    if vm.qmp.cmd("cprsave", **args) is None:
+        raise QmpError("the QMP connection was lost at cprsave")
+    pauses = []
+    for _ in range(2):
+        stop = vm.qmp.wait_event("STOP", since)
+        since = next(i for i in range(since, len(vm.qmp.events))
+                     if vm.qmp.events[i][0] == "STOP") + 1
+        resume = vm.qmp.wait_event("RESUME", since)
+        since = next(i for i in range(since, len(vm.qmp.events))
+                     if vm.qmp.events[i][0] == "RESUME") + 1
+        pauses.append(resume - stop)
+    return pauses
+
+
 def wait_gone(pid, timeout=60):
     """Wait until process @pid, which is not our child, has exited."""
     deadline = time.monotonic() + timeout

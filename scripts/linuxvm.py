@@ -442,6 +442,15 @@ class LinuxVm:
         self.wait_progress()
         return pause, self.watch.max_gap(t0)
 
+    def relay(self, binary=None):
+        """Live update by cprsave restart with relay (same PID); returns
+        (both QMP pauses together, largest heartbeat gap seen by the host
+        around it) in seconds."""
+        t0 = time.monotonic()
+        pauses = cprlib.cpr_relay(self, binary)
+        self.wait_progress()
+        return sum(pauses), self.watch.max_gap(t0)
+
     def alive(self):
         if self.pid == self.proc.pid:
             return self.proc.poll() is None

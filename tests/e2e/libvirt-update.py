@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Live update of the Linux test guest managed by Debian's libvirt: the
-domain's <emulator> is our QEMU, the update is cprsave + cprload through
-"virsh qemu-monitor-command", and virsh keeps working on the updated
+"""Live update of the Linux test guest (two vCPUs) managed by Debian's
+libvirt: the domain's <emulator> is our QEMU, the update is cprsave +
+cprload through "virsh qemu-monitor-command" (also with auto-load, and
+through a relay process), and virsh keeps working on the updated
 process.  Prints TAP.
 
 Runs its own libvirtd, virtlogd and dbus-daemon in a network namespace
@@ -115,7 +116,7 @@ def domain_xml():
     <source type='memfd'/>
     <access mode='shared'/>
   </memoryBacking>
-  <vcpu>1</vcpu>
+  <vcpu>2</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{g}/vmlinuz</kernel>
@@ -238,6 +239,41 @@ def update_through_virsh():
     info = virsh("dominfo", DOMAIN)
     assert "running" in info, info
     # The serial log that libvirt passed with -add-fd keeps growing.
+    time.sleep(0.5)
+    assert os.path.getsize(log) > log_size, "serial log stopped"
+    assert not errors(), "; ".join(errors()[:5])
+
+
+@case
+def relay_through_virsh():
+    """cprsave restart with relay: libvirt's pid file, monitor socket,
+    tap, disks, consoles and serial log file through a relay process and
+    back into the same PID."""
+    pid = qemu_pid()
+    log = os.path.join(work, "serial2.log")
+    log_size = os.path.getsize(log)
+    gaps = []
+    for _ in range(2):
+        t0 = time.monotonic()
+        before = watch.snapshot()
+        monitor("cprsave", mode="restart", relay=True)
+        assert virsh("domstate", DOMAIN) == "running", "domstate"
+        assert monitor("query-status")["status"] == "running"
+        assert qemu_pid() == pid, "QEMU PID changed"
+        after = linuxvm.wait_watch(watch, 60, alive=lambda: True)
+        assert after["up"] > before["up"], "uptime did not grow"
+        gaps.append(watch.max_gap(t0) * 1e3)
+    diag("largest heartbeat gap at the host per relayed update, ms: %s" %
+         ", ".join("%.1f" % g for g in gaps))
+    # The relay exits once it has handed the VM back
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run(["pgrep", "-f", "qemu-system.*%s" % DOMAIN],
+                             capture_output=True, text=True).stdout.split()
+        if out == [str(pid)] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert out == [str(pid)], "QEMU processes of the domain: %s" % out
     time.sleep(0.5)
     assert os.path.getsize(log) > log_size, "serial log stopped"
     assert not errors(), "; ".join(errors()[:5])

@@ -4,13 +4,15 @@
 networking, raw and qcow2 virtio disks, a unix-socket and a pty serial
 console and a QMP client that stays connected.  One guest goes through
 every case in order (exec-mode updates, then transfers to new processes,
-one of them under libvirt's default sandbox); the host checks heartbeats,
+one of them under libvirt's default sandbox, then exec-mode updates
+through a relay process); the host checks heartbeats,
 TCP records and status lines all along and the disk images at the end.
 Prints TAP.
 
 Needs root (network namespace, tap).  Environment: CPR_TEST_ACCEL (tcg),
 CPR_SOAK (number of updates in the soak, 50), CPR_TRANSFER_SOAK (number
-of transfers in the transfer soak, 10)."""
+of transfers in the transfer soak, 10), CPR_RELAY_SOAK (number of
+relayed updates, 10)."""
 
 import os
 import statistics
@@ -347,6 +349,52 @@ def transfer_under_sandbox():
 def transfer_soak():
     soak_with(vm.transfer, int(os.environ.get("CPR_TRANSFER_SOAK", "10")),
               "transfer")
+
+@case
+def relay_keeps_everything():
+    """cprsave restart with relay: through a relay process and back into
+    the same PID, with the same tap, disks, consoles and QMP client."""
+    pci = vm.qmp.cmd("query-pci")
+    before = vm.watch.snapshot()
+    pid = vm.pid
+    since = len(vm.qmp.events)
+    pause, gap = vm.relay()
+    after = vm.wait_progress()
+    assert vm.pid == pid and vm_pids() == [pid], \
+        "QEMUs running the VM: %s, expected %d" % (vm_pids(), pid)
+    assert vm.qmp.cmd("query-pci") == pci, "PCI devices differ"
+    assert after["up"] > before["up"], "uptime did not grow"
+    assert vm.watch.net_conns == 1, "TCP connection was reopened"
+    events = [e for e, _ in vm.qmp.events[since:] if e in ("STOP", "RESUME")]
+    assert events == ["STOP", "RESUME"] * 2, "events: %s" % events
+    diag("pauses together %.1f ms (QMP STOP->RESUME twice), largest "
+         "heartbeat gap at the host %.1f ms" % (pause * 1e3, gap * 1e3))
+
+
+@case
+def relay_a_b_a():
+    a_b_a(vm.relay)
+
+
+@case
+def relay_refused_stays():
+    """A new binary that cannot take the state: the relay refuses it, the
+    VM never left this process; cprsave says why."""
+    pid = vm.pid
+    try:
+        vm.relay(drop_rng_script())
+        raise AssertionError("the build without virtio-rng took the VM")
+    except cprlib.QmpError as e:
+        diag(str(e))
+    check_running_after("refused relay", pid)
+    vm.wait_progress()
+
+
+@case
+def relay_soak():
+    soak_with(vm.relay, int(os.environ.get("CPR_RELAY_SOAK", "10")),
+              "relayed update")
+
 
 @case
 def reboot_mode_to_build_b():

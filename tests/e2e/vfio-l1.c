@@ -893,6 +893,24 @@ static void test_transfer(void)
     result(ok, "transfer: a new QEMU that may not lock the device's pinned "
            "memory refuses the VM and says why; the old one takes the DMA "
            "mappings back and runs on");
+
+    /* Restart through a relay process: two transfers, the same PID */
+    ok = ok && qmp_ok("{\"execute\": \"cprsave\", \"arguments\": "
+                      "{\"mode\": \"restart\", \"relay\": true}}") &&
+         wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120) &&
+         bus_master(&edu) == 1 && waitpid(qemu_pid, NULL, WNOHANG) == 0;
+    kb = locked_kb(qemu_pid);
+    if (ok && kb < 100 * 1024) {
+        diag("after the relay, QEMU is charged with %ld KiB of locked "
+             "memory, not the guest's 128 MiB", kb);
+        ok = 0;
+    }
+    result(ok, "restart through a relay: edu goes to a relay process and "
+           "back into the same PID; DMA and MSI go on, the pinned memory "
+           "is charged to that PID again");
+    if (!ok) {
+        show_qemu_log();
+    }
 }
 
 /* The same updates without the VFIO device, for comparison */
@@ -1207,7 +1225,7 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "reboot-load")) {
         return reboot_load(argv[2]);
     }
-    printf("TAP version 14\n1..15\n");
+    printf("TAP version 14\n1..16\n");
     if (bind_device(&edu) < 0 || bind_device(&nvme) < 0) {
         result(0, "edu and NVMe bound to vfio-pci");
         return 1;
