@@ -15,12 +15,12 @@
  *
  * DMA mappings stay in the IOMMU with their pages pinned; only the
  * virtual address each one has in the process that owns it changes.  The
- * list of mappings (IOVA, size, RAM block, offset) goes to the new
- * process as "vfio-dma:<group>", a vmstate record ("vfio-cpr-dma").
- * Until it has loaded the VM's state, the new process changes nothing in
- * the IOMMU: the memory listener's sections that match a kept mapping
- * are noted, the others wait.  Once the state is loaded, each kept
- * mapping is pointed at the address the same RAM has in the new process
+ * list of mappings (IOVA, size, RAM block, offset) goes with the device
+ * state (section "vfio-cpr-dma"), saved once the VM is stopped.  Until
+ * it has loaded the VM's state, the new process changes nothing in the
+ * IOMMU: it holds the sections its memory listener adds.  Once the state
+ * is loaded, each kept mapping that a held section matches is pointed at
+ * the address the same RAM has in the new process
  * (VFIO_IOMMU_MAP_DMA with VFIO_DMA_MAP_FLAG_VADDR; for transfer mode,
  * after invalidating the old process's address with
  * VFIO_DMA_UNMAP_FLAG_VADDR, which also moves the locked-memory charge
@@ -58,18 +58,16 @@ typedef struct VFIOCprOld {
     uint64_t size;
     char *idstr;                /* RAM block and offset it maps */
     uint64_t offset;
-    void *vaddr;                /* the same memory here, once it is seen */
-    bool readonly;
     bool repointed;
 } VFIOCprOld;
 
-/* A section the new process left unmapped until the VM is loaded */
-typedef struct VFIOCprDeferred {
+/* A section of the new process's memory map, held until the VM is loaded */
+typedef struct VFIOCprSection {
     hwaddr iova;
     uint64_t size;
     void *vaddr;
     bool readonly;
-} VFIOCprDeferred;
+} VFIOCprSection;
 
 static bool vfio_cpr_hooked;
 
@@ -81,11 +79,6 @@ static char *vfio_cpr_dev_name(const char *name)
 static char *vfio_cpr_irq_name(VFIODevice *vbasedev, const char *kind)
 {
     return g_strdup_printf("vfio-irq:%s:%s", vbasedev->name, kind);
-}
-
-static char *vfio_cpr_dma_name(int groupid)
-{
-    return g_strdup_printf("vfio-dma:%d", groupid);
 }
 
 int vfio_cpr_group_fd(int groupid)
@@ -163,7 +156,12 @@ void vfio_cpr_dma_unmapped(VFIOContainer *c, hwaddr iova, uint64_t size)
     }
 }
 
-/* The DMA mappings of a container as they cross execve */
+/*
+ * The DMA mappings of a container, in the device state that cprsave
+ * saves (a section "vfio-cpr-dma" per container, its first group's
+ * number as instance id): what the process that loads it finds in the
+ * IOMMU
+ */
 
 typedef struct VFIOCprDmaRecord {
     uint64_t iova;
@@ -174,6 +172,7 @@ typedef struct VFIOCprDmaRecord {
 } VFIOCprDmaRecord;
 
 typedef struct VFIOCprDmaList {
+    VFIOContainer *c;
     int32_t count;
     VFIOCprDmaRecord *maps;
 } VFIOCprDmaList;
@@ -219,6 +218,88 @@ static const VMStateDescription vmstate_vfio_cpr_dma_record = {
     },
 };
 
+static bool vfio_cpr_dma_needed(void *opaque)
+{
+    return cpr_save_in_progress();
+}
+
+static void vfio_cpr_dma_list_clear(VFIOCprDmaList *l, bool loaded)
+{
+    int i;
+
+    for (i = 0; loaded && l->maps && i < l->count; i++) {
+        g_free(l->maps[i].idstr);
+    }
+    g_clear_pointer(&l->maps, g_free);
+    l->count = 0;
+}
+
+static int vfio_cpr_dma_pre_save(void *opaque)
+{
+    VFIOCprDmaList *l = opaque;
+    GArray *ranges = l->c->cpr_ranges;
+    int i;
+
+    vfio_cpr_dma_list_clear(l, false);
+    l->count = ranges ? ranges->len : 0;
+    l->maps = g_new0(VFIOCprDmaRecord, l->count);
+    for (i = 0; i < l->count; i++) {
+        VFIODMARange *r = &g_array_index(ranges, VFIODMARange, i);
+        ram_addr_t offset = 0;
+        RAMBlock *rb = qemu_ram_block_from_host(r->vaddr, false, &offset);
+        const char *idstr = vfio_cpr_rb_name(rb);
+
+        l->maps[i] = (VFIOCprDmaRecord) {
+            .iova = r->iova, .size = r->size, .offset = offset,
+            .idstr_len = strlen(idstr) + 1, .idstr = (uint8_t *)idstr,
+        };
+    }
+    return 0;
+}
+
+static int vfio_cpr_dma_post_save(void *opaque)
+{
+    vfio_cpr_dma_list_clear(opaque, false);
+    return 0;
+}
+
+static int vfio_cpr_dma_pre_load(void *opaque)
+{
+    vfio_cpr_dma_list_clear(opaque, true);
+    return 0;
+}
+
+static void vfio_cpr_old_free(gpointer p)
+{
+    g_free(((VFIOCprOld *)p)->idstr);
+}
+
+/* In the new process: the old process's mappings of this container */
+static int vfio_cpr_dma_post_load(void *opaque, int version_id)
+{
+    VFIOCprDmaList *l = opaque;
+    VFIOContainer *c = l->c;
+    int i;
+
+    if (c->cpr_old) {
+        g_array_free(c->cpr_old, true);
+    }
+    c->cpr_old = g_array_new(false, false, sizeof(VFIOCprOld));
+    g_array_set_clear_func(c->cpr_old, vfio_cpr_old_free);
+    for (i = 0; i < l->count; i++) {
+        VFIOCprOld old = {
+            .iova = l->maps[i].iova,
+            .size = l->maps[i].size,
+            .idstr = (char *)g_steal_pointer(&l->maps[i].idstr),
+            .offset = l->maps[i].offset,
+        };
+
+        g_array_append_val(c->cpr_old, old);
+    }
+    vfio_cpr_dma_list_clear(l, true);
+    return 0;
+}
+
 static bool vfio_cpr_dma_list_count_ok(void *opaque, int version_id)
 {
     VFIOCprDmaList *l = opaque;
@@ -230,6 +311,11 @@ static const VMStateDescription vmstate_vfio_cpr_dma = {
     .name = "vfio-cpr-dma",
     .version_id = 1,
     .minimum_version_id = 1,
+    .needed = vfio_cpr_dma_needed,
+    .pre_save = vfio_cpr_dma_pre_save,
+    .post_save = vfio_cpr_dma_post_save,
+    .pre_load = vfio_cpr_dma_pre_load,
+    .post_load = vfio_cpr_dma_post_load,
     .fields = (VMStateField[]) {
         VMSTATE_INT32(count, VFIOCprDmaList),
         VMSTATE_VALIDATE("count", vfio_cpr_dma_list_count_ok),
@@ -240,46 +326,21 @@ static const VMStateDescription vmstate_vfio_cpr_dma = {
     },
 };
 
-/* In the new process: the old process's mappings of this container */
-
-static void vfio_cpr_old_free(gpointer p)
+/*
+ * Every container: its mappings go with the device state.  In a process
+ * that took it over, nothing changes in the IOMMU until the VM's state is
+ * loaded: the sections of the memory map are held (cpr_seen).
+ */
+void vfio_cpr_container_init(VFIOContainer *c, int groupid)
 {
-    g_free(((VFIOCprOld *)p)->idstr);
-}
+    VFIOCprDmaList *l = g_new0(VFIOCprDmaList, 1);
 
-void vfio_cpr_container_incoming(VFIOContainer *c, int groupid)
-{
-    g_autofree char *key = vfio_cpr_dma_name(groupid);
-    VFIOCprDmaList list = { 0 };
-    Error *err = NULL;
-    int i;
-
-    if (!cpr_is_incoming() || !cpr_has_fd(key, 0)) {
-        return;
+    l->c = c;
+    c->cpr_dma = l;
+    vmstate_register(NULL, groupid, &vmstate_vfio_cpr_dma, l);
+    if (c->cpr_kept) {
+        c->cpr_seen = g_array_new(false, false, sizeof(VFIOCprSection));
     }
-    c->cpr_old = g_array_new(false, false, sizeof(VFIOCprOld));
-    g_array_set_clear_func(c->cpr_old, vfio_cpr_old_free);
-    c->cpr_deferred = g_array_new(false, false, sizeof(VFIOCprDeferred));
-    if (!cpr_take_vmstate(key, &vmstate_vfio_cpr_dma, &list, &err)) {
-        /*
-         * Its mappings are then made anew as sections come.  The entries
-         * a failed load did not reach are not initialised: not freed.
-         */
-        warn_report_err(err);
-        g_free(list.maps);
-        return;
-    }
-    for (i = 0; list.maps && i < list.count; i++) {
-        VFIOCprOld old = {
-            .iova = list.maps[i].iova,
-            .size = list.maps[i].size,
-            .idstr = (char *)list.maps[i].idstr,
-            .offset = list.maps[i].offset,
-        };
-
-        g_array_append_val(c->cpr_old, old);
-    }
-    g_free(list.maps);
 }
 
 /*
@@ -329,61 +390,37 @@ static bool vfio_cpr_point(VFIOContainer *c, hwaddr iova, uint64_t size,
 }
 
 /*
- * In the new process, until the VM's state is loaded: note the sections
- * that match a kept mapping, leave the others for later.  Nothing changes
- * in the IOMMU: the device works for the old view of memory, and for
- * transfer mode the old process still runs the VM.
+ * In the new process, until the VM's state is loaded: hold every section
+ * the memory listener adds.  Nothing changes in the IOMMU: the device
+ * works for the old view of memory, and for transfer mode the old
+ * process still runs the VM.
  */
 bool vfio_cpr_dma_map(VFIOContainer *c, hwaddr iova, uint64_t size,
                       void *vaddr, bool readonly, int *ret)
 {
-    VFIOCprDeferred d = { iova, size, vaddr, readonly };
-    ram_addr_t offset = 0;
-    RAMBlock *rb;
-    guint i;
+    VFIOCprSection sec = { iova, size, vaddr, readonly };
 
-    if (!c->cpr_old) {
+    if (!c->cpr_seen) {
         return false;
     }
-    rb = qemu_ram_block_from_host(vaddr, false, &offset);
-    *ret = 0;
-    for (i = 0; i < c->cpr_old->len; i++) {
-        VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
-
-        if (!old->vaddr && old->iova == iova && old->size == size &&
-            !strcmp(old->idstr, vfio_cpr_rb_name(rb)) &&
-            old->offset == offset) {
-            old->vaddr = vaddr;
-            old->readonly = readonly;
-            return true;
-        }
-    }
     trace_vfio_cpr_dma_defer(iova, size);
-    g_array_append_val(c->cpr_deferred, d);
+    g_array_append_val(c->cpr_seen, sec);
+    *ret = 0;
     return true;
 }
 
 bool vfio_cpr_dma_unmap(VFIOContainer *c, hwaddr iova, uint64_t size)
 {
-    guint i;
+    guint i = 0;
 
-    if (!c->cpr_old) {
+    if (!c->cpr_seen) {
         return false;
     }
-    for (i = 0; i < c->cpr_old->len; i++) {
-        VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
+    while (i < c->cpr_seen->len) {
+        VFIOCprSection *sec = &g_array_index(c->cpr_seen, VFIOCprSection, i);
 
-        if (old->iova >= iova && old->iova + old->size <= iova + size) {
-            old->vaddr = NULL;
-        }
-    }
-    i = 0;
-    while (i < c->cpr_deferred->len) {
-        VFIOCprDeferred *d = &g_array_index(c->cpr_deferred,
-                                            VFIOCprDeferred, i);
-
-        if (d->iova >= iova && d->iova + d->size <= iova + size) {
-            g_array_remove_index(c->cpr_deferred, i);
+        if (sec->iova >= iova && sec->iova + sec->size <= iova + size) {
+            g_array_remove_index(c->cpr_seen, i);
         } else {
             i++;
         }
@@ -391,23 +428,51 @@ bool vfio_cpr_dma_unmap(VFIOContainer *c, hwaddr iova, uint64_t size)
     return true;
 }
 
-/* The VM's state is loaded: point the kept mappings at this process. */
+/* The section held for the old mapping @old, or -1 */
+static int vfio_cpr_section_of(VFIOContainer *c, VFIOCprOld *old)
+{
+    guint i;
+
+    for (i = 0; i < c->cpr_seen->len; i++) {
+        VFIOCprSection *sec = &g_array_index(c->cpr_seen, VFIOCprSection, i);
+        ram_addr_t offset = 0;
+        RAMBlock *rb;
+
+        if (sec->iova != old->iova || sec->size != old->size) {
+            continue;
+        }
+        rb = qemu_ram_block_from_host(sec->vaddr, false, &offset);
+        if (!strcmp(old->idstr, vfio_cpr_rb_name(rb)) &&
+            offset == old->offset) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/*
+ * The VM's state is loaded: point each kept mapping that the loaded
+ * memory map has at this process.
+ */
 static bool vfio_cpr_container_take(VFIOContainer *c, Error **errp)
 {
     guint i;
 
-    for (i = 0; c->cpr_old && i < c->cpr_old->len; i++) {
+    for (i = 0; c->cpr_seen && c->cpr_old && i < c->cpr_old->len; i++) {
         VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
+        int s = old->repointed ? -1 : vfio_cpr_section_of(c, old);
+        VFIOCprSection sec;
 
-        if (!old->vaddr || old->repointed) {
+        if (s < 0) {
             continue;
         }
-        if (!vfio_cpr_point(c, old->iova, old->size, old->vaddr, errp)) {
+        sec = g_array_index(c->cpr_seen, VFIOCprSection, s);
+        if (!vfio_cpr_point(c, old->iova, old->size, sec.vaddr, errp)) {
             return false;
         }
         old->repointed = true;
-        vfio_cpr_dma_mapped(c, old->iova, old->size, old->vaddr,
-                            old->readonly);
+        g_array_remove_index(c->cpr_seen, s);
+        vfio_cpr_dma_mapped(c, sec.iova, sec.size, sec.vaddr, sec.readonly);
     }
     return true;
 }
@@ -416,12 +481,10 @@ static bool vfio_cpr_container_take(VFIOContainer *c, Error **errp)
 static void vfio_cpr_container_reconcile(VFIOContainer *c)
 {
     struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap) };
+    g_autoptr(GArray) seen = g_steal_pointer(&c->cpr_seen);
     guint i;
 
-    if (!c->cpr_old) {
-        return;
-    }
-    for (i = 0; i < c->cpr_old->len; i++) {
+    for (i = 0; seen && c->cpr_old && i < c->cpr_old->len; i++) {
         VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
 
         if (old->repointed) {
@@ -436,20 +499,19 @@ static void vfio_cpr_container_reconcile(VFIOContainer *c)
             error_report("vfio: VFIO_UNMAP_DMA failed: %s", strerror(errno));
         }
     }
-    g_array_free(c->cpr_old, true);
-    c->cpr_old = NULL;
-    for (i = 0; i < c->cpr_deferred->len; i++) {
-        VFIOCprDeferred *d = &g_array_index(c->cpr_deferred,
-                                            VFIOCprDeferred, i);
+    if (c->cpr_old) {
+        g_array_free(c->cpr_old, true);
+        c->cpr_old = NULL;
+    }
+    for (i = 0; seen && i < seen->len; i++) {
+        VFIOCprSection *sec = &g_array_index(seen, VFIOCprSection, i);
 
-        if (vfio_container_dma_map(c, d->iova, d->size, d->vaddr,
-                                   d->readonly)) {
+        if (vfio_container_dma_map(c, sec->iova, sec->size, sec->vaddr,
+                                   sec->readonly)) {
             error_report("vfio: cannot map 0x%" HWADDR_PRIx "+0x%" PRIx64
-                         " after the VM was loaded", d->iova, d->size);
+                         " after the VM was loaded", sec->iova, sec->size);
         }
     }
-    g_array_free(c->cpr_deferred, true);
-    c->cpr_deferred = NULL;
 }
 
 /* What crosses to the new process */
@@ -502,34 +564,6 @@ static void vfio_cpr_save_device(VFIODevice *vbasedev, bool keep)
             }
         }
     }
-}
-
-static void vfio_cpr_keep_ranges(VFIOContainer *c, int groupid, bool keep)
-{
-    g_autofree char *key = vfio_cpr_dma_name(groupid);
-    int n = c->cpr_ranges ? c->cpr_ranges->len : 0;
-    g_autofree VFIOCprDmaRecord *maps = NULL;
-    VFIOCprDmaList list = { .count = n };
-    int i;
-
-    if (!keep) {
-        cpr_delete_fd(key, 0);
-        return;
-    }
-    maps = g_new0(VFIOCprDmaRecord, n);
-    list.maps = maps;
-    for (i = 0; i < n; i++) {
-        VFIODMARange *r = &g_array_index(c->cpr_ranges, VFIODMARange, i);
-        ram_addr_t offset = 0;
-        RAMBlock *rb = qemu_ram_block_from_host(r->vaddr, false, &offset);
-        const char *idstr = vfio_cpr_rb_name(rb);
-
-        maps[i] = (VFIOCprDmaRecord) {
-            .iova = r->iova, .size = r->size, .offset = offset,
-            .idstr_len = strlen(idstr) + 1, .idstr = (uint8_t *)idstr,
-        };
-    }
-    cpr_save_vmstate(key, &vmstate_vfio_cpr_dma, &list);
 }
 
 /* The new process owns the VM: its IOMMU map becomes the loaded one's. */
@@ -618,10 +652,6 @@ static void vfio_cpr_keep(bool keep)
         cpr_keep_fd("vfio-container", group->groupid, c->fd, keep);
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
             vfio_cpr_save_device(vbasedev, keep);
-        }
-        /* A container's mappings go once, under its first group. */
-        if (group == QLIST_FIRST(&c->group_list)) {
-            vfio_cpr_keep_ranges(c, group->groupid, keep);
         }
     }
 }
@@ -820,13 +850,20 @@ void vfio_pci_cpr_unregister(VFIOPCIDevice *vdev)
 
 void vfio_cpr_container_free(VFIOContainer *c)
 {
+    if (c->cpr_dma) {
+        VFIOCprDmaList *l = c->cpr_dma;
+
+        vmstate_unregister(NULL, &vmstate_vfio_cpr_dma, l);
+        vfio_cpr_dma_list_clear(l, true);
+        g_free(l);
+    }
     if (c->cpr_ranges) {
         g_array_free(c->cpr_ranges, true);
     }
     if (c->cpr_old) {
         g_array_free(c->cpr_old, true);
     }
-    if (c->cpr_deferred) {
-        g_array_free(c->cpr_deferred, true);
+    if (c->cpr_seen) {
+        g_array_free(c->cpr_seen, true);
     }
 }
