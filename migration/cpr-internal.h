@@ -211,8 +211,11 @@ void cpr_relay_mark(bool to, bool keep);
 void cpr_relay_incoming(void);
 /* Taking the VM on a leg of a relay: run it as it was, ignoring -S */
 bool cpr_relay_leg_incoming(void);
-/* The relay has taken the VM: hand it back over @fd */
-void cpr_relay_hand_back(int fd);
+/*
+ * The relay has taken the VM and runs it: hand it back over @fd, or, with
+ * @fd -1, keep it because of @err (taken)
+ */
+void cpr_relay_loaded(int fd, Error *err);
 /* cpr.c: the relay's transfer back over @fd, in a coroutine */
 bool coroutine_fn cpr_save_relay_back(int fd, Error **errp);
 

@@ -131,8 +131,9 @@ int cpr_relay_spawn(const char *binary, Error **errp)
 {
     g_autofree char *channel = NULL;
     g_auto(GStrv) argv = NULL;
-    int sv[2], ep[2], status, err = 0;
-    pid_t pid;
+    int sv[2], ep[2], status = 0, err = 0;
+    ssize_t n;
+    pid_t pid, waited = -1;
 
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         error_setg_errno(errp, errno, "cannot create a socket pair");
@@ -153,8 +154,10 @@ int cpr_relay_spawn(const char *binary, Error **errp)
      */
     pid = fork();
     if (pid == 0) {
-        if (fork() != 0) {
-            _exit(0);
+        pid_t relay = fork();
+
+        if (relay != 0) {
+            _exit(relay < 0);
         }
         cpr_relay_cloexec_all_but(sv[1]);
         execv(binary, argv);
@@ -166,12 +169,16 @@ int cpr_relay_spawn(const char *binary, Error **errp)
     }
     close(sv[1]);
     close(ep[1]);
-    if (pid < 0 || waitpid(pid, &status, 0) < 0 || status) {
+    if (pid > 0) {
+        TFR(waited = waitpid(pid, &status, 0));
+    }
+    if (pid < 0 || waited < 0 || status) {
         error_setg_errno(errp, pid < 0 ? errno : 0,
                          "cannot start the relay QEMU");
         goto fail;
     }
-    if (read(ep[0], &err, sizeof(err)) == sizeof(err)) {
+    TFR(n = read(ep[0], &err, sizeof(err)));
+    if (n == sizeof(err)) {
         error_setg_errno(errp, err, "cannot execute '%s'", binary);
         goto fail;
     }
@@ -206,7 +213,22 @@ void cpr_relay_exec(int fd, const char *binary)
     _exit(1);
 }
 
-/* R: hand the VM back to P's new binary as soon as R runs it */
+/*
+ * R cannot hand the VM back: it runs the VM on, in its own PID, and
+ * answers cprsave with what happened
+ */
+static void cpr_relay_keep(Error *err)
+{
+    cpr_relay_failed = g_strdup_printf("the new QEMU did not take the VM "
+        "back from the relay process (%s); the VM runs on in the relay, "
+        "process %d", error_get_pretty(err), getpid());
+    error_free(err);
+    error_report("cprsave relay: %s", cpr_relay_failed);
+    cpr_relay_leg = CPR_RELAY_NONE;
+    cpr_notify(CPR_EVENT_RELAY_KEPT, NULL);
+}
+
+/* R: hand the VM back to P's new binary */
 typedef struct CprRelayBack {
     int fd;
 } CprRelayBack;
@@ -217,9 +239,7 @@ static void coroutine_fn cpr_relay_back_co(void *opaque)
     Error *err = NULL;
 
     if (!cpr_save_relay_back(b->fd, &err)) {
-        error_reportf_err(err, "cprsave relay: the VM stays in this process "
-                          "(pid %d), the one that executed the new binary "
-                          "did not take it: ", getpid());
+        cpr_relay_keep(err);
     }
     g_free(b);
 }
@@ -229,11 +249,20 @@ static void cpr_relay_back_bh(void *opaque)
     qemu_coroutine_enter(qemu_coroutine_create(cpr_relay_back_co, opaque));
 }
 
-void cpr_relay_hand_back(int fd)
+void cpr_relay_loaded(int fd, Error *err)
 {
-    CprRelayBack *b = g_new0(CprRelayBack, 1);
+    CprRelayBack *b;
 
+    if (fd < 0) {
+        cpr_relay_keep(err);
+        return;
+    }
+    b = g_new0(CprRelayBack, 1);
     b->fd = fd;
-    /* From the main loop, once the VM runs here */
-    aio_bh_schedule_oneshot(qemu_get_aio_context(), cpr_relay_back_bh, b);
+    /*
+     * The VM runs here and this process is done taking it: from the main
+     * loop, not from a nested poll of the main context
+     */
+    aio_bh_schedule_oneshot(iohandler_get_aio_context(), cpr_relay_back_bh,
+                            b);
 }

@@ -65,6 +65,9 @@ static bool cpr_transfer_images_lost;
 
 /* New process: connected to the old one until the commit */
 static int cpr_transfer_in = -1;
+/* A relay: the socket it hands the VM back over, or why it cannot */
+static int cpr_transfer_back = -1;
+static Error *cpr_transfer_back_err;
 static char *cpr_transfer_channel;
 
 /* New process: what waits until it has taken the VM */
@@ -74,24 +77,41 @@ typedef struct CprDeferred {
 } CprDeferred;
 static GSList *cpr_transfer_deferred;
 
-static bool cpr_transfer_pidfile(void)
+/* The value of option -@name (or --@name) this QEMU was started with */
+static const char *cpr_transfer_arg(const char *name)
 {
     char **arg;
 
-    for (arg = cpr_get_argv(); *arg; arg++) {
-        if (!strcmp(*arg, "-pidfile") || !strcmp(*arg, "--pidfile")) {
-            return true;
+    for (arg = cpr_get_argv(); *arg && arg[1]; arg++) {
+        const char *a = *arg + (arg[0][0] == '-' && arg[0][1] == '-');
+
+        if (a[0] == '-' && !strcmp(a + 1, name)) {
+            return arg[1];
         }
     }
-    return false;
+    return NULL;
 }
 
 static void cpr_transfer_blockers(CprBlockerList ***tail)
 {
-    if (cpr_transfer_pidfile()) {
+    const char *display = cpr_transfer_arg("display");
+
+    if (cpr_transfer_arg("pidfile")) {
         cpr_add_blocker(tail, CPR_MODE_TRANSFER, "pidfile",
                         "the new QEMU cannot lock the pid file this one "
                         "holds; start QEMU without -pidfile");
+    }
+    /*
+     * Their listening sockets are not handed over, and the new QEMU
+     * would bind them only after it has taken the VM
+     */
+    if (cpr_transfer_arg("vnc") || cpr_transfer_arg("spice") ||
+        (display && (g_str_has_prefix(display, "vnc") ||
+                     g_str_has_prefix(display, "spice")))) {
+        cpr_add_blocker(tail, CPR_MODE_TRANSFER, "display",
+                        "a VNC or SPICE server listens on sockets the new "
+                        "QEMU cannot take over; use mode 'restart' without "
+                        "'relay'");
     }
     cpr_ram_add_blockers(tail, CPR_MODE_TRANSFER);
 }
@@ -236,8 +256,7 @@ static bool cpr_transfer_finish(const CprSaveArgs *args, Error **errp)
                ids->len * g_array_get_element_size(ids))) {
         error_setg(errp, "what the new QEMU was given changed while it "
                    "started (a socket chardev's client came or went, or a "
-                   "VFIO device's interrupts or DMA mappings changed); try "
-                   "again");
+                   "VFIO device's interrupts changed); try again");
         return false;
     }
     if (bdrv_inactivate_all() < 0) {
@@ -400,13 +419,21 @@ static void cpr_transfer_loaded(void)
     if (!cpr_channel_send(cpr_transfer_in, CPR_MSG_COMMIT, NULL, 0, NULL, 0,
                           &err)) {
         /* The old process is gone: the VM is only here now */
-        warn_reportf_err(err, "cprsave transfer: the old QEMU did not get "
-                         "the commit, this process runs the VM: ");
-    }
-    if (cpr_transfer_relaying()) {
+        if (cpr_transfer_relaying()) {
+            error_prepend(&err, "the process that started the relay did not "
+                          "get its commit: ");
+            cpr_transfer_back_err = err;
+        } else {
+            warn_reportf_err(err, "cprsave transfer: the old QEMU did not "
+                             "get the commit, this process runs the VM: ");
+        }
+        err = NULL;
+    } else if (cpr_transfer_relaying()) {
         /* The same socket takes the VM back to the old QEMU's PID */
-        cpr_relay_hand_back(cpr_transfer_in);
-    } else {
+        cpr_transfer_back = cpr_transfer_in;
+        cpr_transfer_in = -1;
+    }
+    if (cpr_transfer_in >= 0) {
         close(cpr_transfer_in);
     }
     cpr_transfer_in = -1;
@@ -427,6 +454,11 @@ static void cpr_transfer_load_done(void)
 {
     cpr_ram_load_done();
     cpr_state_incoming_done();
+    if (cpr_transfer_relaying()) {
+        cpr_relay_loaded(cpr_transfer_back, cpr_transfer_back_err);
+        cpr_transfer_back = -1;
+        cpr_transfer_back_err = NULL;
+    }
 }
 
 bool cpr_transfer_defer(CprDeferFn *fn, void *opaque)

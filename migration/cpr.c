@@ -252,12 +252,13 @@ static void cpr_save_stopped(CprSave *s)
 
 failed:
     trace_cpr_save_failed(error_get_pretty(*errp));
+    /* Undone before the VM runs again (VFIO takes its mappings back) */
+    if (ops->abandon) {
+        ops->abandon();
+    }
     if (was_running && ops->resume_on_error &&
         (!ops->can_resume || ops->can_resume())) {
         vm_start();
-    }
-    if (ops->abandon) {
-        ops->abandon();
     }
 }
 
@@ -280,10 +281,10 @@ static void coroutine_fn cpr_save(CprSave *s)
                    CprMode_str(s->args.relay ? CPR_MODE_RESTART :
                                s->ops->mode),
                    s->args.relay ? " with 'relay'" : "");
-        return;
+        goto refused;
     }
     if (!cpr_save_allowed(s->ops, &s->args, errp)) {
-        return;
+        goto refused;
     }
     trace_cpr_save_start(s->args.file ?: s->args.channel,
                          CprMode_str(s->ops->mode));
@@ -308,6 +309,13 @@ static void coroutine_fn cpr_save(CprSave *s)
 out:
     g_clear_pointer(&s->args.state, g_byte_array_unref);
     cpr_save_busy = false;
+    return;
+
+refused:
+    /* The mode's preparation takes a given channel; nobody else does */
+    if (s->args.channel_fd >= 0) {
+        close(s->args.channel_fd);
+    }
 }
 
 void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
@@ -330,6 +338,16 @@ void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
     };
 
     if (has_relay && relay) {
+        char **arg;
+
+        for (arg = cpr_get_argv(); *arg; arg++) {
+            if (!strcmp(*arg, "--preconfig") || !strcmp(*arg, "-preconfig")) {
+                error_setg(errp, "a QEMU started with --preconfig cannot "
+                           "go through a relay, which would wait for "
+                           "x-exit-preconfig");
+                return;
+            }
+        }
         if (mode != CPR_MODE_RESTART) {
             error_setg(errp, "'relay' is only for mode 'restart'");
             return;

@@ -367,6 +367,26 @@ static bool qmp_cpr_quiesce(Error **errp)
     return true;
 }
 
+/*
+ * A relay could not hand the VM back and runs it on: its monitors read
+ * their connections now, and cprsave's pending answer says what happened
+ */
+static void qmp_cpr_relay_kept(void)
+{
+    GSList *l;
+
+    WITH_QEMU_LOCK_GUARD(&qmp_cpr_lock) {
+        for (l = qmp_cpr_kept; l; l = l->next) {
+            QmpCprKept *k = l->data;
+
+            if (!k->opened && k->reply) {
+                qmp_cpr_reply_error(k->reply, "%s", cpr_relay_error());
+            }
+        }
+    }
+    monitor_qmp_attach_relayed();
+}
+
 static int qmp_cpr_notify(NotifierWithReturn *n, void *data)
 {
     CprNotifyData *d = data;
@@ -376,6 +396,9 @@ static int qmp_cpr_notify(NotifierWithReturn *n, void *data)
         return qmp_cpr_quiesce(d->errp) ? 0 : -1;
     case CPR_EVENT_TRANSFER_FAILED:
         qmp_cpr_resume_quiet();
+        break;
+    case CPR_EVENT_RELAY_KEPT:
+        qmp_cpr_relay_kept();
         break;
     default:
         break;

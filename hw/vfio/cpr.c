@@ -175,7 +175,11 @@ typedef struct VFIOCprDmaList {
     VFIOContainer *c;
     int32_t count;
     VFIOCprDmaRecord *maps;
+    int32_t started;            /* loading: elements initialised so far */
 } VFIOCprDmaList;
+
+/* The list being loaded, whose elements vmstate allocates uninitialised */
+static VFIOCprDmaList *vfio_cpr_dma_loading;
 
 /* Bounds checked before a length or count sizes an allocation */
 #define VFIO_CPR_MAX_IDSTR      256
@@ -185,6 +189,7 @@ typedef struct VFIOCprDmaList {
 static int vfio_cpr_dma_record_pre_load(void *opaque)
 {
     memset(opaque, 0, sizeof(VFIOCprDmaRecord));
+    vfio_cpr_dma_loading->started++;
     return 0;
 }
 
@@ -223,15 +228,17 @@ static bool vfio_cpr_dma_needed(void *opaque)
     return cpr_save_in_progress();
 }
 
+/* @loaded: the strings are the list's own, in its first @started maps */
 static void vfio_cpr_dma_list_clear(VFIOCprDmaList *l, bool loaded)
 {
     int i;
 
-    for (i = 0; loaded && l->maps && i < l->count; i++) {
+    for (i = 0; loaded && l->maps && i < l->started; i++) {
         g_free(l->maps[i].idstr);
     }
     g_clear_pointer(&l->maps, g_free);
     l->count = 0;
+    l->started = 0;
 }
 
 static int vfio_cpr_dma_pre_save(void *opaque)
@@ -240,7 +247,7 @@ static int vfio_cpr_dma_pre_save(void *opaque)
     GArray *ranges = l->c->cpr_ranges;
     int i;
 
-    vfio_cpr_dma_list_clear(l, false);
+    vfio_cpr_dma_list_clear(l, true);
     l->count = ranges ? ranges->len : 0;
     l->maps = g_new0(VFIOCprDmaRecord, l->count);
     for (i = 0; i < l->count; i++) {
@@ -266,6 +273,7 @@ static int vfio_cpr_dma_post_save(void *opaque)
 static int vfio_cpr_dma_pre_load(void *opaque)
 {
     vfio_cpr_dma_list_clear(opaque, true);
+    vfio_cpr_dma_loading = opaque;
     return 0;
 }
 
@@ -456,9 +464,16 @@ static int vfio_cpr_section_of(VFIOContainer *c, VFIOCprOld *old)
  */
 static bool vfio_cpr_container_take(VFIOContainer *c, Error **errp)
 {
+    Error *err = NULL;
     guint i;
 
-    for (i = 0; c->cpr_seen && c->cpr_old && i < c->cpr_old->len; i++) {
+    if (c->cpr_seen && !c->cpr_old) {
+        error_setg(errp, "vfio: the VM's state has no list of the DMA "
+                   "mappings this process took over");
+        return false;
+    }
+    /* All that can be taken; the first failure is the error */
+    for (i = 0; c->cpr_seen && i < c->cpr_old->len; i++) {
         VFIOCprOld *old = &g_array_index(c->cpr_old, VFIOCprOld, i);
         int s = old->repointed ? -1 : vfio_cpr_section_of(c, old);
         VFIOCprSection sec;
@@ -467,12 +482,17 @@ static bool vfio_cpr_container_take(VFIOContainer *c, Error **errp)
             continue;
         }
         sec = g_array_index(c->cpr_seen, VFIOCprSection, s);
-        if (!vfio_cpr_point(c, old->iova, old->size, sec.vaddr, errp)) {
-            return false;
+        if (!vfio_cpr_point(c, old->iova, old->size, sec.vaddr,
+                            err ? NULL : &err)) {
+            continue;
         }
         old->repointed = true;
         g_array_remove_index(c->cpr_seen, s);
         vfio_cpr_dma_mapped(c, sec.iova, sec.size, sec.vaddr, sec.readonly);
+    }
+    if (err) {
+        error_propagate(errp, err);
+        return false;
     }
     return true;
 }
@@ -699,19 +719,29 @@ static int vfio_cpr_loaded(Error **errp)
 {
     VFIOGroup *group;
     VFIODevice *vbasedev;
-    bool later;
+    Error *err = NULL;
+    bool transfer;
 
     QLIST_FOREACH(group, &vfio_group_list, next) {
-        if (!vfio_cpr_container_take(group->container, errp)) {
-            return -1;
+        if (group == QLIST_FIRST(&group->container->group_list)) {
+            vfio_cpr_container_take(group->container, err ? NULL : &err);
         }
         QLIST_FOREACH(vbasedev, &group->device_list, next) {
             vbasedev->cpr_resume = false;
         }
     }
     /* A transfer changes the IOMMU's map only once this process has the VM */
-    later = cpr_transfer_defer(vfio_cpr_reconcile, NULL);
-    if (!later) {
+    transfer = cpr_transfer_defer(vfio_cpr_reconcile, NULL);
+    if (err && transfer) {
+        /* Refused: the old process takes its mappings back */
+        error_propagate(errp, err);
+        return -1;
+    }
+    if (err) {
+        /* After execve nobody else can have the VM: map what can be */
+        error_report_err(err);
+    }
+    if (!transfer) {
         vfio_cpr_reconcile(NULL);
     }
     return 0;

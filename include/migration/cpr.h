@@ -73,9 +73,10 @@ bool cpr_transfer_defer(CprDeferFn *fn, void *opaque);
 bool cpr_transfer_relaying(void);
 
 /*
- * Set when the process that started a cprsave restart with "relay" could
- * not execute the new binary and took the VM back with the one it ran:
- * the error its answer to cprsave carries (else NULL)
+ * What went wrong in a cprsave restart with "relay", for the answer to
+ * cprsave: the process that started it could not execute the new binary
+ * and took the VM back with the one it ran, or the relay could not hand
+ * the VM back and runs it on.  NULL if nothing did.
  */
 const char *cpr_relay_error(void);
 
@@ -191,6 +192,12 @@ typedef enum CprEvent {
     CPR_EVENT_TRANSFER,
     /* The transfer failed after CPR_EVENT_TRANSFER: undo it. */
     CPR_EVENT_TRANSFER_FAILED,
+    /*
+     * The relay of a cprsave restart cannot hand the VM back and runs it
+     * on: serve its clients as the VM's process (cpr_relay_error() says
+     * what happened).
+     */
+    CPR_EVENT_RELAY_KEPT,
 } CprEvent;
 
 typedef struct CprNotifyData {

@@ -2617,14 +2617,24 @@ static void test_transfer_blocked(void)
     static const char *const pidfile[] = {
         "-pidfile", "@DIR@/qemu.pid", NULL
     };
+    static const char *const vnc[] = { "-vnc", "unix:@DIR@/vnc.sock", NULL };
     g_autofree char *machine = memfd_machine();
     CprVm *vm = vm_start_args(machine, -1, pidfile, CONSOLE_FILE);
     g_autofree char *pid_path = g_build_filename(vm->dir, "qemu.pid", NULL);
+    g_autofree char *vnc_path = NULL;
 
     vm_transfer_fails(vm, "cprsave is blocked by 'pidfile': ");
     g_assert_cmpstr(vm_status(vm), ==, "running");
-    vm_kill(vm);
     unlink(pid_path);
+    vm_kill(vm);
+
+    /* A VNC server's listening socket would be bound after the commit */
+    vm = vm_start_args(machine, -1, vnc, CONSOLE_FILE);
+    vnc_path = g_build_filename(vm->dir, "vnc.sock", NULL);
+    vm_transfer_fails(vm, "cprsave is blocked by 'display': ");
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    unlink(vnc_path);
+    vm_kill(vm);
 }
 
 static long vm_rss_kb(CprVm *vm)
@@ -2751,6 +2761,8 @@ static void test_relay_fails(void)
     g_autofree char *bad = g_build_filename(vm->dir, "not-qemu", NULL);
     g_autofree char *bigger = g_build_filename(vm->dir, "bigger", NULL);
     g_autofree char *once = g_build_filename(vm->dir, "once", NULL);
+    g_autofree char *twice = g_build_filename(vm->dir, "twice", NULL);
+    g_autofree char *ran = NULL;
     g_autofree char *script = NULL, *err = NULL;
     g_autofree uint64_t *before = NULL;
     const char *qemu = getenv("QTEST_QEMU_BINARY");
@@ -2795,7 +2807,34 @@ static void test_relay_fails(void)
     g_free(before);
     before = check_kept(vm, before);
     vm_relay(vm, "running");
+    g_free(before);
+    before = check_kept(vm, before);
+
+    /*
+     * The new binary runs as the relay but fails in this PID: the relay
+     * runs the VM on and answers cprsave on the same connection, naming
+     * its own PID; the old PID is gone
+     */
+    g_free(script);
+    script = g_strdup_printf("#!/bin/sh\n[ -e %s/ran ] && exit 3\n"
+                             "touch %s/ran\nexec %s \"$@\"\n", vm->dir,
+                             vm->dir, qemu);
+    write_script(twice, script);
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'mode': 'restart', 'relay': true, 'binary': %s}}",
+                          twice));
+    g_assert(strstr(err, "the VM runs on in the relay, process "));
+    g_assert_cmpint(wait_exit(pid), ==, 3);
+    vm->pid = atoi(strrchr(err, ' ') + 1);
+    g_assert_cmpint(vm->pid, >, 0);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
     check_kept(vm, before);
+    ran = g_build_filename(vm->dir, "ran", NULL);
+    unlink(ran);
+    unlink(twice);
+    unlink(bigger);
+    unlink(bad);
     vm_kill(vm);
 
     /* Blocked by what blocks restart */
