@@ -317,18 +317,23 @@ def transfer_a_b_a():
     a_b_a(vm.transfer)
 
 
-@case
-def transfer_refused_stays():
-    """A new QEMU that cannot take the state: the VM never left the old
-    process, which goes on running it; cprsave says why."""
+def refused_stays(move, what):
+    """@move (vm.transfer or vm.relay) to a build that cannot take the
+    state: the VM never left this process, which goes on running it;
+    cprsave says why."""
     pid = vm.pid
     try:
-        vm.transfer(drop_rng_script())
+        move(drop_rng_script())
         raise AssertionError("the build without virtio-rng took the VM")
     except cprlib.QmpError as e:
         diag(str(e))
-    check_running_after("refused transfer", pid)
+    check_running_after("refused " + what, pid)
     vm.wait_progress()
+
+
+@case
+def transfer_refused_stays():
+    refused_stays(vm.transfer, "transfer")
 
 
 @case
@@ -378,16 +383,7 @@ def relay_a_b_a():
 
 @case
 def relay_refused_stays():
-    """A new binary that cannot take the state: the relay refuses it, the
-    VM never left this process; cprsave says why."""
-    pid = vm.pid
-    try:
-        vm.relay(drop_rng_script())
-        raise AssertionError("the build without virtio-rng took the VM")
-    except cprlib.QmpError as e:
-        diag(str(e))
-    check_running_after("refused relay", pid)
-    vm.wait_progress()
+    refused_stays(vm.relay, "relay")
 
 
 @case

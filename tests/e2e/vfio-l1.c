@@ -671,6 +671,19 @@ static long locked_kb(pid_t pid)
     return p ? atol(p + 6) : -1;
 }
 
+/* @who (@pid) is charged with the guest's pinned RAM (VmLck) */
+static int charged(pid_t pid, const char *who)
+{
+    long kb = locked_kb(pid);
+
+    if (kb < 100 * 1024) {
+        diag("%s is charged with %ld KiB of locked memory, not the guest's "
+             "128 MiB", who, kb);
+        return 0;
+    }
+    return 1;
+}
+
 /* Wait up to @timeout s for @pid to exit; its wait status, or -1. */
 static int wait_exit(pid_t pid, double timeout)
 {
@@ -866,12 +879,8 @@ static void test_transfer(void)
         ok = transfer(-1, NULL) == 0 && wait_rounds(&mb, 3, 600) == 0 &&
              mailbox_good(&mb, 120) && bus_master(&edu) == 1;
         p[i] = (ev_resume - ev_stop) * 1e3;
+        ok = ok && charged(qemu_pid, "the new QEMU");
         kb = locked_kb(qemu_pid);
-        if (ok && kb < 100 * 1024) {
-            diag("the new QEMU is charged with %ld KiB of locked memory, "
-                 "not the guest's 128 MiB", kb);
-            ok = 0;
-        }
     }
     if (ok) {
         diag("pause with the VFIO device, transfer mode (ms, QMP STOP -> "
@@ -884,12 +893,7 @@ static void test_transfer(void)
     ok = ok && transfer(1024, "may not lock that much memory") == 1 &&
          wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120) &&
          bus_master(&edu) == 1;
-    kb = locked_kb(qemu_pid);
-    if (ok && kb < 100 * 1024) {
-        diag("the old QEMU is charged with %ld KiB of locked memory after "
-             "the refusal, not the guest's 128 MiB", kb);
-        ok = 0;
-    }
+    ok = ok && charged(qemu_pid, "after the refusal, the old QEMU");
     result(ok, "transfer: a new QEMU that may not lock the device's pinned "
            "memory refuses the VM and says why; the old one takes the DMA "
            "mappings back and runs on");
@@ -899,12 +903,7 @@ static void test_transfer(void)
                       "{\"mode\": \"restart\", \"relay\": true}}") &&
          wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120) &&
          bus_master(&edu) == 1 && waitpid(qemu_pid, NULL, WNOHANG) == 0;
-    kb = locked_kb(qemu_pid);
-    if (ok && kb < 100 * 1024) {
-        diag("after the relay, QEMU is charged with %ld KiB of locked "
-             "memory, not the guest's 128 MiB", kb);
-        ok = 0;
-    }
+    ok = ok && charged(qemu_pid, "after the relay, QEMU");
     result(ok, "restart through a relay: edu goes to a relay process and "
            "back into the same PID; DMA and MSI go on, the pinned memory "
            "is charged to that PID again");

@@ -590,6 +590,21 @@ static uint64_t *check_kept(CprVm *vm, const uint64_t *before)
     return after;
 }
 
+/*
+ * -serial file:PATH after an update: what the guest had written (the
+ * @len bytes of @log) is still the file's start, and with @grew the
+ * guest wrote more
+ */
+static void check_log_kept(CprVm *vm, const char *log, gsize len, bool grew)
+{
+    g_autofree char *now = NULL;
+    gsize now_len;
+
+    g_assert(g_file_get_contents(vm->serial_path, &now, &now_len, NULL));
+    g_assert_cmpuint(now_len, >=, len + grew);
+    g_assert(!memcmp(log, now, len));
+}
+
 /* Child processes of @pid (zombies included) */
 static int count_children(pid_t pid)
 {
@@ -626,8 +641,8 @@ static void test_round_trip(void)
     /* Enough console output that a truncated log cannot catch up */
     vm_wait_passes(vm, 20);
     for (i = 0; i < 3; i++) {
-        g_autofree char *log = NULL, *log_after = NULL;
-        gsize log_len, log_after_len;
+        g_autofree char *log = NULL;
+        gsize log_len;
 
         g_free(before);
         before = vm_counters(vm);
@@ -657,10 +672,7 @@ static void test_round_trip(void)
         }
         g_assert_cmpstr(vm_status(vm), ==, "running");
 
-        g_assert(g_file_get_contents(vm->serial_path, &log_after,
-                                     &log_after_len, NULL));
-        g_assert_cmpuint(log_after_len, >=, log_len);
-        g_assert(!memcmp(log, log_after, log_len));
+        check_log_kept(vm, log, log_len, false);
 
         g_free(after);
         after = check_kept(vm, before);
@@ -2171,10 +2183,10 @@ static void test_transfer_round_trip(void)
     g_autofree char *machine = memfd_machine();
     CprVm *vm = vm_start(machine, -1);
     g_autofree uint64_t *before = NULL;
-    g_autofree char *log = NULL, *log_after = NULL;
+    g_autofree char *log = NULL;
     g_autofree char *sock = vm_channel_path(vm);
     g_autofree char *hmp_out = NULL;
-    gsize log_len, log_after_len;
+    gsize log_len;
     pid_t new_pid;
     int i;
 
@@ -2189,12 +2201,8 @@ static void test_transfer_round_trip(void)
         g_free(before);
         before = check_kept(vm, before);
         /* The console log went on in the same file, nothing lost */
-        g_assert(g_file_get_contents(vm->serial_path, &log_after,
-                                     &log_after_len, NULL));
-        g_assert_cmpuint(log_after_len, >, log_len);
-        g_assert(!memcmp(log, log_after, log_len));
+        check_log_kept(vm, log, log_len, true);
         g_clear_pointer(&log, g_free);
-        g_clear_pointer(&log_after, g_free);
     }
 
     /* HMP: refused, nothing changes */
@@ -2700,9 +2708,9 @@ static void test_relay(void)
     qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
     vm_wait_passes(vm, 20);
     for (i = 0; i < 10; i++) {
-        g_autofree char *log = NULL, *log_after = NULL, *pids = NULL;
+        g_autofree char *log = NULL, *pids = NULL;
         g_autoptr(GPtrArray) targets = NULL;
-        gsize log_len, log_after_len;
+        gsize log_len;
 
         g_free(before);
         before = vm_counters(vm);
@@ -2712,10 +2720,7 @@ static void test_relay(void)
         g_assert_cmpint(count_children(pid), ==, 0);
         g_free(before);
         before = check_kept(vm, before);
-        g_assert(g_file_get_contents(vm->serial_path, &log_after,
-                                     &log_after_len, NULL));
-        g_assert_cmpuint(log_after_len, >, log_len);
-        g_assert(!memcmp(log, log_after, log_len));
+        check_log_kept(vm, log, log_len, true);
         g_assert(g_file_get_contents(pidfile, &pids, NULL, NULL));
         g_assert_cmpint(atoi(pids), ==, pid);
         targets = fd_targets(pid);
