@@ -134,17 +134,14 @@ static int cpr_channel_inherited(const char *channel, Error **errp)
     return fd;
 }
 
-int cpr_channel_accept(const char *channel, Error **errp)
+int cpr_channel_listen(const char *channel, int backlog, Error **errp)
 {
     struct sockaddr_un addr, tmp;
     g_autofree char *tmp_path = NULL;
     struct stat st;
     mode_t umask_old;
-    int lfd, fd = -1;
+    int lfd;
 
-    if (g_str_has_prefix(channel, "fd:")) {
-        return cpr_channel_inherited(channel, errp);
-    }
     if (!cpr_channel_addr(channel, &addr, errp)) {
         return -1;
     }
@@ -169,37 +166,58 @@ int cpr_channel_accept(const char *channel, Error **errp)
             unlink(tmp.sun_path);
         }
     }
-    umask_old = umask(0077);    /* only this user may hand a VM over */
+    umask_old = umask(0077);    /* only this user may connect */
     if (bind(lfd, (struct sockaddr *)&tmp, sizeof(tmp)) < 0) {
         umask(umask_old);
         error_setg_errno(errp, errno, "cannot listen on '%s'", addr.sun_path);
-        goto out;
+        close(lfd);
+        return -1;
     }
     umask(umask_old);
-    if (listen(lfd, 1) < 0 ||
+    if (listen(lfd, backlog) < 0 ||
         (strcmp(tmp.sun_path, addr.sun_path) &&
          rename(tmp.sun_path, addr.sun_path) < 0)) {
         error_setg_errno(errp, errno, "cannot listen on '%s'", addr.sun_path);
         unlink(tmp.sun_path);
-        goto out;
+        close(lfd);
+        return -1;
     }
     trace_cpr_channel_listen(addr.sun_path);
+    return lfd;
+}
+
+int cpr_channel_accept_one(int lfd, const char *what, Error **errp)
+{
+    int fd;
+
     do {
         fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
-        error_setg_errno(errp, errno, "cannot accept on '%s'", addr.sun_path);
-        goto unlink;
+        error_setg_errno(errp, errno, "cannot accept on '%s'", what);
+        return -1;
     }
-    if (!cpr_channel_peer_ok(fd, addr.sun_path, errp)) {
+    if (!cpr_channel_peer_ok(fd, what, errp)) {
         close(fd);
-        fd = -1;
+        return -1;
     }
+    return fd;
+}
 
-unlink:
+int cpr_channel_accept(const char *channel, Error **errp)
+{
+    int lfd, fd;
+
+    if (g_str_has_prefix(channel, "fd:")) {
+        return cpr_channel_inherited(channel, errp);
+    }
+    lfd = cpr_channel_listen(channel, 1, errp);
+    if (lfd < 0) {
+        return -1;
+    }
+    fd = cpr_channel_accept_one(lfd, channel + 5, errp);
     /* One old process only: nobody else may connect */
-    unlink(addr.sun_path);
-out:
+    unlink(channel + 5);
     close(lfd);
     return fd;
 }

@@ -121,6 +121,20 @@ bool cpr_ram_resize(CprFile *cf, Error **errp);
 void cpr_ram_load_done(void);
 /* Blocks @mode (restart, transfer): RAM another process cannot have */
 void cpr_ram_add_blockers(CprBlockerList ***tail, CprMode mode);
+/* VM fork: the parent's memfds under their names (names NULL-ended) */
+typedef struct CprForkRam {
+    GPtrArray *names;
+    GArray *fds;
+} CprForkRam;
+void cpr_ram_fork_fds(CprForkRam *r);
+/* The parent maps its own RAM copy-on-write: the memfds keep the fork point */
+bool cpr_ram_fork_private(Error **errp);
+/* A child drops what it wrote: the fork point shows through again */
+void cpr_ram_fork_drop_private(void);
+
+/* cpr-fork.c */
+bool cpr_fork_is_child(void);
+void cpr_fork_incoming(const char *channel, Error **errp);
 
 /* CPR state entry: the state file a restarted process loads by itself */
 #define CPR_AUTO_LOAD_NAME "cpr-auto-load"
@@ -190,6 +204,10 @@ typedef struct CprModeOps {
 extern const CprModeOps cpr_restart_ops;
 extern const CprModeOps cpr_reboot_ops;
 extern const CprModeOps cpr_transfer_ops;
+extern const CprModeOps cpr_fork_ops;
+
+/* No blocker of @mode, the VM running or paused, no migration or save */
+bool cpr_mode_allowed(CprMode mode, Error **errp);
 
 /*
  * Load the checked state @cf for mode @mode; on success the VM is back in
@@ -237,6 +255,9 @@ typedef enum CprMsg {
  */
 int cpr_channel_connect(const char *channel, Error **errp);
 int cpr_channel_accept(const char *channel, Error **errp);
+/* Listen on "unix:PATH" (renamed there once it listens) / accept on it */
+int cpr_channel_listen(const char *channel, int backlog, Error **errp);
+int cpr_channel_accept_one(int lfd, const char *what, Error **errp);
 bool cpr_channel_send(int fd, CprMsg type, const void *data, size_t len,
                       const int *fds, size_t nfds, Error **errp);
 /*
@@ -288,9 +309,16 @@ bool cpr_state_set_helper(pid_t pid, Error **errp);
  */
 GByteArray *cpr_state_serialize(void);
 GArray *cpr_state_outgoing_fds(void);
-/* Take the registry @p and the descriptors @fds (this process's) */
+/*
+ * Take the registry @p and the descriptors @fds (this process's); with
+ * @transfer, this process takes the VM over (else it is a fork child)
+ */
 bool cpr_state_receive(const uint8_t *p, size_t len, GArray *fds,
-                       Error **errp);
+                       bool transfer, Error **errp);
+/* The registry of @fds alone, each under @names[i], id 0 */
+GByteArray *cpr_state_serialize_fds(char **names, GArray *fds);
+/* CHANNEL of "-incoming cpr-fork:CHANNEL", or NULL */
+const char *cpr_state_fork_channel(void);
 /* The incoming state came over a transfer channel */
 bool cpr_state_transferred(void);
 /* CHANNEL of "-incoming cpr:CHANNEL", or NULL */

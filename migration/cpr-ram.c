@@ -81,7 +81,9 @@ void cpr_ram_adopt(RAMBlock *rb)
     g_autofree char *name = NULL;
     struct stat st;
     void *addr;
-    int flags = MAP_SHARED | MAP_FIXED;
+    /* A fork child maps its parent's memory copy-on-write */
+    bool child = cpr_fork_is_child();
+    int flags = (child ? MAP_PRIVATE : MAP_SHARED) | MAP_FIXED;
     int fd;
 
     if (!cpr_is_incoming()) {
@@ -112,8 +114,15 @@ void cpr_ram_adopt(RAMBlock *rb)
     if (rb->fd >= 0) {
         close(rb->fd);
     }
-    rb->fd = fd;
-    rb->flags |= RAM_SHARED;
+    if (child) {
+        /* Not this process's memory to discard or to hand on */
+        close(fd);
+        rb->fd = -1;
+        rb->flags &= ~RAM_SHARED;
+    } else {
+        rb->fd = fd;
+        rb->flags |= RAM_SHARED;
+    }
     if (!machine_dump_guest_core(current_machine)) {
         qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTDUMP);
     }
@@ -302,3 +311,65 @@ static void cpr_ram_keep(bool keep)
     qemu_ram_foreach_block(cpr_ram_keep_one, GINT_TO_POINTER(keep));
 }
 CPR_KEEPER(cpr_ram_keep)
+
+/* VM fork (cpr-fork.c) */
+
+static int cpr_ram_fork_one(RAMBlock *rb, void *opaque)
+{
+    CprForkRam *r = opaque;
+
+    if (qemu_ram_is_migratable(rb) && rb->fd >= 0) {
+        g_ptr_array_add(r->names, cpr_ram_fd_name(rb));
+        g_array_append_val(r->fds, rb->fd);
+    }
+    return 0;
+}
+
+void cpr_ram_fork_fds(CprForkRam *r)
+{
+    r->names = g_ptr_array_new_with_free_func(g_free);
+    r->fds = g_array_new(false, false, sizeof(int));
+    qemu_ram_foreach_block(cpr_ram_fork_one, r);
+    g_ptr_array_add(r->names, NULL);
+}
+
+static int cpr_ram_private_one(RAMBlock *rb, void *opaque)
+{
+    Error **errp = opaque;
+    int flags = MAP_PRIVATE | MAP_FIXED;
+
+    if (!qemu_ram_is_migratable(rb) || rb->fd < 0 || *errp) {
+        return 0;
+    }
+    if (rb->flags & RAM_NORESERVE) {
+        flags |= MAP_NORESERVE;
+    }
+    if (mmap(rb->host, rb->max_length, PROT_READ | PROT_WRITE, flags,
+             rb->fd, 0) == MAP_FAILED) {
+        error_setg_errno(errp, errno, "cannot map '%s' copy-on-write",
+                         rb->idstr);
+    }
+    return 0;
+}
+
+bool cpr_ram_fork_private(Error **errp)
+{
+    ERRP_GUARD();
+
+    qemu_ram_foreach_block(cpr_ram_private_one, errp);
+    return !*errp;
+}
+
+/* In a loaded child every migratable block maps the parent's memory */
+static int cpr_ram_drop_one(RAMBlock *rb, void *opaque)
+{
+    if (qemu_ram_is_migratable(rb) && rb->fd < 0) {
+        qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTNEED);
+    }
+    return 0;
+}
+
+void cpr_ram_fork_drop_private(void)
+{
+    qemu_ram_foreach_block(cpr_ram_drop_one, NULL);
+}

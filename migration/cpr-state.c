@@ -67,6 +67,7 @@ static bool cpr_incoming_pending;
 static bool cpr_recovery;
 static bool cpr_transferred;        /* the state came over a channel */
 static char *cpr_incoming_channel;  /* of -incoming cpr:CHANNEL */
+static char *cpr_fork_channel;      /* of -incoming cpr-fork:CHANNEL */
 static bool cpr_recovery_reply_sent;
 static pid_t cpr_helper_pid;
 static char **cpr_argv;
@@ -369,13 +370,26 @@ static const VMStateDescription vmstate_cpr_state = {
     },
 };
 
-GByteArray *cpr_state_serialize(void)
+/* The registry format of @n records */
+static GByteArray *cpr_state_serialize_records(CprFdRecord *fds, guint n)
 {
     GByteArray *buf = g_byte_array_new();
+    CprStateRecord rec = { .count = n, .fds = fds };
+    uint8_t prefix[CPR_STATE_PREFIX];
+
+    memcpy(prefix, CPR_STATE_MAGIC, 8);
+    stl_be_p(prefix + 8, CPR_STATE_VERSION);
+    stl_be_p(prefix + 12, 0);   /* helper pid: cpr_state_set_helper() */
+    g_byte_array_append(buf, prefix, sizeof(prefix));
+    cpr_vmstate_save(&vmstate_cpr_state, &rec, buf);
+    stl_be_p(buf->data + 16, buf->len - CPR_STATE_PREFIX);
+    return buf;
+}
+
+GByteArray *cpr_state_serialize(void)
+{
     GPtrArray *list = cpr_fd_list(&cpr_outgoing);
     g_autofree CprFdRecord *fds = g_new0(CprFdRecord, list->len);
-    CprStateRecord rec = { .count = list->len, .fds = fds };
-    uint8_t prefix[CPR_STATE_PREFIX];
     guint i;
 
     for (i = 0; i < list->len; i++) {
@@ -389,13 +403,22 @@ GByteArray *cpr_state_serialize(void)
             .value = elem->value,
         };
     }
-    memcpy(prefix, CPR_STATE_MAGIC, 8);
-    stl_be_p(prefix + 8, CPR_STATE_VERSION);
-    stl_be_p(prefix + 12, 0);   /* helper pid: cpr_state_set_helper() */
-    g_byte_array_append(buf, prefix, sizeof(prefix));
-    cpr_vmstate_save(&vmstate_cpr_state, &rec, buf);
-    stl_be_p(buf->data + 16, buf->len - CPR_STATE_PREFIX);
-    return buf;
+    return cpr_state_serialize_records(fds, list->len);
+}
+
+GByteArray *cpr_state_serialize_fds(char **names, GArray *fds)
+{
+    g_autofree CprFdRecord *recs = g_new0(CprFdRecord, fds->len);
+    guint i;
+
+    for (i = 0; i < fds->len; i++) {
+        recs[i] = (CprFdRecord) {
+            .fd = g_array_index(fds, int, i),
+            .name_len = strlen(names[i]) + 1,
+            .name = (uint8_t *)names[i],
+        };
+    }
+    return cpr_state_serialize_records(recs, fds->len);
 }
 
 static void cpr_state_record_free(CprStateRecord *rec)
@@ -490,7 +513,7 @@ GArray *cpr_state_outgoing_fds(void)
 }
 
 bool cpr_state_receive(const uint8_t *p, size_t len, GArray *fds,
-                       Error **errp)
+                       bool transfer, Error **errp)
 {
     guint i, next = 0;
 
@@ -517,7 +540,7 @@ bool cpr_state_receive(const uint8_t *p, size_t len, GArray *fds,
         return false;
     }
     cpr_incoming_pending = true;
-    cpr_transferred = true;
+    cpr_transferred = transfer;
     trace_cpr_init_incoming(cpr_incoming ? cpr_incoming->len : 0);
     return true;
 }
@@ -532,17 +555,37 @@ const char *cpr_state_incoming_channel(void)
     return cpr_incoming_channel;
 }
 
-/* "-incoming cpr:CHANNEL" (or --incoming): not passed on to an execve */
+const char *cpr_state_fork_channel(void)
+{
+    return cpr_fork_channel;
+}
+
+/*
+ * "-incoming cpr:CHANNEL" or "-incoming cpr-fork:CHANNEL" (or
+ * --incoming): not passed on to an execve
+ */
 static bool cpr_state_incoming_arg(char **argv, int i)
 {
+    char **channel;
+    const char *p;
+
     if (strcmp(argv[i], "-incoming") && strcmp(argv[i], "--incoming")) {
         return false;
     }
-    if (!argv[i + 1] || !g_str_has_prefix(argv[i + 1], "cpr:")) {
+    if (!argv[i + 1]) {
         return false;
     }
-    g_free(cpr_incoming_channel);
-    cpr_incoming_channel = g_strdup(argv[i + 1] + 4);
+    if (g_str_has_prefix(argv[i + 1], "cpr:")) {
+        channel = &cpr_incoming_channel;
+        p = argv[i + 1] + 4;
+    } else if (g_str_has_prefix(argv[i + 1], "cpr-fork:")) {
+        channel = &cpr_fork_channel;
+        p = argv[i + 1] + 9;
+    } else {
+        return false;
+    }
+    g_free(*channel);
+    *channel = g_strdup(p);
     return true;
 }
 

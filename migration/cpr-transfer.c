@@ -362,7 +362,8 @@ void cpr_transfer_incoming(const char *channel, Error **errp)
                    fds->len, count);
         goto fail;
     }
-    if (!cpr_state_receive(state->data + 4, state->len - 4, fds, errp)) {
+    if (!cpr_state_receive(state->data + 4, state->len - 4, fds, true,
+                           errp)) {
         goto fail;
     }
     cpr_relay_incoming();

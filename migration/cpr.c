@@ -48,6 +48,7 @@ static const CprModeOps *const cpr_modes[] = {
     [CPR_MODE_RESTART] = &cpr_restart_ops,
     [CPR_MODE_REBOOT] = &cpr_reboot_ops,
     [CPR_MODE_TRANSFER] = &cpr_transfer_ops,
+    [CPR_MODE_FORK] = &cpr_fork_ops,
 };
 QEMU_BUILD_BUG_ON(ARRAY_SIZE(cpr_modes) != CPR_MODE__MAX);
 
@@ -58,6 +59,8 @@ void cpr_init(int argc, char **argv, Error **errp)
     cpr_state_init(argc, argv, errp);
     if (!*errp && cpr_state_incoming_channel()) {
         cpr_transfer_incoming(cpr_state_incoming_channel(), errp);
+    } else if (!*errp && cpr_state_fork_channel()) {
+        cpr_fork_incoming(cpr_state_fork_channel(), errp);
     }
     if (!*errp && cpr_is_incoming()) {
         cpr_mm_incoming(cpr_state_get_helper());
@@ -126,6 +129,36 @@ static bool cpr_jobs_idle(Error **errp)
 
 /* A cprsave waits in its mode's preparation */
 static bool cpr_save_busy;
+
+bool cpr_mode_allowed(CprMode mode, Error **errp)
+{
+    g_autoptr(CprBlockerList) blockers = NULL;
+    CprBlockerList *b;
+
+    if (cpr_is_incoming() || cpr_save_busy) {
+        error_setg(errp, "a cprsave or a load is in progress");
+        return false;
+    }
+    if (!runstate_check(RUN_STATE_RUNNING) &&
+        !runstate_check(RUN_STATE_PAUSED)) {
+        error_setg(errp, "the VM is neither running nor paused");
+        return false;
+    }
+    if (!migration_is_idle()) {
+        error_setg(errp, "a migration is in progress");
+        return false;
+    }
+    blockers = cpr_blockers();
+    for (b = blockers; b; b = b->next) {
+        if (b->value->mode == mode) {
+            error_setg(errp, "%s is blocked by '%s': %s",
+                       mode == CPR_MODE_FORK ? "cpr-fork" : "cprsave",
+                       b->value->object, b->value->reason);
+            return false;
+        }
+    }
+    return true;
+}
 
 /*
  * Whether @b blocks this cprsave.  A relay executes the new binary as
@@ -337,6 +370,10 @@ void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
         .errp = errp,
     };
 
+    if (mode == CPR_MODE_FORK) {
+        error_setg(errp, "a VM forks with cpr-fork, not cprsave");
+        return;
+    }
     if (has_relay && relay) {
         char **arg;
 

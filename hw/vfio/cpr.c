@@ -809,6 +809,10 @@ static void vfio_cpr_blockers(CprBlockerList ***tail)
                             "a device passed through with VFIO loses its "
                             "state when the host reboots; unplug it "
                             "(device_del) before cprsave reboot");
+            cpr_add_blocker(tail, CPR_MODE_FORK, vbasedev->name,
+                            "a device passed through with VFIO cannot be "
+                            "in two VMs; unplug it (device_del) before "
+                            "cpr-fork");
         }
         if (vfio_cpr_charge_moves != 1) {
             cpr_add_blocker(tail, CPR_MODE_TRANSFER, "vfio",

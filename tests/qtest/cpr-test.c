@@ -2849,6 +2849,136 @@ static void test_relay_fails(void)
     vm_kill(plain);
 }
 
+
+/* A child of @parent's fork point on @channel (with -S if @paused) */
+static CprVm *vm_start_fork_child(const char *channel, bool paused)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *incoming = g_strdup_printf("cpr-fork:%s", channel);
+    const char *const extra[] = {
+        "-incoming", incoming, paused ? "-S" : NULL, NULL
+    };
+
+    return vm_start_args(machine, -1, extra, CONSOLE_FILE);
+}
+
+/*
+ * cpr-fork: children run from the fork point, the parent stays there
+ * until 'cont' and then goes on apart from them; a child started after
+ * the parent ran on still starts from the fork point; cpr-fork-reset
+ * takes a child back to it; a fork parent cannot be updated.
+ */
+static void test_fork(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *path = g_build_filename(vm->dir, "fork.sock", NULL);
+    g_autofree char *channel = g_strdup_printf("unix:%s", path);
+    g_autofree uint64_t *point = NULL, *now = NULL, *before = NULL;
+    g_autofree char *err = NULL;
+    CprVm *a, *b;
+
+    vm_wait_passes(vm, 3);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-fork-reset'}"));
+    g_assert_cmpstr(err, ==, "this VM is not a running fork child");
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-fork', 'arguments':"
+                        " {'channel': %s}}", channel));
+    g_assert_cmpstr(vm_status(vm), ==, "paused");
+    point = vm_counters(vm);
+    check_consistent(point);
+
+    /* A child runs on from the fork point; the parent does not move */
+    a = vm_start_fork_child(channel, false);
+    g_assert_cmpstr(vm_status(a), ==, "running");
+    vm_wait_passes(a, 3);
+    now = vm_counters(a);
+    check_not_behind(point, now);
+    g_assert_cmpuint(now[0], >, point[0]);
+    g_free(now);
+    now = vm_counters(vm);
+    g_assert(!memcmp(now, point, COUNTER_PAGES * sizeof(uint64_t)));
+
+    /* The parent goes on; a later child still starts at the fork point */
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, point);
+    b = vm_start_fork_child(channel, true);
+    g_assert_cmpstr(vm_status(b), ==, "paused");
+    g_free(now);
+    now = vm_counters(b);
+    g_assert(!memcmp(now, point, COUNTER_PAGES * sizeof(uint64_t)));
+    qobject_unref(vm_ok(b, "{'execute': 'cont'}"));
+    check_moving(b, point);
+
+    /* Back to the fork point, several times */
+    for (int i = 0; i < 3; i++) {
+        vm_wait_passes(a, 2);
+        g_free(before);
+        before = vm_counters(a);
+        qobject_unref(vm_ok(a, "{'execute': 'cpr-fork-reset'}"));
+        g_free(now);
+        now = vm_counters(a);
+        check_not_behind(point, now);
+        g_assert_cmpuint(now[0], <, before[0]);
+        check_moving(a, now);
+    }
+
+    /* What the parent wrote since is not in any child, and the reverse */
+    g_free(now);
+    now = vm_counters(vm);
+    g_assert_cmpuint(now[0], >, point[0]);
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert(strstr(err, "blocked by 'fork'"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-fork', 'arguments':"
+                          " {'channel': %s}}", channel));
+    g_assert(strstr(err, "a fork parent already"));
+    g_free(err);
+    err = vm_error(vm_qmp(a, "{'execute': 'cpr-fork', 'arguments':"
+                          " {'channel': 'unix:/nonexistent/x'}}"));
+    g_assert(strstr(err, "is blocked by 'fork'"));
+    vm_kill(a);
+    vm_kill(b);
+    unlink(path);
+    vm_kill(vm);
+}
+
+/* cpr-fork refused: RAM not in memfds, a bad channel; nothing changes */
+static void test_fork_refused(void)
+{
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start("q35", -1);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-fork', 'arguments':"
+                          " {'channel': 'unix:/tmp/cpr-fork-refused'}}"));
+    g_assert(strstr(err, "cpr-fork is blocked by 'pc.ram'"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    vm_kill(vm);
+
+    vm = vm_start(machine, -1);
+    vm_wait_passes(vm, 2);
+    g_free(before);
+    before = vm_counters(vm);
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-fork', 'arguments':"
+                          " {'channel': 'unix:/nonexistent/fork.sock'}}"));
+    g_assert(strstr(err, "cannot listen on '/nonexistent/fork.sock'"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_moving(vm, before);
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'mode': 'fork'}}"));
+    g_assert_cmpstr(err, ==, "a VM forks with cpr-fork, not cprsave");
+    vm_kill(vm);
+}
+
 /* 50 transfers in a row: no descriptor or memory growth */
 static void test_transfer_soak(void)
 {
@@ -2939,6 +3069,8 @@ int main(int argc, char **argv)
     add_test("transfer/pipelined", test_transfer_pipelined);
     add_test("transfer/blocked", test_transfer_blocked);
     add_test("transfer/soak", test_transfer_soak);
+    add_test("fork/children", test_fork);
+    add_test("fork/refused", test_fork_refused);
     add_test("reboot/round-trip", test_reboot_round_trip);
     add_test("reboot/cont", test_reboot_cont);
     add_test("reboot/file-backend", test_reboot_file_backend);

@@ -1,0 +1,303 @@
+/*
+ * CPR fork: running children of one VM, sharing its RAM copy-on-write
+ *
+ * Copyright (c) 2026 The qemu-cpr authors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * Parent, QMP cpr-fork: the VM stops at the fork point, its device and
+ * CPU state is saved in memory, and its own guest RAM is mapped again
+ * copy-on-write (MAP_PRIVATE) from its memfds, which from then on hold the
+ * fork point and are never written again: neither the parent, if it is
+ * resumed, nor any child changes what the others see.  The parent then
+ * listens on the channel and serves every child that connects: the
+ * memfds of guest RAM (SCM_RIGHTS) and the saved state.
+ *
+ * Child, a QEMU started with its own command line (same machine and
+ * devices, its own monitor, consoles, netdev and disks) plus "-incoming
+ * cpr-fork:unix:PATH": it connects (waiting for PATH to appear, so that
+ * children can be started before the fork), takes the memfds, maps them
+ * MAP_PRIVATE when its RAM blocks are created, loads the state at the end
+ * of its start-up and runs from the fork point.  QMP cpr-fork-reset puts
+ * it back there: its copies of guest pages are dropped (the parent's
+ * pages show through again) and the state is loaded again.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-commands-cpr.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "exec/exec-all.h"
+#include "exec/ram_addr.h"
+#include "migration/global_state.h"
+#include "migration/cpr.h"
+#include "sysemu/reset.h"
+#include "sysemu/runstate.h"
+#include "sysemu/sysemu.h"
+#include "sysemu/tcg.h"
+#include "cpr-internal.h"
+#include "trace.h"
+
+/* Parent: the fork point's state, and where children come for it */
+static GByteArray *cpr_fork_state;
+static int cpr_fork_listen = -1;
+static char *cpr_fork_path;
+
+/* Child: connected to the parent until the state is loaded */
+static int cpr_fork_in = -1;
+static char *cpr_fork_channel;
+static CprFile *cpr_fork_point;
+
+bool cpr_fork_is_child(void)
+{
+    return cpr_fork_channel != NULL;
+}
+
+static bool cpr_fork_is_parent(void)
+{
+    return cpr_fork_state != NULL;
+}
+
+/* Parent: one child connected; it gets guest RAM and the state */
+static void cpr_fork_serve(void *opaque)
+{
+    g_autoptr(GByteArray) state = NULL;
+    g_autoptr(GByteArray) msg = g_byte_array_new();
+    CprForkRam ram;
+    Error *err = NULL;
+    uint32_t count;
+    guint i;
+    int fd = cpr_channel_accept_one(cpr_fork_listen, cpr_fork_path, &err);
+
+    if (fd < 0) {
+        warn_reportf_err(err, "cpr-fork: ");
+        return;
+    }
+    cpr_ram_fork_fds(&ram);
+    state = cpr_state_serialize_fds((char **)ram.names->pdata, ram.fds);
+    count = cpu_to_be32(ram.fds->len);
+    g_byte_array_append(msg, (uint8_t *)&count, 4);
+    g_byte_array_append(msg, state->data, state->len);
+    if (!cpr_channel_send(fd, CPR_MSG_STATE, msg->data, msg->len, NULL, 0,
+                          &err)) {
+        goto out;
+    }
+    for (i = 0; i < ram.fds->len; i += CPR_CHANNEL_MAX_FDS) {
+        if (!cpr_channel_send(fd, CPR_MSG_FDS, NULL, 0,
+                              &g_array_index(ram.fds, int, i),
+                              MIN(ram.fds->len - i, CPR_CHANNEL_MAX_FDS),
+                              &err)) {
+            goto out;
+        }
+    }
+    cpr_channel_send(fd, CPR_MSG_DEVICES, cpr_fork_state->data,
+                     cpr_fork_state->len, NULL, 0, &err);
+    trace_cpr_fork_served(ram.fds->len);
+out:
+    if (err) {
+        warn_reportf_err(err, "cpr-fork: a child did not get the VM: ");
+    }
+    close(fd);
+    g_ptr_array_unref(ram.names);
+    g_array_unref(ram.fds);
+}
+
+static void cpr_fork_blockers(CprBlockerList ***tail)
+{
+    if (cpr_fork_is_child()) {
+        cpr_add_blocker(tail, CPR_MODE_FORK, "fork",
+                        "this VM is a fork child; forking it again is not "
+                        "done yet");
+    } else {
+        cpr_ram_add_blockers(tail, CPR_MODE_FORK);
+    }
+    if (cpr_fork_is_child() || cpr_fork_is_parent()) {
+        CprMode modes[] = { CPR_MODE_RESTART, CPR_MODE_TRANSFER };
+        int i;
+
+        for (i = 0; i < ARRAY_SIZE(modes); i++) {
+            cpr_add_blocker(tail, modes[i], "fork",
+                            "guest RAM of a fork %s is a copy-on-write view "
+                            "of the fork point, which another process cannot "
+                            "take over", cpr_fork_is_child() ? "child" :
+                            "parent");
+        }
+    }
+}
+
+void qmp_cpr_fork(const char *channel, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(GByteArray) state = NULL;
+    bool was_running = runstate_is_running();
+
+    if (cpr_fork_is_parent()) {
+        error_setg(errp, "this VM is a fork parent already (children "
+                   "connect to '%s')", cpr_fork_path);
+        return;
+    }
+    if (!cpr_mode_allowed(CPR_MODE_FORK, errp)) {
+        return;
+    }
+    if (!cpr_stop(RUN_STATE_PAUSED, errp)) {
+        return;
+    }
+    cpr_set_saving(true);
+    state = cpr_file_save(CPR_MODE_FORK, errp);
+    cpr_set_saving(false);
+    if (!state) {
+        goto resume;
+    }
+    cpr_fork_listen = cpr_channel_listen(channel, 64, errp);
+    if (cpr_fork_listen < 0) {
+        goto resume;
+    }
+    /* From here on the memfds hold the fork point and nobody writes them */
+    if (!cpr_ram_fork_private(errp)) {
+        close(cpr_fork_listen);
+        cpr_fork_listen = -1;
+        unlink(channel + 5);
+        goto resume;
+    }
+    ram_block_discard_disable(true);
+    cpr_fork_state = g_steal_pointer(&state);
+    cpr_fork_path = g_strdup(channel + 5);
+    qemu_set_fd_handler(cpr_fork_listen, cpr_fork_serve, NULL, NULL);
+    trace_cpr_fork_point(channel);
+    return;
+
+resume:
+    if (was_running) {
+        vm_start();
+    }
+}
+
+/* Child: connect, waiting for the parent to listen; take guest RAM */
+void cpr_fork_incoming(const char *channel, Error **errp)
+{
+    ERRP_GUARD();
+    g_autoptr(GByteArray) state = NULL;
+    g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
+    uint32_t count;
+    guint i;
+
+    cpr_fork_channel = g_strdup(channel);
+    for (;;) {
+        Error *err = NULL;
+
+        cpr_fork_in = cpr_channel_connect(channel, &err);
+        if (cpr_fork_in >= 0) {
+            break;
+        }
+        error_free(err);
+        g_usleep(1000);
+    }
+    if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_STATE, &state, NULL, errp)) {
+        goto fail;
+    }
+    if (state->len < 4) {
+        error_setg(errp, "it sent a malformed state message");
+        goto fail;
+    }
+    count = ldl_be_p(state->data);
+    while (fds->len < count) {
+        g_autoptr(GArray) batch = NULL;
+
+        if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_FDS, NULL, &batch,
+                              errp)) {
+            goto fail;
+        }
+        g_array_append_vals(fds, batch->data, batch->len);
+    }
+    if (fds->len != count) {
+        error_setg(errp, "it sent %u descriptors, its state names %u",
+                   fds->len, count);
+        goto fail;
+    }
+    if (!cpr_state_receive(state->data + 4, state->len - 4, fds, false,
+                           errp)) {
+        goto fail;
+    }
+    ram_block_discard_disable(true);
+    return;
+
+fail:
+    for (i = 0; i < fds->len; i++) {
+        close(g_array_index(fds, int, i));
+    }
+    error_prepend(errp, "-incoming cpr-fork:%s: no VM from the parent: ",
+                  channel);
+}
+
+/* Child, at the end of its start-up: run from the fork point */
+static void cpr_fork_started(void)
+{
+    GByteArray *b = NULL;
+    Error *err = NULL;
+
+    if (!cpr_fork_is_child() || cpr_fork_point) {
+        return;
+    }
+    if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_DEVICES, &b, NULL, &err)) {
+        error_prepend(&err, "the fork parent: ");
+        goto fail;
+    }
+    close(cpr_fork_in);
+    cpr_fork_in = -1;
+    cpr_fork_point = cpr_file_parse(cpr_fork_channel, b, &err);
+    if (cpr_fork_point &&
+        cpr_load_state(CPR_MODE_FORK, cpr_fork_point, &err)) {
+        trace_cpr_fork_child_running();
+        return;
+    }
+fail:
+    error_reportf_err(err, "-incoming cpr-fork:%s: ", cpr_fork_channel);
+    exit(1);
+}
+
+static void cpr_fork_load_done(void)
+{
+    cpr_ram_load_done();
+    cpr_state_incoming_done();
+}
+
+void qmp_cpr_fork_reset(Error **errp)
+{
+    RunState state;
+
+    if (!cpr_fork_point || cpr_is_incoming()) {
+        error_setg(errp, "this VM is not a running fork child");
+        return;
+    }
+    vm_stop(RUN_STATE_RESTORE_VM);
+    /* The reset writes ROMs into RAM: drop them with the rest */
+    qemu_system_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+    cpr_ram_fork_drop_private();
+    if (tcg_enabled()) {
+        tb_flush(first_cpu);
+    }
+    if (!cpr_file_load_devices(cpr_fork_point, errp)) {
+        error_prepend(errp, "cannot load the fork point again: ");
+        return;
+    }
+    state = global_state_received() ? global_state_get_runstate()
+                                    : RUN_STATE_RUNNING;
+    if (state == RUN_STATE_RUNNING) {
+        vm_start();
+    } else {
+        runstate_set(state);
+    }
+    trace_cpr_fork_reset();
+}
+
+const CprModeOps cpr_fork_ops = {
+    .mode = CPR_MODE_FORK,
+    .stop_state = RUN_STATE_PAUSED,
+    .blockers = cpr_fork_blockers,
+    .ram_kept = true,
+    .obeys_autostart = true,
+    .load_done = cpr_fork_load_done,
+    .started = cpr_fork_started,
+    .other_mode_hint = "; a fork child loads its parent's state by itself",
+};
