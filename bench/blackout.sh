@@ -5,7 +5,8 @@
 # per second of the in-process snapshot next to loadvm; then reboot mode's
 # save and restore next to the raw disk and to migrate-to-file; then the
 # pause of transfer and exec mode next to upstream QEMU 10.0's
-# cpr-transfer (built first from Debian trixie's source).
+# cpr-transfer (built first from Debian trixie's source); then VM fork's
+# latency, reset and memory.
 set -euo pipefail
 here=$(dirname "$0")
 python3 "$here/blackout.py"
@@ -18,3 +19,5 @@ python3 "$here/reboot.py"
 echo
 bash "$here/upstream-qemu.sh"
 python3 "$here/transfer.py"
+echo
+python3 "$here/fork.py"

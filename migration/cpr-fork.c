@@ -15,10 +15,11 @@
  *
  * Child, a QEMU started with its own command line (same machine and
  * devices, its own monitor, consoles, netdev and disks) plus "-incoming
- * cpr-fork:unix:PATH": it connects (waiting for PATH to appear, so that
- * children can be started before the fork), takes the memfds, maps them
- * MAP_PRIVATE when its RAM blocks are created, loads the state at the end
- * of its start-up and runs from the fork point.  QMP cpr-fork-reset puts
+ * cpr-fork:unix:PATH": it does its whole start-up first, then connects
+ * (waiting for PATH to appear: children started before the fork are
+ * ready to run within milliseconds of it), takes the memfds, maps them
+ * MAP_PRIVATE over its own guest RAM, loads the state and runs from the
+ * fork point.  QMP cpr-fork-reset puts
  * it back there: its copies of guest pages are dropped (the parent's
  * pages show through again) and the state is loaded again.
  */
@@ -30,6 +31,7 @@
 #include "qemu/main-loop.h"
 #include "exec/exec-all.h"
 #include "exec/ram_addr.h"
+#include "migration/blocker.h"
 #include "migration/global_state.h"
 #include "migration/cpr.h"
 #include "sysemu/reset.h"
@@ -43,6 +45,8 @@
 static GByteArray *cpr_fork_state;
 static int cpr_fork_listen = -1;
 static char *cpr_fork_path;
+static Error *cpr_fork_blocker;
+static VMChangeStateEntry *cpr_fork_vm_state;  /* until it runs again */
 
 /* Child: connected to the parent until the state is loaded */
 static int cpr_fork_in = -1;
@@ -103,6 +107,23 @@ out:
     g_array_unref(ram.fds);
 }
 
+/* Parent: it runs again on its own copy-on-write view of the fork point */
+static void cpr_fork_resuming(void *opaque, bool running, RunState state)
+{
+    Error *err = NULL;
+
+    if (!running || !cpr_fork_vm_state) {
+        return;
+    }
+    if (!cpr_ram_fork_private(&err)) {
+        /* Running on the memfds would change the children's memory */
+        error_reportf_err(err, "cpr-fork: ");
+        abort();
+    }
+    qemu_del_vm_change_state_handler(cpr_fork_vm_state);
+    cpr_fork_vm_state = NULL;
+}
+
 static void cpr_fork_blockers(CprBlockerList ***tail)
 {
     if (cpr_fork_is_child()) {
@@ -153,18 +174,22 @@ void qmp_cpr_fork(const char *channel, Error **errp)
     if (cpr_fork_listen < 0) {
         goto resume;
     }
-    /* From here on the memfds hold the fork point and nobody writes them */
-    if (!cpr_ram_fork_private(errp)) {
-        close(cpr_fork_listen);
-        cpr_fork_listen = -1;
-        unlink(channel + 5);
-        goto resume;
-    }
     ram_block_discard_disable(true);
     cpr_fork_state = g_steal_pointer(&state);
     cpr_fork_path = g_strdup(channel + 5);
-    qemu_set_fd_handler(cpr_fork_listen, cpr_fork_serve, NULL, NULL);
     trace_cpr_fork_point(channel);
+    /*
+     * The memfds hold the fork point from here on: nothing may write
+     * them.  Loading a VM into this one would: blocked for good.  Before
+     * the VM runs again its RAM is mapped copy-on-write (which takes time
+     * for every page mapped now: not in the way of the first children).
+     */
+    error_setg(&cpr_fork_blocker, "this VM is a fork parent: its guest "
+               "RAM is its children's fork point");
+    migrate_add_blocker_internal(cpr_fork_blocker, NULL);
+    cpr_fork_vm_state = qemu_add_vm_change_state_handler(cpr_fork_resuming,
+                                                         NULL);
+    qemu_set_fd_handler(cpr_fork_listen, cpr_fork_serve, NULL, NULL);
     return;
 
 resume:
@@ -173,25 +198,43 @@ resume:
     }
 }
 
-/* Child: connect, waiting for the parent to listen; take guest RAM */
 void cpr_fork_incoming(const char *channel, Error **errp)
+{
+    /* Start-up goes on as for any VM; the fork point comes at its end */
+    cpr_fork_channel = g_strdup(channel);
+}
+
+static int cpr_fork_adopt_one(RAMBlock *rb, void *opaque)
+{
+    if (qemu_ram_is_migratable(rb)) {
+        cpr_ram_adopt(rb);
+    }
+    return 0;
+}
+
+/*
+ * Child, at the end of its start-up: connect, waiting for the parent to
+ * listen; map its guest RAM copy-on-write over this VM's and load its
+ * state
+ */
+static bool cpr_fork_take(Error **errp)
 {
     ERRP_GUARD();
     g_autoptr(GByteArray) state = NULL;
     g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
+    GByteArray *b = NULL;
     uint32_t count;
     guint i;
 
-    cpr_fork_channel = g_strdup(channel);
     for (;;) {
         Error *err = NULL;
 
-        cpr_fork_in = cpr_channel_connect(channel, &err);
+        cpr_fork_in = cpr_channel_connect(cpr_fork_channel, &err);
         if (cpr_fork_in >= 0) {
             break;
         }
         error_free(err);
-        g_usleep(1000);
+        g_usleep(500);
     }
     if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_STATE, &state, NULL, errp)) {
         goto fail;
@@ -219,41 +262,38 @@ void cpr_fork_incoming(const char *channel, Error **errp)
                            errp)) {
         goto fail;
     }
+    g_array_set_size(fds, 0);   /* the registry owns them now */
     ram_block_discard_disable(true);
-    return;
+    qemu_ram_foreach_block(cpr_fork_adopt_one, NULL);
+    if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_DEVICES, &b, NULL, errp)) {
+        goto fail;
+    }
+    close(cpr_fork_in);
+    cpr_fork_in = -1;
+    cpr_fork_point = cpr_file_parse(cpr_fork_channel, b, errp);
+    return cpr_fork_point &&
+           cpr_load_state(CPR_MODE_FORK, cpr_fork_point, errp);
 
 fail:
     for (i = 0; i < fds->len; i++) {
         close(g_array_index(fds, int, i));
     }
-    error_prepend(errp, "-incoming cpr-fork:%s: no VM from the parent: ",
-                  channel);
+    error_prepend(errp, "the fork parent: ");
+    return false;
 }
 
-/* Child, at the end of its start-up: run from the fork point */
 static void cpr_fork_started(void)
 {
-    GByteArray *b = NULL;
     Error *err = NULL;
 
     if (!cpr_fork_is_child() || cpr_fork_point) {
         return;
     }
-    if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_DEVICES, &b, NULL, &err)) {
-        error_prepend(&err, "the fork parent: ");
-        goto fail;
+    if (!cpr_fork_take(&err)) {
+        error_reportf_err(err, "-incoming cpr-fork:%s: ", cpr_fork_channel);
+        exit(1);
     }
-    close(cpr_fork_in);
-    cpr_fork_in = -1;
-    cpr_fork_point = cpr_file_parse(cpr_fork_channel, b, &err);
-    if (cpr_fork_point &&
-        cpr_load_state(CPR_MODE_FORK, cpr_fork_point, &err)) {
-        trace_cpr_fork_child_running();
-        return;
-    }
-fail:
-    error_reportf_err(err, "-incoming cpr-fork:%s: ", cpr_fork_channel);
-    exit(1);
+    trace_cpr_fork_child_running();
 }
 
 static void cpr_fork_load_done(void)
