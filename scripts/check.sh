@@ -16,7 +16,8 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e reboot_e2e snapshot_e2e style)
+suites=(cpr_test linux_e2e fork_e2e libvirt_e2e vfio_e2e reboot_e2e
+        snapshot_e2e style)
 n=0
 failed=0
 
@@ -55,6 +56,11 @@ cpr_test() {
 linux_e2e() {
     CPR_TEST_ACCEL=tcg in_session linux-e2e python3 \
         "$top/tests/e2e/linux-update.py"
+}
+
+# VM fork of the Linux guest: children, the parent apart, resets.
+fork_e2e() {
+    in_session fork-e2e python3 "$top/tests/e2e/linux-fork.py"
 }
 
 # The same guest managed by Debian's libvirt, updated through virsh.

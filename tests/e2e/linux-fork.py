@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""VM fork of the running Linux test guest (alone: no disks, no network;
+heartbeat every millisecond on a unix-socket serial port, memory pattern
+checked by the guest, vmgenid): cpr-fork, four children, each going on
+from the heartbeat of the fork point by itself, the parent resumed apart
+from them, new generation IDs, and one child reset again and again to
+the fork point.  Prints TAP.
+
+Environment: CPR_FORK_RESETS (resets of one child, 1000)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "scripts"))
+import cprlib  # noqa: E402
+import linuxvm  # noqa: E402
+
+CHILDREN = 4
+RESETS = int(os.environ.get("CPR_FORK_RESETS", "1000"))
+results = []
+
+
+def diag(msg):
+    print("# " + msg, flush=True)
+
+
+def case(fn):
+    results.append(fn)
+    return fn
+
+
+class Beats(linuxvm.Watch):
+    """A Watch whose heartbeat may go back to the fork point after a
+    reset; it keeps every heartbeat seen since the last mark()."""
+
+    def __init__(self):
+        super().__init__()
+        self.cond = threading.Condition(self.lock)
+        self.seen = []
+
+    def on_serial(self, line):
+        if line.startswith("H "):
+            seq = int(line[2:])
+            with self.cond:
+                self.seen.append(seq)
+                self.hb = seq
+                self.cond.notify_all()
+        elif not line.startswith("S "):
+            super().on_serial(line)
+
+    def mark(self):
+        with self.cond:
+            self.seen = []
+
+    def check_in_order(self, what):
+        """Every heartbeat since mark() one after the other."""
+        with self.cond:
+            seen = list(self.seen)
+        for a, b in zip(seen, seen[1:]):
+            assert b == a + 1, "%s: heartbeat %d after %d" % (what, b, a)
+
+    def first_after_mark(self, n=1, timeout=60):
+        """The first heartbeat since mark(), once @n have come."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.seen) >= n, timeout):
+                raise cprlib.QmpError("no heartbeat for %d s" % timeout)
+            return self.seen[0]
+
+    def back_at(self, point, timeout=60):
+        """Wait for a heartbeat of the fork point @point (the guest went
+        back there) since mark(); those sent before the reset may still
+        come first.  The lowest heartbeat seen from then on."""
+        def back():
+            return any(s <= point + 2 for s in self.seen)
+        with self.cond:
+            if not self.cond.wait_for(back, timeout):
+                raise cprlib.QmpError("no heartbeat of the fork point for "
+                                      "%d s: %s" % (timeout, self.seen[:5]))
+            return min(self.seen)
+
+
+class Vm:
+    def __init__(self, tag, channel=None):
+        self.dir = tempfile.mkdtemp(prefix="cpr-fork-%s-" % tag,
+                                    dir=os.path.join(cprlib.TOP, "build"))
+        serial = os.path.join(self.dir, "serial.sock")
+        qmp = os.path.join(self.dir, "qmp.sock")
+        args = linuxvm.plain_args(1024, serial, qmp)
+        args += ["-machine", "memfd-alloc=on", "-device", "vmgenid"]
+        if channel:
+            args += ["-incoming", "cpr-fork:" + channel]
+        self.proc = subprocess.Popen(args)
+        self.beats = Beats()
+        self.qmp = cprlib.Qmp(qmp, self.proc)
+        self.sock = linuxvm.attach_serial(self.beats, serial)
+
+    def heartbeats(self, n, what, timeout=120):
+        """Wait for @n more heartbeats, one after the other."""
+        self.beats.mark()
+        self.beats.first_after_mark(n, timeout)
+        self.beats.check_in_order(what)
+
+    def kill(self):
+        self.qmp.close()
+        self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+parent = None
+children = []
+point = None
+
+
+@case
+def children_go_on_from_the_fork_point():
+    global parent, point
+    parent = Vm("parent")
+    parent.heartbeats(500, "parent")
+    channel = "unix:" + os.path.join(parent.dir, "fork.sock")
+    parent.qmp.cmd("cpr-fork", channel=channel)
+    time.sleep(0.2)
+    point = parent.beats.hb
+    for i in range(CHILDREN):
+        child = Vm("child%d" % i, channel)
+        children.append(child)
+        first = child.beats.first_after_mark()
+        assert point <= first <= point + 2, \
+            "child %d began at heartbeat %d, the fork point is %d" % \
+            (i, first, point)
+    for i, child in enumerate(children):
+        child.heartbeats(500, "child %d" % i)
+    assert parent.beats.hb == point, "the paused parent went on"
+    diag("fork point at heartbeat %d; %d children went on from it" %
+         (point, CHILDREN))
+
+
+@case
+def parent_resumed_apart():
+    parent.qmp.cmd("cont")
+    parent.heartbeats(500, "resumed parent")
+    for i, child in enumerate(children):
+        child.heartbeats(200, "child %d" % i)
+    errs = [e for vm in [parent] + children for e in vm.beats.errors]
+    assert not errs, "; ".join(errs[:5])
+
+
+@case
+def new_generation_ids():
+    ids = [vm.qmp.cmd("query-vm-generation-id")["guid"]
+           for vm in [parent] + children]
+    assert len(set(ids)) == len(ids), "generation IDs: %s" % ids
+
+
+@case
+def reset_to_the_fork_point():
+    child = children[0]
+    worst = 0.0
+    t_all = time.monotonic()
+    for i in range(RESETS):
+        child.beats.mark()
+        t0 = time.monotonic()
+        child.qmp.cmd("cpr-fork-reset")
+        worst = max(worst, time.monotonic() - t0)
+        first = child.beats.back_at(point)
+        assert point <= first <= point + 2, \
+            "reset %d: heartbeat %d, the fork point is %d" % \
+            (i + 1, first, point)
+    child.heartbeats(200, "child 0 after the resets")
+    errs = child.beats.errors
+    assert not errs, "; ".join(errs[:5])
+    diag("%d resets in %.1f s, each back at the fork point's heartbeat; "
+         "longest cpr-fork-reset %.1f ms" %
+         (RESETS, time.monotonic() - t_all, worst * 1e3))
+
+
+def main():
+    print("TAP version 14")
+    print("1..%d" % len(results), flush=True)
+    failed = 0
+    try:
+        for i, fn in enumerate(results, 1):
+            name = fn.__name__.replace("_", "-")
+            try:
+                fn()
+                print("ok %d - %s" % (i, name), flush=True)
+            except Exception as e:  # report and go on
+                failed += 1
+                print("not ok %d - %s" % (i, name))
+                for line in str(e).splitlines() or [type(e).__name__]:
+                    diag(line)
+                sys.stdout.flush()
+    finally:
+        for vm in children + ([parent] if parent else []):
+            vm.kill()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
