@@ -449,3 +449,68 @@ void coroutine_fn cpr_channel_co_wait(int fd)
     qemu_coroutine_yield();
     aio_set_fd_handler(ctx, fd, false, NULL, NULL, NULL, NULL, NULL);
 }
+
+bool cpr_channel_send_state(int fd, GByteArray *state, GArray *fds,
+                            Error **errp)
+{
+    g_autoptr(GByteArray) msg = g_byte_array_new();
+    uint32_t count = cpu_to_be32(fds->len);
+    guint i;
+
+    g_byte_array_append(msg, (uint8_t *)&count, 4);
+    g_byte_array_append(msg, state->data, state->len);
+    if (!cpr_channel_send(fd, CPR_MSG_STATE, msg->data, msg->len, NULL, 0,
+                          errp)) {
+        return false;
+    }
+    for (i = 0; i < fds->len; i += CPR_CHANNEL_MAX_FDS) {
+        if (!cpr_channel_send(fd, CPR_MSG_FDS, NULL, 0,
+                              &g_array_index(fds, int, i),
+                              MIN(fds->len - i, CPR_CHANNEL_MAX_FDS),
+                              errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int cpr_channel_recv_state(int fd, bool transfer, Error **errp)
+{
+    g_autoptr(GByteArray) state = NULL;
+    g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
+    uint32_t count;
+    guint i;
+
+    if (!cpr_channel_recv(fd, CPR_MSG_STATE, &state, NULL, errp)) {
+        goto fail;
+    }
+    if (state->len < 4) {
+        error_setg(errp, "it sent a malformed state message");
+        goto fail;
+    }
+    count = ldl_be_p(state->data);
+    while (fds->len < count) {
+        g_autoptr(GArray) batch = NULL;
+
+        if (!cpr_channel_recv(fd, CPR_MSG_FDS, NULL, &batch, errp)) {
+            goto fail;
+        }
+        g_array_append_vals(fds, batch->data, batch->len);
+    }
+    if (fds->len != count) {
+        error_setg(errp, "it sent %u descriptors, its state names %u",
+                   fds->len, count);
+        goto fail;
+    }
+    if (!cpr_state_receive(state->data + 4, state->len - 4, fds, transfer,
+                           errp)) {
+        goto fail;
+    }
+    return count;
+
+fail:
+    for (i = 0; i < fds->len; i++) {
+        close(g_array_index(fds, int, i));
+    }
+    return -1;
+}

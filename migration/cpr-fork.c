@@ -67,11 +67,8 @@ static bool cpr_fork_is_parent(void)
 static void cpr_fork_serve(void *opaque)
 {
     g_autoptr(GByteArray) state = NULL;
-    g_autoptr(GByteArray) msg = g_byte_array_new();
     CprForkRam ram;
     Error *err = NULL;
-    uint32_t count;
-    guint i;
     int fd = cpr_channel_accept_one(cpr_fork_listen, cpr_fork_path, &err);
 
     if (fd < 0) {
@@ -80,20 +77,8 @@ static void cpr_fork_serve(void *opaque)
     }
     cpr_ram_fork_fds(&ram);
     state = cpr_state_serialize_fds((char **)ram.names->pdata, ram.fds);
-    count = cpu_to_be32(ram.fds->len);
-    g_byte_array_append(msg, (uint8_t *)&count, 4);
-    g_byte_array_append(msg, state->data, state->len);
-    if (!cpr_channel_send(fd, CPR_MSG_STATE, msg->data, msg->len, NULL, 0,
-                          &err)) {
+    if (!cpr_channel_send_state(fd, state, ram.fds, &err)) {
         goto out;
-    }
-    for (i = 0; i < ram.fds->len; i += CPR_CHANNEL_MAX_FDS) {
-        if (!cpr_channel_send(fd, CPR_MSG_FDS, NULL, 0,
-                              &g_array_index(ram.fds, int, i),
-                              MIN(ram.fds->len - i, CPR_CHANNEL_MAX_FDS),
-                              &err)) {
-            goto out;
-        }
     }
     cpr_channel_send(fd, CPR_MSG_DEVICES, cpr_fork_state->data,
                      cpr_fork_state->len, NULL, 0, &err);
@@ -220,11 +205,7 @@ static int cpr_fork_adopt_one(RAMBlock *rb, void *opaque)
 static bool cpr_fork_take(Error **errp)
 {
     ERRP_GUARD();
-    g_autoptr(GByteArray) state = NULL;
-    g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
     GByteArray *b = NULL;
-    uint32_t count;
-    guint i;
 
     for (;;) {
         Error *err = NULL;
@@ -236,33 +217,9 @@ static bool cpr_fork_take(Error **errp)
         error_free(err);
         g_usleep(500);
     }
-    if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_STATE, &state, NULL, errp)) {
+    if (cpr_channel_recv_state(cpr_fork_in, false, errp) < 0) {
         goto fail;
     }
-    if (state->len < 4) {
-        error_setg(errp, "it sent a malformed state message");
-        goto fail;
-    }
-    count = ldl_be_p(state->data);
-    while (fds->len < count) {
-        g_autoptr(GArray) batch = NULL;
-
-        if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_FDS, NULL, &batch,
-                              errp)) {
-            goto fail;
-        }
-        g_array_append_vals(fds, batch->data, batch->len);
-    }
-    if (fds->len != count) {
-        error_setg(errp, "it sent %u descriptors, its state names %u",
-                   fds->len, count);
-        goto fail;
-    }
-    if (!cpr_state_receive(state->data + 4, state->len - 4, fds, false,
-                           errp)) {
-        goto fail;
-    }
-    g_array_set_size(fds, 0);   /* the registry owns them now */
     ram_block_discard_disable(true);
     qemu_ram_foreach_block(cpr_fork_adopt_one, NULL);
     if (!cpr_channel_recv(cpr_fork_in, CPR_MSG_DEVICES, &b, NULL, errp)) {
@@ -275,9 +232,6 @@ static bool cpr_fork_take(Error **errp)
            cpr_load_state(CPR_MODE_FORK, cpr_fork_point, errp);
 
 fail:
-    for (i = 0; i < fds->len; i++) {
-        close(g_array_index(fds, int, i));
-    }
     error_prepend(errp, "the fork parent: ");
     return false;
 }

@@ -255,6 +255,14 @@ typedef enum CprMsg {
  */
 int cpr_channel_connect(const char *channel, Error **errp);
 int cpr_channel_accept(const char *channel, Error **errp);
+/*
+ * The CPR state @state (a registry, cpr-state.c) and its descriptors
+ * @fds, in order / received and taken as this process's incoming state
+ * (cpr_state_receive() with @transfer): the number of descriptors, or -1
+ */
+bool cpr_channel_send_state(int fd, GByteArray *state, GArray *fds,
+                            Error **errp);
+int cpr_channel_recv_state(int fd, bool transfer, Error **errp);
 /* Listen on "unix:PATH" (renamed there once it listens) / accept on it */
 int cpr_channel_listen(const char *channel, int backlog, Error **errp);
 int cpr_channel_accept_one(int lfd, const char *what, Error **errp);

@@ -139,23 +139,9 @@ static bool cpr_transfer_send_state(int fd, Error **errp)
 {
     g_autoptr(GByteArray) state = cpr_state_serialize();
     g_autoptr(GArray) fds = cpr_state_outgoing_fds();
-    g_autoptr(GByteArray) msg = g_byte_array_new();
-    uint32_t count = cpu_to_be32(fds->len);
-    guint i;
 
-    g_byte_array_append(msg, (uint8_t *)&count, 4);
-    g_byte_array_append(msg, state->data, state->len);
-    if (!cpr_channel_send(fd, CPR_MSG_STATE, msg->data, msg->len, NULL, 0,
-                          errp)) {
+    if (!cpr_channel_send_state(fd, state, fds, errp)) {
         return false;
-    }
-    for (i = 0; i < fds->len; i += CPR_CHANNEL_MAX_FDS) {
-        if (!cpr_channel_send(fd, CPR_MSG_FDS, NULL, 0,
-                              &g_array_index(fds, int, i),
-                              MIN(fds->len - i, CPR_CHANNEL_MAX_FDS),
-                              errp)) {
-            return false;
-        }
     }
     cpr_transfer_sent = g_steal_pointer(&state);
     cpr_transfer_sent_ids = cpr_transfer_fd_ids(fds);
@@ -329,53 +315,19 @@ static void G_GNUC_NORETURN cpr_transfer_refuse(Error *err)
 void cpr_transfer_incoming(const char *channel, Error **errp)
 {
     ERRP_GUARD();
-    g_autoptr(GByteArray) state = NULL;
-    g_autoptr(GArray) fds = g_array_new(false, false, sizeof(int));
-    uint32_t count;
-    guint i;
+    int n;
 
     cpr_transfer_channel = g_strdup(channel);
     cpr_transfer_in = cpr_channel_accept(channel, errp);
-    if (cpr_transfer_in < 0) {
-        goto fail;
-    }
-    if (!cpr_channel_recv(cpr_transfer_in, CPR_MSG_STATE, &state, NULL,
-                          errp)) {
-        goto fail;
-    }
-    if (state->len < 4) {
-        error_setg(errp, "it sent a malformed state message");
-        goto fail;
-    }
-    count = ldl_be_p(state->data);
-    while (fds->len < count) {
-        g_autoptr(GArray) batch = NULL;
-
-        if (!cpr_channel_recv(cpr_transfer_in, CPR_MSG_FDS, NULL, &batch,
-                              errp)) {
-            goto fail;
-        }
-        g_array_append_vals(fds, batch->data, batch->len);
-    }
-    if (fds->len != count) {
-        error_setg(errp, "it sent %u descriptors, its state names %u",
-                   fds->len, count);
-        goto fail;
-    }
-    if (!cpr_state_receive(state->data + 4, state->len - 4, fds, true,
-                           errp)) {
-        goto fail;
+    n = cpr_transfer_in < 0 ? -1 :
+        cpr_channel_recv_state(cpr_transfer_in, true, errp);
+    if (n < 0) {
+        error_prepend(errp, "-incoming cpr:%s: no VM from the old QEMU: ",
+                      channel);
+        return;
     }
     cpr_relay_incoming();
-    trace_cpr_transfer_received(channel, fds->len);
-    return;
-
-fail:
-    for (i = 0; i < fds->len; i++) {
-        close(g_array_index(fds, int, i));
-    }
-    error_prepend(errp, "-incoming cpr:%s: no VM from the old QEMU: ",
-                  channel);
+    trace_cpr_transfer_received(channel, n);
 }
 
 /* New process, at the end of its start-up: take the VM */

@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -308,3 +309,38 @@ def console_lines(args, log_name):
             log.write(line + "\n")
             log.flush()
             yield line
+
+
+class Tap:
+    """TAP version 14 for a test script: @case registers a function as a
+    test (named after it), run() runs them all in order, a failing one
+    reported with its message and the rest run."""
+
+    def __init__(self):
+        self.cases = []
+
+    def case(self, fn):
+        self.cases.append(fn)
+        return fn
+
+    @staticmethod
+    def diag(msg):
+        print("# " + msg, flush=True)
+
+    def run(self):
+        """1 if a case failed, else 0."""
+        print("TAP version 14")
+        print("1..%d" % len(self.cases), flush=True)
+        failed = 0
+        for i, fn in enumerate(self.cases, 1):
+            name = fn.__name__.replace("_", "-")
+            try:
+                fn()
+                print("ok %d - %s" % (i, name), flush=True)
+            except Exception as e:  # report and go on
+                failed = 1
+                print("not ok %d - %s" % (i, name))
+                for line in str(e).splitlines() or [type(e).__name__]:
+                    self.diag(line)
+                sys.stdout.flush()
+        return failed

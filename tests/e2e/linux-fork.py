@@ -24,16 +24,8 @@ import linuxvm  # noqa: E402
 
 CHILDREN = 4
 RESETS = int(os.environ.get("CPR_FORK_RESETS", "1000"))
-results = []
-
-
-def diag(msg):
-    print("# " + msg, flush=True)
-
-
-def case(fn):
-    results.append(fn)
-    return fn
+tap = cprlib.Tap()
+case, diag = tap.case, tap.diag
 
 
 class Beats(linuxvm.Watch):
@@ -58,6 +50,14 @@ class Beats(linuxvm.Watch):
     def mark(self):
         with self.cond:
             self.seen = []
+
+    # A reset cuts the line the guest was writing: the next line starts
+    # with its beginning
+    cut_lines = False
+
+    def error(self, msg):
+        if not (self.cut_lines and ": bad line b'H " in msg):
+            super().error(msg)
 
     def check_in_order(self, what):
         """Every heartbeat since mark() one after the other."""
@@ -164,6 +164,10 @@ def new_generation_ids():
 def reset_to_the_fork_point():
     child = children[0]
     worst = 0.0
+    # Alone on the host's CPUs: a starved guest's kernel reports lockups
+    for vm in [parent] + children[1:]:
+        vm.qmp.cmd("stop")
+    child.beats.cut_lines = True
     t_all = time.monotonic()
     for i in range(RESETS):
         child.beats.mark()
@@ -183,25 +187,11 @@ def reset_to_the_fork_point():
 
 
 def main():
-    print("TAP version 14")
-    print("1..%d" % len(results), flush=True)
-    failed = 0
     try:
-        for i, fn in enumerate(results, 1):
-            name = fn.__name__.replace("_", "-")
-            try:
-                fn()
-                print("ok %d - %s" % (i, name), flush=True)
-            except Exception as e:  # report and go on
-                failed += 1
-                print("not ok %d - %s" % (i, name))
-                for line in str(e).splitlines() or [type(e).__name__]:
-                    diag(line)
-                sys.stdout.flush()
+        return tap.run()
     finally:
         for vm in children + ([parent] if parent else []):
             vm.kill()
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
