@@ -114,6 +114,19 @@ static int dma(uint32_t src, uint32_t dst, uint32_t cmd)
         cpu_relax();
     }
     mb->dma_done++;
+    /*
+     * The next DMA only once this one's interrupt came: two MSIs pending
+     * at once would be one eventfd signal and one interrupt (while no
+     * QEMU runs the VM), so the count of interrupts would lag the DMAs
+     */
+    spins = 0;
+    while (mb->dma_irqs < mb->dma_done) {
+        if (++spins == 0) {
+            fail(ERR_DMA_STUCK);
+            return -1;
+        }
+        cpu_relax();
+    }
     return 0;
 }
 
