@@ -170,6 +170,8 @@ def reset_to_the_fork_point():
     child.beats.cut_lines = True
     t_all = time.monotonic()
     for i in range(RESETS):
+        if time.monotonic() > t_all + 600:
+            raise AssertionError("%d resets took more than 600 s" % i)
         child.beats.mark()
         t0 = time.monotonic()
         child.qmp.cmd("cpr-fork-reset")
