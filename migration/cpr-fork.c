@@ -32,7 +32,6 @@
 #include "exec/exec-all.h"
 #include "exec/ram_addr.h"
 #include "migration/blocker.h"
-#include "migration/global_state.h"
 #include "migration/cpr.h"
 #include "sysemu/reset.h"
 #include "sysemu/runstate.h"
@@ -258,8 +257,6 @@ static void cpr_fork_load_done(void)
 
 void qmp_cpr_fork_reset(Error **errp)
 {
-    RunState state;
-
     if (!cpr_fork_point || cpr_is_incoming()) {
         error_setg(errp, "this VM is not a running fork child");
         return;
@@ -275,13 +272,7 @@ void qmp_cpr_fork_reset(Error **errp)
         error_prepend(errp, "cannot load the fork point again: ");
         return;
     }
-    state = global_state_received() ? global_state_get_runstate()
-                                    : RUN_STATE_RUNNING;
-    if (state == RUN_STATE_RUNNING) {
-        vm_start();
-    } else {
-        runstate_set(state);
-    }
+    cpr_enter_runstate(cpr_saved_runstate());
     trace_cpr_fork_reset();
 }
 

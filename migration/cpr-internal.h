@@ -214,6 +214,9 @@ bool cpr_mode_allowed(CprMode mode, Error **errp);
  * its run state.  A failure leaves the VM paused, ready for another load.
  */
 bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp);
+/* After a load: the run state the VM was saved in / put the VM in @state */
+RunState cpr_saved_runstate(void);
+void cpr_enter_runstate(RunState state);
 
 /* cpr-transfer.c: in a process started with -incoming cpr:CHANNEL */
 void cpr_transfer_incoming(const char *channel, Error **errp);

@@ -432,6 +432,21 @@ static int cpr_load_mode(Error **errp)
     return -1;
 }
 
+RunState cpr_saved_runstate(void)
+{
+    return global_state_received() ? global_state_get_runstate()
+                                   : RUN_STATE_RUNNING;
+}
+
+void cpr_enter_runstate(RunState state)
+{
+    if (state == RUN_STATE_RUNNING) {
+        vm_start();
+    } else {
+        runstate_set(state);
+    }
+}
+
 bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp)
 {
     ERRP_GUARD();
@@ -472,18 +487,13 @@ bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp)
         ops->loaded();
     }
 
-    state = global_state_received() ? global_state_get_runstate()
-                                    : RUN_STATE_RUNNING;
+    state = cpr_saved_runstate();
     if (state == RUN_STATE_RUNNING && ops->obeys_autostart && !autostart &&
         !cpr_relay_leg_incoming()) {
         state = RUN_STATE_PAUSED;   /* -S, as after an incoming migration */
     }
     trace_cpr_load_done(RunState_str(state));
-    if (state == RUN_STATE_RUNNING) {
-        vm_start();
-    } else {
-        runstate_set(state);
-    }
+    cpr_enter_runstate(state);
     if (ops->load_done) {
         ops->load_done();
     }
