@@ -236,7 +236,7 @@ GByteArray *cpr_file_envelope(CprFile *cf, GByteArray *devices)
     return b;
 }
 
-static bool cpr_write_all(int fd, const uint8_t *p, size_t len, off_t off)
+bool cpr_file_pwrite(int fd, const uint8_t *p, size_t len, off_t off)
 {
     while (len) {
         ssize_t n = pwrite(fd, p, len, off);
@@ -274,6 +274,52 @@ static bool cpr_sync_dir(const char *path, Error **errp)
     return true;
 }
 
+int cpr_file_create(const char *path, char **tmp, Error **errp)
+{
+    int fd;
+
+    *tmp = g_strdup_printf("%s.XXXXXX", path);
+    fd = g_mkstemp_full(*tmp, O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot create '%s'", *tmp);
+        g_clear_pointer(tmp, g_free);
+    }
+    return fd;
+}
+
+bool cpr_file_commit(int fd, const char *tmp, const char *path, bool durable,
+                     Error **errp)
+{
+    if (durable && fsync(fd) < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        close(fd);
+        goto fail;
+    }
+    if (close(fd) < 0) {
+        error_setg_errno(errp, errno, "cannot write '%s'", path);
+        goto fail;
+    }
+    if (rename(tmp, path) < 0) {
+        error_setg_errno(errp, errno, "cannot rename '%s' to '%s'", tmp, path);
+        goto fail;
+    }
+    if (durable && !cpr_sync_dir(path, errp)) {
+        unlink(path);
+        return false;
+    }
+    return true;
+
+fail:
+    unlink(tmp);
+    return false;
+}
+
+void cpr_file_discard(int fd, const char *tmp)
+{
+    close(fd);
+    unlink(tmp);
+}
+
 bool cpr_file_write(const char *path, CprMode mode,
                     const CprFileOps *ops, Error **errp)
 {
@@ -281,7 +327,7 @@ bool cpr_file_write(const char *path, CprMode mode,
     g_autoptr(CprFile) cf = cpr_file_new(mode);
     g_autoptr(GByteArray) devices = cpr_save_devices(errp);
     g_autoptr(GByteArray) b = NULL;
-    g_autofree char *tmp = g_strdup_printf("%s.XXXXXX", path);
+    g_autofree char *tmp = NULL;
     int fd;
 
     if (!devices) {
@@ -294,46 +340,25 @@ bool cpr_file_write(const char *path, CprMode mode,
     }
     b = cpr_file_envelope(cf, devices);
 
-    fd = g_mkstemp_full(tmp, O_WRONLY | O_CLOEXEC, 0600);
+    fd = cpr_file_create(path, &tmp, errp);
     if (fd < 0) {
-        error_setg_errno(errp, errno, "cannot create '%s'", tmp);
         return false;
     }
-    if (!cpr_write_all(fd, b->data, b->len, 0)) {
+    if (!cpr_file_pwrite(fd, b->data, b->len, 0)) {
         error_setg_errno(errp, errno, "cannot write '%s'", path);
-        goto fail;
+        cpr_file_discard(fd, tmp);
+        return false;
     }
     if (ops && ops->write && !ops->write(cf, tmp, fd, errp)) {
         error_prepend(errp, "cannot write '%s': ", path);
-        goto fail;
+        cpr_file_discard(fd, tmp);
+        return false;
     }
-    if (ops && ops->durable && fsync(fd) < 0) {
-        error_setg_errno(errp, errno, "cannot write '%s'", path);
-        goto fail;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        error_setg_errno(errp, errno, "cannot write '%s'", path);
-        goto fail;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        error_setg_errno(errp, errno, "cannot rename '%s' to '%s'", tmp, path);
-        goto fail;
-    }
-    if (ops && ops->durable && !cpr_sync_dir(path, errp)) {
-        unlink(path);
+    if (!cpr_file_commit(fd, tmp, path, ops && ops->durable, errp)) {
         return false;
     }
     trace_cpr_file_write(path, b->len, cf->file_size);
     return true;
-
-fail:
-    if (fd >= 0) {
-        close(fd);
-    }
-    unlink(tmp);
-    return false;
 }
 
 static bool cpr_read_all(int fd, uint8_t *p, size_t len, off_t off)

@@ -118,6 +118,7 @@ static void cpr_fork_blockers(CprBlockerList ***tail)
         cpr_ram_add_blockers(tail, CPR_MODE_FORK);
     }
     if (cpr_fork_is_child() || cpr_fork_is_parent()) {
+        const char *who = cpr_fork_is_child() ? "child" : "parent";
         CprMode modes[] = { CPR_MODE_RESTART, CPR_MODE_TRANSFER };
         int i;
 
@@ -125,9 +126,12 @@ static void cpr_fork_blockers(CprBlockerList ***tail)
             cpr_add_blocker(tail, modes[i], "fork",
                             "guest RAM of a fork %s is a copy-on-write view "
                             "of the fork point, which another process cannot "
-                            "take over", cpr_fork_is_child() ? "child" :
-                            "parent");
+                            "take over", who);
         }
+        cpr_add_blocker(tail, CPR_MODE_CHECKPOINT, "fork",
+                        "guest RAM of a fork %s is a copy-on-write view of "
+                        "the fork point; checkpoints of it are not done yet",
+                        who);
     }
 }
 

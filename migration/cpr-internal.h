@@ -58,6 +58,17 @@ bool cpr_file_write(const char *path, CprMode mode, const CprFileOps *ops,
                     Error **errp);
 CprFile *cpr_file_read(const char *path, Error **errp);
 /*
+ * The steps of cpr_file_write: create @path's temporary file (0600; its
+ * name in @tmp), write into it, then rename it into place (made durable
+ * first if @durable; @fd closed, the temporary file gone on failure) or
+ * discard it
+ */
+int cpr_file_create(const char *path, char **tmp, Error **errp);
+bool cpr_file_pwrite(int fd, const uint8_t *p, size_t len, off_t off);
+bool cpr_file_commit(int fd, const char *tmp, const char *path, bool durable,
+                     Error **errp);
+void cpr_file_discard(int fd, const char *tmp);
+/*
  * Transfer mode: the envelope of this VM's state (no RAM) in memory, and
  * the checked CprFile of one received under @name (takes @b)
  */
@@ -205,6 +216,7 @@ extern const CprModeOps cpr_restart_ops;
 extern const CprModeOps cpr_reboot_ops;
 extern const CprModeOps cpr_transfer_ops;
 extern const CprModeOps cpr_fork_ops;
+extern const CprModeOps cpr_checkpoint_ops;
 
 /* No blocker of @mode, the VM running or paused, no migration or save */
 bool cpr_mode_allowed(CprMode mode, Error **errp);
@@ -306,8 +318,24 @@ void cpr_mm_release(pid_t pid);
 void cpr_mm_done(void);
 void cpr_mm_incoming(pid_t pid);
 
+/* cpr-reboot.c: what a checkpoint (cpr-checkpoint.c) writes as reboot does */
+/* Place every RAM block after the envelope, none left in its backend */
+void cpr_reboot_layout_copy(CprFile *cf, size_t envelope);
+/*
+ * Write the pages of @rb from @start to @end (page aligned) that are
+ * neither zero nor set in the page bitmap @skip (or NULL) into @fd, where
+ * @rb's page 0 is at @file_offset; add what was written to @bytes;
+ * 0 or -errno
+ */
+int cpr_reboot_write_range(int fd, RAMBlock *rb, uint64_t start,
+                           uint64_t end, uint64_t file_offset,
+                           const unsigned long *skip, uint64_t *bytes);
+
 /* cpr-snapshot.c */
 CprSnapshotInfo *cpr_snapshot_info(void);
+
+/* cpr-checkpoint.c: the checkpoint being written or the last one, or NULL */
+CprCheckpointInfo *cpr_checkpoint_info(void);
 
 /* cpr-state.c */
 /* Read the state a cprsave restart left for this process, if any */

@@ -48,6 +48,7 @@ typedef struct CprRebootChunk {
     uint64_t start;
     uint64_t end;
     uint64_t file_offset;
+    const unsigned long *skip;  /* pages of the block not to write, or NULL */
 } CprRebootChunk;
 
 typedef struct CprRebootJob {
@@ -75,7 +76,8 @@ static bool cpr_reboot_ram_in_backend(RAMBlock *rb)
            sfs.f_type != RAMFS_MAGIC;
 }
 
-static void cpr_reboot_layout(CprFile *cf, size_t envelope)
+/* With @backend_ok, RAM in a file a reboot keeps is not copied */
+static void cpr_reboot_place(CprFile *cf, size_t envelope, bool backend_ok)
 {
     uint64_t off = ROUND_UP(envelope, CPR_REBOOT_ALIGN);
     int i;
@@ -83,7 +85,8 @@ static void cpr_reboot_layout(CprFile *cf, size_t envelope)
     for (i = 0; i < cf->nr_ram; i++) {
         CprRamEntry *e = &cf->ram[i];
 
-        if (cpr_reboot_ram_in_backend(qemu_ram_block_by_name(e->idstr))) {
+        if (backend_ok &&
+            cpr_reboot_ram_in_backend(qemu_ram_block_by_name(e->idstr))) {
             e->in_backend = true;
             continue;
         }
@@ -91,6 +94,16 @@ static void cpr_reboot_layout(CprFile *cf, size_t envelope)
         off = ROUND_UP(off + e->used_length, CPR_REBOOT_ALIGN);
     }
     cf->file_size = off;
+}
+
+static void cpr_reboot_layout(CprFile *cf, size_t envelope)
+{
+    cpr_reboot_place(cf, envelope, true);
+}
+
+void cpr_reboot_layout_copy(CprFile *cf, size_t envelope)
+{
+    cpr_reboot_place(cf, envelope, false);
 }
 
 static bool cpr_reboot_aligned(const void *p, uint64_t len, uint64_t off)
@@ -121,6 +134,13 @@ static int cpr_reboot_pwrite(CprRebootJob *j, const uint8_t *p, uint64_t len,
     return 0;
 }
 
+/* Whether the page at @p of @c's block stays out of the file */
+static bool cpr_reboot_page_out(CprRebootChunk *c, uint64_t p, uint64_t end)
+{
+    return (c->skip && test_bit(p / CPR_REBOOT_PAGE, c->skip)) ||
+           buffer_is_zero(c->rb->host + p, MIN(CPR_REBOOT_PAGE, end - p));
+}
+
 /* Write the pages that are not zero from @start to @end of @c's block */
 static int cpr_reboot_write_pages(CprRebootJob *j, CprRebootChunk *c,
                                   uint64_t start, uint64_t end)
@@ -130,12 +150,11 @@ static int cpr_reboot_write_pages(CprRebootJob *j, CprRebootChunk *c,
     int ret;
 
     while (p < end) {
-        while (p < end && buffer_is_zero(host + p, MIN(CPR_REBOOT_PAGE,
-                                                       end - p))) {
+        while (p < end && cpr_reboot_page_out(c, p, end)) {
             p += CPR_REBOOT_PAGE;
         }
         for (q = p; q < end && q - p < CPR_REBOOT_MAX_IO &&
-             !buffer_is_zero(host + q, MIN(CPR_REBOOT_PAGE, end - q));
+             !cpr_reboot_page_out(c, q, end);
              q += CPR_REBOOT_PAGE) {
             /* this page goes into the write */
         }
@@ -176,6 +195,21 @@ static int cpr_reboot_write_chunk(CprRebootJob *j, CprRebootChunk *c)
         }
     }
     return 0;
+}
+
+int cpr_reboot_write_range(int fd, RAMBlock *rb, uint64_t start,
+                           uint64_t end, uint64_t file_offset,
+                           const unsigned long *skip, uint64_t *bytes)
+{
+    CprRebootJob j = { .fd = fd, .direct_fd = -1 };
+    CprRebootChunk c = {
+        .rb = rb, .start = start, .end = end, .file_offset = file_offset,
+        .skip = skip,
+    };
+    int ret = cpr_reboot_write_chunk(&j, &c);
+
+    *bytes += j.bytes;
+    return ret;
 }
 
 static int cpr_reboot_read_chunk(CprRebootJob *j, CprRebootChunk *c)

@@ -49,6 +49,7 @@ static const CprModeOps *const cpr_modes[] = {
     [CPR_MODE_REBOOT] = &cpr_reboot_ops,
     [CPR_MODE_TRANSFER] = &cpr_transfer_ops,
     [CPR_MODE_FORK] = &cpr_fork_ops,
+    [CPR_MODE_CHECKPOINT] = &cpr_checkpoint_ops,
 };
 QEMU_BUILD_BUG_ON(ARRAY_SIZE(cpr_modes) != CPR_MODE__MAX);
 
@@ -105,6 +106,8 @@ CprInfo *qmp_query_cpr(Error **errp)
     info->load_pending = cpr_is_incoming();
     info->snapshot = cpr_snapshot_info();
     info->has_snapshot = info->snapshot != NULL;
+    info->checkpoint = cpr_checkpoint_info();
+    info->has_checkpoint = info->checkpoint != NULL;
     return info;
 }
 
@@ -152,7 +155,9 @@ bool cpr_mode_allowed(CprMode mode, Error **errp)
     for (b = blockers; b; b = b->next) {
         if (b->value->mode == mode) {
             error_setg(errp, "%s is blocked by '%s': %s",
-                       mode == CPR_MODE_FORK ? "cpr-fork" : "cprsave",
+                       mode == CPR_MODE_FORK ? "cpr-fork" :
+                       mode == CPR_MODE_CHECKPOINT ? "cpr-checkpoint" :
+                       "cprsave",
                        b->value->object, b->value->reason);
             return false;
         }
@@ -372,6 +377,11 @@ void coroutine_fn qmp_cprsave(bool has_file, const char *file, CprMode mode,
 
     if (mode == CPR_MODE_FORK) {
         error_setg(errp, "a VM forks with cpr-fork, not cprsave");
+        return;
+    }
+    if (mode == CPR_MODE_CHECKPOINT) {
+        error_setg(errp, "a checkpoint is written with cpr-checkpoint, "
+                   "not cprsave");
         return;
     }
     if (has_relay && relay) {

@@ -813,6 +813,10 @@ static void vfio_cpr_blockers(CprBlockerList ***tail)
                             "a device passed through with VFIO cannot be "
                             "in two VMs; unplug it (device_del) before "
                             "cpr-fork");
+            cpr_add_blocker(tail, CPR_MODE_CHECKPOINT, vbasedev->name,
+                            "a device passed through with VFIO writes guest "
+                            "RAM by DMA, which userfaultfd cannot catch; "
+                            "unplug it (device_del) before cpr-checkpoint");
         }
         if (vfio_cpr_charge_moves != 1) {
             cpr_add_blocker(tail, CPR_MODE_TRANSFER, "vfio",

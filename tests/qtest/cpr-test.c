@@ -55,6 +55,7 @@ typedef struct CprVm {
     JSONMessageParser parser;
     GQueue msgs;
     int resumes;                /* RESUME events seen */
+    QDict *checkpoint_done;     /* CPR_CHECKPOINT_COMPLETED's data, if seen */
 } CprVm;
 
 static const char *test_accel;     /* accelerator of the running case */
@@ -96,6 +97,8 @@ static void vm_disconnect(CprVm *vm)
 {
     QObject *obj;
 
+    qobject_unref(vm->checkpoint_done);
+    vm->checkpoint_done = NULL;
     if (vm->qmp_fd >= 0) {
         close(vm->qmp_fd);
         vm->qmp_fd = -1;
@@ -120,6 +123,20 @@ static void vm_send(CprVm *vm, QDict *cmd)
     }
 }
 
+/* Keep what the tests look at from event @ev, and drop it */
+static void vm_note_event(CprVm *vm, QDict *ev)
+{
+    const char *name = qdict_get_str(ev, "event");
+
+    vm->resumes += !strcmp(name, "RESUME");
+    if (!strcmp(name, "CPR_CHECKPOINT_COMPLETED")) {
+        g_assert(!vm->checkpoint_done);
+        vm->checkpoint_done = qdict_get_qdict(ev, "data");
+        qobject_ref(vm->checkpoint_done);
+    }
+    qobject_unref(ev);
+}
+
 /* Send a command; return its reply ("return" or "error"), NULL at EOF. */
 static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
 {
@@ -132,8 +149,7 @@ static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
         if (!qdict_haskey(resp, "event")) {
             return resp;
         }
-        vm->resumes += !strcmp(qdict_get_str(resp, "event"), "RESUME");
-        qobject_unref(resp);
+        vm_note_event(vm, resp);
     }
     return NULL;
 }
@@ -2979,6 +2995,230 @@ static void test_fork_refused(void)
     vm_kill(vm);
 }
 
+/* Checkpoints (cpr-checkpoint.c) */
+
+/* Wait for CPR_CHECKPOINT_COMPLETED; its data (the caller's reference) */
+static QDict *vm_checkpoint_wait(CprVm *vm)
+{
+    QDict *data;
+
+    while (!vm->checkpoint_done) {
+        QDict *msg = vm_receive(vm);
+
+        g_assert(msg);
+        g_assert(qdict_haskey(msg, "event"));
+        vm_note_event(vm, msg);
+    }
+    data = vm->checkpoint_done;
+    vm->checkpoint_done = NULL;
+    return data;
+}
+
+static QDict *vm_checkpoint_info(CprVm *vm)
+{
+    QDict *info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    QDict *ckpt = qdict_get_qdict(info, "checkpoint");
+
+    g_assert(ckpt);
+    qobject_ref(ckpt);
+    qobject_unref(info);
+    return ckpt;
+}
+
+/*
+ * A checkpoint of a guest that keeps rewriting all of its RAM: the file,
+ * loaded in a fresh QEMU, holds every page as it was at one instant (all
+ * counters within one pass) although the guest made many passes while
+ * the file was written; the original runs on throughout.
+ */
+static void checkpoint_round_trip(const char *machine)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.ckpt", NULL);
+    g_autofree uint64_t *before = NULL, *after = NULL, *restored = NULL;
+    CprVm *vm = vm_start(machine, -1), *copy;
+    QDict *done, *info;
+    size_t passes;
+    struct stat st;
+    int i;
+
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    passes = vm_serial_len(vm);
+    /* Slowly enough for the guest to rewrite its RAM many times meanwhile */
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-checkpoint', 'arguments':"
+                        " {'file': %s, 'max-bandwidth': %d}}",
+                        file, 64 << 20));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    info = vm_checkpoint_info(vm);
+    g_assert_cmpstr(qdict_get_str(info, "status"), ==, "active");
+    g_assert_cmpint(qdict_get_int(info, "pause-us"), >, 0);
+    qobject_unref(info);
+    g_assert(stat(file, &st) < 0);      /* not in place before it is whole */
+    done = vm_checkpoint_wait(vm);
+    g_assert_cmpstr(qdict_get_str(done, "status"), ==, "completed");
+    g_assert(!qdict_haskey(done, "error"));
+    g_assert_cmpint(qdict_get_int(done, "bytes"), >=, 30 * MiB);
+    qobject_unref(done);
+    g_assert_cmpuint(vm_serial_len(vm) - passes, >=, 4);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = vm_counters(vm);
+    check_consistent(after);
+    info = vm_checkpoint_info(vm);
+    g_assert_cmpstr(qdict_get_str(info, "status"), ==, "completed");
+    g_assert_cmpint(qdict_get_int(info, "ram-done"), ==,
+                    qdict_get_int(info, "ram-total"));
+    qobject_unref(info);
+    g_assert(stat(file, &st) == 0);
+    g_assert_cmpint(st.st_mode & 0777, ==, 0600);
+
+    copy = vm_start_defer(machine, NULL);
+    vm_cprload(copy, file);
+    qobject_unref(vm_ok(copy, "{'execute': 'stop'}"));
+    restored = vm_counters(copy);
+    check_consistent(restored);
+    for (i = 0; i < COUNTER_PAGES; i++) {
+        g_assert_cmpuint(restored[i], >=, before[i]);
+    }
+    /* Far behind the original, which went on from the checkpoint */
+    g_assert_cmpuint(restored[0] + 2, <=, after[0]);
+    qobject_unref(vm_ok(copy, "{'execute': 'cont'}"));
+    check_moving(copy, restored);
+    vm_kill(copy);
+    check_moving(vm, after);
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
+/* Whether query-cpr lists a checkpoint blocker on RAM block @object */
+static char *vm_checkpoint_blocker(CprVm *vm, const char *object)
+{
+    QDict *info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    QListEntry *e;
+    char *reason = NULL;
+
+    QLIST_FOREACH_ENTRY(qdict_get_qlist(info, "blockers"), e) {
+        QDict *b = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (!strcmp(qdict_get_str(b, "mode"), "checkpoint") &&
+            !strcmp(qdict_get_str(b, "object"), object)) {
+            reason = g_strdup(qdict_get_str(b, "reason"));
+        }
+    }
+    qobject_unref(info);
+    return reason;
+}
+
+static void test_checkpoint(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *reason = NULL;
+    CprVm *vm;
+
+    checkpoint_round_trip(machine);
+    /*
+     * Anonymous RAM: untouched pages are protected too where the kernel
+     * can (Linux 6.4); elsewhere query-cpr says why it cannot
+     */
+    vm = vm_start("q35", -1);
+    reason = vm_checkpoint_blocker(vm, "pc.ram");
+    vm_kill(vm);
+    if (reason) {
+        g_assert(strstr(reason, "Linux 6.4"));
+    } else {
+        checkpoint_round_trip("q35");
+    }
+}
+
+/* Refusals, a cancel and a full disk: the VM runs on, no file is left */
+static void test_checkpoint_refused(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.ckpt", NULL);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+    g_autoptr(GDir) d = NULL;
+    CprVm *vm = vm_start(machine, -1);
+    QDict *done;
+
+    vm_wait_passes(vm, 2);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-checkpoint-cancel'}"));
+    g_assert_cmpstr(err, ==, "no checkpoint is being written");
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'mode': 'checkpoint', 'file': %s}}", file));
+    g_assert(strstr(err, "with cpr-checkpoint, not cprsave"));
+
+    /* Busy: a second checkpoint, cprsave, migration, a snapshot */
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-checkpoint', 'arguments':"
+                        " {'file': %s, 'max-bandwidth': %d}}",
+                        file, 1 << 20));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-checkpoint', 'arguments':"
+                          " {'file': %s}}", file));
+    g_assert(strstr(err, "a checkpoint is being written to"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'mode': 'reboot', 'file': '/nonexistent/x'}}"));
+    g_assert(strstr(err, "a checkpoint is being written to"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-snapshot'}"));
+    g_assert(strstr(err, "a checkpoint is being written to"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'migrate', 'arguments':"
+                          " {'uri': 'exec:cat >/dev/null'}}"));
+    g_assert(strstr(err, "a checkpoint is being written to"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+
+    /* Cancelled: the event says so and nothing is left */
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-checkpoint-cancel'}"));
+    done = vm_checkpoint_wait(vm);
+    g_assert_cmpstr(qdict_get_str(done, "status"), ==, "cancelled");
+    qobject_unref(done);
+    d = g_dir_open(dir, 0, NULL);
+    g_assert(d && !g_dir_read_name(d));
+    g_clear_pointer(&d, g_dir_close);
+    before = vm_counters(vm);
+    check_moving(vm, before);
+
+    /* Blocked: a snapshot exists (a migration blocker) */
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-snapshot'}"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-checkpoint', 'arguments':"
+                          " {'file': %s}}", file));
+    g_assert(strstr(err, "cpr-checkpoint is blocked by 'migration'"));
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-snapshot-drop'}"));
+    g_free(err);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cpr-checkpoint', 'arguments':"
+                          " {'file': '/nonexistent/vm.ckpt'}}"));
+    g_assert(strstr(err, "cannot create '/nonexistent/vm.ckpt."));
+
+    /* A full disk: the checkpoint fails, the VM runs on */
+    if (mount("cpr-test", dir, "tmpfs", 0, "size=8m,mode=0700") < 0) {
+        g_error("cannot mount a small tmpfs on %s: %s", dir,
+                strerror(errno));
+    }
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-checkpoint', 'arguments':"
+                        " {'file': %s}}", file));
+    done = vm_checkpoint_wait(vm);
+    g_assert_cmpstr(qdict_get_str(done, "status"), ==, "failed");
+    g_assert(strstr(qdict_get_str(done, "error"), "No space left on device"));
+    qobject_unref(done);
+    d = g_dir_open(dir, 0, NULL);
+    g_assert(d && !g_dir_read_name(d));
+    g_clear_pointer(&d, g_dir_close);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    g_free(before);
+    before = vm_counters(vm);
+    check_moving(vm, before);
+    if (umount(dir) < 0) {
+        g_error("cannot unmount %s: %s", dir, strerror(errno));
+    }
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
 /* 50 transfers in a row: no descriptor or memory growth */
 static void test_transfer_soak(void)
 {
@@ -3071,6 +3311,8 @@ int main(int argc, char **argv)
     add_test("transfer/soak", test_transfer_soak);
     add_test("fork/children", test_fork);
     add_test("fork/refused", test_fork_refused);
+    add_test("checkpoint/round-trip", test_checkpoint);
+    add_test("checkpoint/refused", test_checkpoint_refused);
     add_test("reboot/round-trip", test_reboot_round_trip);
     add_test("reboot/cont", test_reboot_cont);
     add_test("reboot/file-backend", test_reboot_file_backend);
