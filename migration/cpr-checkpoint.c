@@ -58,7 +58,7 @@
 #endif
 
 #define CPR_CKPT_PAGE 4096
-#define CPR_CKPT_CHUNK (1 * MiB)        /* of RAM the writer takes at once */
+#define CPR_CKPT_CHUNK (4 * MiB)        /* of RAM the writer takes at once */
 #define CPR_CKPT_ROUNDS 3       /* of re-protecting dirty pages, running */
 #define CPR_CKPT_FEW_DIRTY 256  /* pages: few enough to protect paused */
 
@@ -75,6 +75,7 @@ typedef struct CprCkpt {
     char *path;
     char *tmp;                  /* the file until it is complete */
     int fd;
+    int direct_fd;              /* the same with O_DIRECT, or -1 */
     int uffd;
     int quit_fd;                /* eventfd: the fault thread ends */
     uint64_t max_bandwidth;     /* bytes per second, 0: no limit */
@@ -87,6 +88,9 @@ typedef struct CprCkpt {
 
     QemuMutex lock;             /* bitmaps, saving, the file's pages */
     bool saving;                /* a fault saves the page before the write */
+    CprCkptBlock *flight;       /* the writer writes it from flight_start */
+    uint64_t flight_start;      /* to flight_end, or NULL */
+    uint64_t flight_end;
     QemuThread writer;
     QemuThread faults;
     QemuSemaphore paused;       /* the writer waits for the pause */
@@ -266,7 +270,7 @@ static CprCkptBlock *cpr_ckpt_block_at(CprCkpt *c, uint64_t addr,
 static void cpr_ckpt_fault(CprCkpt *c, uint64_t addr)
 {
     CprCkptBlock *b;
-    uint64_t page;
+    uint64_t page, bytes = 0;
     int ret;
 
     QEMU_LOCK_GUARD(&c->lock);
@@ -275,12 +279,18 @@ static void cpr_ckpt_fault(CprCkpt *c, uint64_t addr)
         return;
     }
     trace_cpr_checkpoint_fault(b->rb->idstr, page * CPR_CKPT_PAGE, c->saving);
+    if (b == c->flight && page * CPR_CKPT_PAGE >= c->flight_start &&
+        page * CPR_CKPT_PAGE < c->flight_end) {
+        return;     /* the writer's unprotect lets it go on */
+    }
     if (!c->saving) {
         set_bit(page, b->dirty);
     } else if (!test_and_set_bit(page, b->saved) && !qatomic_read(&c->cancel)) {
-        ret = cpr_reboot_write_range(c->fd, b->rb, page * CPR_CKPT_PAGE,
+        /* Through the page cache: the vCPU waits for this write */
+        ret = cpr_reboot_write_range(c->fd, -1, b->rb, page * CPR_CKPT_PAGE,
                                      (page + 1) * CPR_CKPT_PAGE,
-                                     b->file_offset, NULL, &c->bytes);
+                                     b->file_offset, NULL, &bytes);
+        qatomic_add(&c->bytes, bytes);
         if (ret < 0) {
             cpr_ckpt_fail(c, -ret, "cannot write guest RAM into '%s'",
                           c->tmp);
@@ -391,6 +401,7 @@ static void cpr_ckpt_throttle(CprCkpt *c, int64_t start)
 static void cpr_ckpt_write_all(CprCkpt *c)
 {
     int64_t start = get_clock();
+    uint64_t bytes;
     int i, ret = 0;
 
     if (!cpr_file_pwrite(c->fd, c->envelope->data, c->envelope->len, 0)) {
@@ -406,12 +417,23 @@ static void cpr_ckpt_write_all(CprCkpt *c)
             if (qatomic_read(&c->cancel)) {
                 return;
             }
+            /*
+             * In flight: a fault on these pages waits for the unprotect
+             * below, which wakes it; the pages stay as they are meanwhile
+             */
             WITH_QEMU_LOCK_GUARD(&c->lock) {
-                ret = cpr_reboot_write_range(c->fd, b->rb, off, end,
-                                             b->file_offset, b->saved,
-                                             &c->bytes);
+                c->flight = b;
+                c->flight_start = off;
+                c->flight_end = end;
+            }
+            bytes = 0;
+            ret = cpr_reboot_write_range(c->fd, c->direct_fd, b->rb, off, end,
+                                         b->file_offset, b->saved, &bytes);
+            qatomic_add(&c->bytes, bytes);
+            WITH_QEMU_LOCK_GUARD(&c->lock) {
                 bitmap_set(b->saved, off / CPR_CKPT_PAGE,
                            (end - off) / CPR_CKPT_PAGE);
+                c->flight = NULL;
                 if (ret == 0) {
                     ret = cpr_ckpt_protect(c, b->rb->host + off, end - off,
                                            false);
@@ -551,6 +573,10 @@ static void cpr_ckpt_release(CprCkpt *c)
     if (c->uffd >= 0) {
         close(c->uffd);
         c->uffd = -1;
+    }
+    if (c->direct_fd >= 0) {
+        close(c->direct_fd);
+        c->direct_fd = -1;
     }
     if (c->quit_fd >= 0) {
         close(c->quit_fd);
@@ -697,7 +723,7 @@ void coroutine_fn qmp_cpr_checkpoint(const char *file,
     }
     c = g_new0(CprCkpt, 1);
     c->path = g_strdup(file);
-    c->fd = c->uffd = c->quit_fd = -1;
+    c->fd = c->direct_fd = c->uffd = c->quit_fd = -1;
     c->max_bandwidth = has_max_bandwidth ? max_bandwidth : 0;
     c->start_ns = get_clock();
     c->status = CPR_CHECKPOINT_STATUS_ACTIVE;
@@ -728,6 +754,8 @@ void coroutine_fn qmp_cpr_checkpoint(const char *file,
     if (c->fd < 0) {
         goto fail;
     }
+    /* Less of the host's CPU than the page cache; not on every file system */
+    c->direct_fd = open(c->tmp, O_WRONLY | O_DIRECT | O_CLOEXEC);
     c->exit.notify = cpr_ckpt_exit;
     qemu_add_exit_notifier(&c->exit);
 

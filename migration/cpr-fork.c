@@ -201,6 +201,42 @@ static int cpr_fork_adopt_one(RAMBlock *rb, void *opaque)
 }
 
 /*
+ * Child of a file (a checkpoint, or a reboot-mode file): its pages of
+ * guest RAM are mapped copy-on-write, as a parent's memfds would be
+ */
+static bool cpr_fork_take_file(const char *path, Error **errp)
+{
+    g_autoptr(CprFile) cf = cpr_file_read(path, errp);
+    bool ok;
+    int fd;
+
+    if (!cf) {
+        return false;
+    }
+    if (cf->mode != CPR_MODE_REBOOT) {
+        error_setg(errp, "'%s' was saved in mode '%s'; children are made "
+                   "of checkpoints and reboot-mode files", path,
+                   CprMode_str(cf->mode));
+        return false;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot open '%s'", path);
+        return false;
+    }
+    ram_block_discard_disable(true);
+    ok = cpr_ram_fork_map_file(cf, fd, errp);
+    close(fd);                  /* the mappings keep the file */
+    if (!ok) {
+        return false;
+    }
+    /* Loaded as a fork point, each reset loads it again */
+    cf->mode = CPR_MODE_FORK;
+    cpr_fork_point = g_steal_pointer(&cf);
+    return cpr_load_state(CPR_MODE_FORK, cpr_fork_point, errp);
+}
+
+/*
  * Child, at the end of its start-up: connect, waiting for the parent to
  * listen; map its guest RAM copy-on-write over this VM's and load its
  * state
@@ -209,6 +245,10 @@ static bool cpr_fork_take(Error **errp)
 {
     ERRP_GUARD();
     GByteArray *b = NULL;
+
+    if (g_str_has_prefix(cpr_fork_channel, "file:")) {
+        return cpr_fork_take_file(cpr_fork_channel + 5, errp);
+    }
 
     for (;;) {
         Error *err = NULL;

@@ -140,6 +140,11 @@ typedef struct CprForkRam {
 void cpr_ram_fork_fds(CprForkRam *r);
 /* The parent maps its own RAM copy-on-write: the memfds keep the fork point */
 bool cpr_ram_fork_private(Error **errp);
+/*
+ * A child of a checkpoint or reboot-mode file @cf: map its pages of each
+ * RAM block copy-on-write from @fd over this VM's
+ */
+bool cpr_ram_fork_map_file(CprFile *cf, int fd, Error **errp);
 /* A child drops what it wrote: the fork point shows through again */
 void cpr_ram_fork_drop_private(void);
 
@@ -323,12 +328,13 @@ void cpr_mm_incoming(pid_t pid);
 void cpr_reboot_layout_copy(CprFile *cf, size_t envelope);
 /*
  * Write the pages of @rb from @start to @end (page aligned) that are
- * neither zero nor set in the page bitmap @skip (or NULL) into @fd, where
+ * neither zero nor set in the page bitmap @skip (or NULL) into @fd (or
+ * the same file opened with O_DIRECT, @direct_fd, if not -1), where
  * @rb's page 0 is at @file_offset; add what was written to @bytes;
  * 0 or -errno
  */
-int cpr_reboot_write_range(int fd, RAMBlock *rb, uint64_t start,
-                           uint64_t end, uint64_t file_offset,
+int cpr_reboot_write_range(int fd, int direct_fd, RAMBlock *rb,
+                           uint64_t start, uint64_t end, uint64_t file_offset,
                            const unsigned long *skip, uint64_t *bytes);
 
 /* cpr-snapshot.c */

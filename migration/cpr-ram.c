@@ -360,6 +360,49 @@ bool cpr_ram_fork_private(Error **errp)
     return !*errp;
 }
 
+bool cpr_ram_fork_map_file(CprFile *cf, int fd, Error **errp)
+{
+    int i;
+
+    for (i = 0; i < cf->nr_ram; i++) {
+        CprRamEntry *e = &cf->ram[i];
+        RAMBlock *rb = qemu_ram_block_by_name(e->idstr);
+        uint64_t len = ROUND_UP(e->used_length, qemu_real_host_page_size());
+
+        if (!rb || !qemu_ram_is_migratable(rb)) {
+            error_setg(errp, "RAM block '%s' of '%s' is not in this VM",
+                       e->idstr, cf->path);
+            return false;
+        }
+        if (e->in_backend || !e->file_offset ||
+            e->file_offset + e->used_length > cf->file_size) {
+            error_setg(errp, "'%s' does not hold the pages of RAM block '%s'",
+                       cf->path, e->idstr);
+            return false;
+        }
+        if (e->used_length > rb->max_length || !rb->host ||
+            (rb->flags & RAM_PREALLOC)) {
+            error_setg(errp, "RAM block '%s' cannot map the %" PRIu64
+                       " bytes of '%s'", e->idstr, e->used_length, cf->path);
+            return false;
+        }
+        if (mmap(rb->host, len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_FIXED, fd, e->file_offset) == MAP_FAILED) {
+            error_setg_errno(errp, errno, "cannot map RAM block '%s' from "
+                             "'%s'", e->idstr, cf->path);
+            return false;
+        }
+        if (rb->fd >= 0) {
+            close(rb->fd);
+            rb->fd = -1;
+        }
+        rb->flags &= ~RAM_SHARED;
+        cpr_ram_adopt_status(rb, "");
+        trace_cpr_ram_adopt(rb->idstr, len, fd);
+    }
+    return true;
+}
+
 /* In a loaded child every migratable block maps the parent's memory */
 static int cpr_ram_drop_one(RAMBlock *rb, void *opaque)
 {

@@ -197,11 +197,11 @@ static int cpr_reboot_write_chunk(CprRebootJob *j, CprRebootChunk *c)
     return 0;
 }
 
-int cpr_reboot_write_range(int fd, RAMBlock *rb, uint64_t start,
-                           uint64_t end, uint64_t file_offset,
+int cpr_reboot_write_range(int fd, int direct_fd, RAMBlock *rb,
+                           uint64_t start, uint64_t end, uint64_t file_offset,
                            const unsigned long *skip, uint64_t *bytes)
 {
-    CprRebootJob j = { .fd = fd, .direct_fd = -1 };
+    CprRebootJob j = { .fd = fd, .direct_fd = direct_fd };
     CprRebootChunk c = {
         .rb = rb, .start = start, .end = end, .file_offset = file_offset,
         .skip = skip,
