@@ -75,7 +75,8 @@ static void cpr_fork_serve(void *opaque)
         return;
     }
     cpr_ram_fork_fds(&ram);
-    state = cpr_state_serialize_fds((char **)ram.names->pdata, ram.fds);
+    state = cpr_state_serialize_fds((char **)ram.names->pdata, ram.ids,
+                                    ram.fds);
     if (!cpr_channel_send_state(fd, state, ram.fds, &err)) {
         goto out;
     }
@@ -88,6 +89,7 @@ out:
     }
     close(fd);
     g_ptr_array_unref(ram.names);
+    g_array_unref(ram.ids);
     g_array_unref(ram.fds);
 }
 
@@ -110,11 +112,11 @@ static void cpr_fork_resuming(void *opaque, bool running, RunState state)
 
 static void cpr_fork_blockers(CprBlockerList ***tail)
 {
-    if (cpr_fork_is_child()) {
+    if (cpr_fork_is_child() && !cpr_ram_is_fork_layered()) {
         cpr_add_blocker(tail, CPR_MODE_FORK, "fork",
-                        "this VM is a fork child; forking it again is not "
+                        "this VM is a child of a file; forking it is not "
                         "done yet");
-    } else {
+    } else if (!cpr_fork_is_child()) {
         cpr_ram_add_blockers(tail, CPR_MODE_FORK);
     }
     if (cpr_fork_is_child() || cpr_fork_is_parent()) {
@@ -156,6 +158,10 @@ void qmp_cpr_fork(const char *channel, Error **errp)
     state = cpr_file_save(CPR_MODE_FORK, errp);
     cpr_set_saving(false);
     if (!state) {
+        goto resume;
+    }
+    /* A child's own pages go to its children as one more layer */
+    if (cpr_fork_is_child() && !cpr_ram_fork_delta(errp)) {
         goto resume;
     }
     cpr_fork_listen = cpr_channel_listen(channel, 64, errp);

@@ -132,12 +132,20 @@ bool cpr_ram_resize(CprFile *cf, Error **errp);
 void cpr_ram_load_done(void);
 /* Blocks @mode (restart, transfer): RAM another process cannot have */
 void cpr_ram_add_blockers(CprBlockerList ***tail, CprMode mode);
-/* VM fork: the parent's memfds under their names (names NULL-ended) */
+/*
+ * VM fork: the memfds children map, under their names and ids (names
+ * NULL-ended): a parent's own, or a child's layers (cpr_ram_fork_delta)
+ */
 typedef struct CprForkRam {
     GPtrArray *names;
+    GArray *ids;
     GArray *fds;
 } CprForkRam;
 void cpr_ram_fork_fds(CprForkRam *r);
+/* A fork child whose RAM maps its parent's layers */
+bool cpr_ram_is_fork_layered(void);
+/* A child forked: its own pages become a layer for its children */
+bool cpr_ram_fork_delta(Error **errp);
 /* The parent maps its own RAM copy-on-write: the memfds keep the fork point */
 bool cpr_ram_fork_private(Error **errp);
 /*
@@ -360,8 +368,8 @@ GArray *cpr_state_outgoing_fds(void);
  */
 bool cpr_state_receive(const uint8_t *p, size_t len, GArray *fds,
                        bool transfer, Error **errp);
-/* The registry of @fds alone, each under @names[i], id 0 */
-GByteArray *cpr_state_serialize_fds(char **names, GArray *fds);
+/* The registry of @fds alone, each under @names[i] and @ids[i] */
+GByteArray *cpr_state_serialize_fds(char **names, GArray *ids, GArray *fds);
 /* CHANNEL of "-incoming cpr-fork:CHANNEL", or NULL */
 const char *cpr_state_fork_channel(void);
 /* The incoming state came over a transfer channel */

@@ -76,6 +76,54 @@ static void cpr_ram_adopt_status(RAMBlock *rb, const char *why)
     g_hash_table_insert(cpr_ram_adopted, g_strdup(rb->idstr), g_strdup(why));
 }
 
+/*
+ * A fork child: per RAM block (by id), the memfds its guest RAM maps
+ * copy-on-write, as layers: the first covers the block, each later one
+ * only where it has data (a fork of a child: the pages that child had
+ * written at its fork point).  At a fork of this child they are served
+ * with one more, this child's own pages.
+ */
+static GHashTable *cpr_ram_layers;
+
+static GArray *cpr_ram_layers_of(RAMBlock *rb)
+{
+    GArray *l;
+
+    if (!cpr_ram_layers) {
+        cpr_ram_layers = g_hash_table_new(g_str_hash, g_str_equal);
+    }
+    l = g_hash_table_lookup(cpr_ram_layers, rb->idstr);
+    if (!l) {
+        l = g_array_new(false, false, sizeof(int));
+        g_hash_table_insert(cpr_ram_layers, rb->idstr, l);
+    }
+    return l;
+}
+
+/* Map the extents of data of layer @fd over @rb, copy-on-write */
+static bool cpr_ram_map_layer(RAMBlock *rb, int fd)
+{
+    int flags = MAP_PRIVATE | MAP_FIXED;
+    off_t data, hole;
+
+    if (rb->flags & RAM_NORESERVE) {
+        flags |= MAP_NORESERVE;
+    }
+    for (data = 0; data < rb->max_length; data = hole) {
+        data = lseek(fd, data, SEEK_DATA);
+        if (data < 0 || data >= rb->max_length) {
+            break;
+        }
+        hole = lseek(fd, data, SEEK_HOLE);
+        hole = hole < 0 ? rb->max_length : MIN(hole, rb->max_length);
+        if (mmap(rb->host + data, hole - data, PROT_READ | PROT_WRITE, flags,
+                 fd, data) == MAP_FAILED) {
+            return false;
+        }
+    }
+    return true;
+}
+
 void cpr_ram_adopt(RAMBlock *rb)
 {
     g_autofree char *name = NULL;
@@ -115,8 +163,20 @@ void cpr_ram_adopt(RAMBlock *rb)
         close(rb->fd);
     }
     if (child) {
-        /* Not this process's memory to discard or to hand on */
-        close(fd);
+        GArray *layers = cpr_ram_layers_of(rb);
+        int id;
+
+        /* Not this process's memory to discard; kept for a fork of it */
+        g_array_append_val(layers, fd);
+        for (id = 1; (fd = cpr_take_fd(name, id)) >= 0; id++) {
+            g_array_append_val(layers, fd);
+            if (!cpr_ram_map_layer(rb, fd)) {
+                cpr_ram_adopt_status(rb, "a layer of the fork point cannot "
+                                     "be mapped (too many extents for "
+                                     "vm.max_map_count?)");
+                return;
+            }
+        }
         rb->fd = -1;
         rb->flags &= ~RAM_SHARED;
     } else {
@@ -317,9 +377,23 @@ CPR_KEEPER(cpr_ram_keep)
 static int cpr_ram_fork_one(RAMBlock *rb, void *opaque)
 {
     CprForkRam *r = opaque;
+    GArray *layers = cpr_ram_layers ?
+                     g_hash_table_lookup(cpr_ram_layers, rb->idstr) : NULL;
+    int i;
 
-    if (qemu_ram_is_migratable(rb) && rb->fd >= 0) {
+    if (!qemu_ram_is_migratable(rb)) {
+        return 0;
+    }
+    if (layers) {
+        for (i = 0; i < layers->len; i++) {
+            g_ptr_array_add(r->names, cpr_ram_fd_name(rb));
+            g_array_append_val(r->ids, i);
+            g_array_append_val(r->fds, g_array_index(layers, int, i));
+        }
+    } else if (rb->fd >= 0) {
+        i = 0;
         g_ptr_array_add(r->names, cpr_ram_fd_name(rb));
+        g_array_append_val(r->ids, i);
         g_array_append_val(r->fds, rb->fd);
     }
     return 0;
@@ -328,9 +402,97 @@ static int cpr_ram_fork_one(RAMBlock *rb, void *opaque)
 void cpr_ram_fork_fds(CprForkRam *r)
 {
     r->names = g_ptr_array_new_with_free_func(g_free);
+    r->ids = g_array_new(false, false, sizeof(int));
     r->fds = g_array_new(false, false, sizeof(int));
     qemu_ram_foreach_block(cpr_ram_fork_one, r);
     g_ptr_array_add(r->names, NULL);
+}
+
+bool cpr_ram_is_fork_layered(void)
+{
+    return cpr_ram_layers != NULL;
+}
+
+#define PAGEMAP_PRESENT (1ULL << 63)
+#define PAGEMAP_SWAPPED (1ULL << 62)
+#define PAGEMAP_FILE (1ULL << 61)       /* or shared anonymous */
+#define PAGEMAP_BATCH 65536
+
+/*
+ * Copy the pages of @rb this child has written (its private copies, as
+ * /proc/self/pagemap tells) into a new memfd at their offsets, holes
+ * elsewhere: the top layer for children of this child
+ */
+static int cpr_ram_delta_one(RAMBlock *rb, void *opaque)
+{
+    Error **errp = opaque;
+    GArray *layers = cpr_ram_layers ?
+                     g_hash_table_lookup(cpr_ram_layers, rb->idstr) : NULL;
+    g_autofree uint64_t *pm = NULL;
+    uint64_t page = qemu_real_host_page_size(), npages, i, n, run;
+    uint64_t copied = 0;
+    int pmfd, fd;
+
+    if (*errp || !qemu_ram_is_migratable(rb) || !layers) {
+        return 0;
+    }
+    fd = qemu_memfd_create(rb->idstr, rb->max_length, false, 0, 0, errp);
+    if (fd < 0) {
+        return 0;
+    }
+    pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pmfd < 0) {
+        error_setg_errno(errp, errno, "cannot read /proc/self/pagemap");
+        close(fd);
+        return 0;
+    }
+    pm = g_new(uint64_t, PAGEMAP_BATCH);
+    npages = rb->used_length / page;
+    for (i = 0; i < npages && !*errp; i += n) {
+        uint64_t vpn = (uintptr_t)rb->host / page + i, j;
+
+        n = MIN(PAGEMAP_BATCH, npages - i);
+        if (pread(pmfd, pm, n * 8, vpn * 8) != n * 8) {
+            error_setg_errno(errp, errno, "cannot read /proc/self/pagemap");
+            break;
+        }
+        for (j = 0; j < n; j += run) {
+            bool mine = (pm[j] & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) &&
+                        !(pm[j] & PAGEMAP_FILE);
+
+            for (run = 1; j + run < n; run++) {
+                bool next = (pm[j + run] &
+                             (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) &&
+                            !(pm[j + run] & PAGEMAP_FILE);
+                if (next != mine) {
+                    break;
+                }
+            }
+            if (mine && !cpr_file_pwrite(fd, rb->host + (i + j) * page,
+                                         run * page, (i + j) * page)) {
+                error_setg_errno(errp, errno, "cannot copy the pages of "
+                                 "'%s' this VM wrote", rb->idstr);
+                break;
+            }
+            copied += mine ? run * page : 0;
+        }
+    }
+    close(pmfd);
+    if (*errp) {
+        close(fd);
+        return 0;
+    }
+    g_array_append_val(layers, fd);
+    trace_cpr_ram_fork_delta(rb->idstr, copied, layers->len);
+    return 0;
+}
+
+bool cpr_ram_fork_delta(Error **errp)
+{
+    ERRP_GUARD();
+
+    qemu_ram_foreach_block(cpr_ram_delta_one, errp);
+    return !*errp;
 }
 
 static int cpr_ram_private_one(RAMBlock *rb, void *opaque)

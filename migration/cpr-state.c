@@ -406,13 +406,14 @@ GByteArray *cpr_state_serialize(void)
     return cpr_state_serialize_records(fds, list->len);
 }
 
-GByteArray *cpr_state_serialize_fds(char **names, GArray *fds)
+GByteArray *cpr_state_serialize_fds(char **names, GArray *ids, GArray *fds)
 {
     g_autofree CprFdRecord *recs = g_new0(CprFdRecord, fds->len);
     guint i;
 
     for (i = 0; i < fds->len; i++) {
         recs[i] = (CprFdRecord) {
+            .id = g_array_index(ids, int, i),
             .fd = g_array_index(fds, int, i),
             .name_len = strlen(names[i]) + 1,
             .name = (uint8_t *)names[i],

@@ -2882,7 +2882,8 @@ static CprVm *vm_start_fork_child(const char *channel, bool paused)
  * cpr-fork: children run from the fork point, the parent stays there
  * until 'cont' and then goes on apart from them; a child started after
  * the parent ran on still starts from the fork point; cpr-fork-reset
- * takes a child back to it; a fork parent cannot be updated.
+ * takes a child back to it; a fork parent cannot be updated; a child
+ * forks in turn.
  */
 static void test_fork(void)
 {
@@ -2890,9 +2891,12 @@ static void test_fork(void)
     CprVm *vm = vm_start(machine, -1);
     g_autofree char *path = g_build_filename(vm->dir, "fork.sock", NULL);
     g_autofree char *channel = g_strdup_printf("unix:%s", path);
+    g_autofree char *path2 = g_build_filename(vm->dir, "fork2.sock", NULL);
+    g_autofree char *channel2 = g_strdup_printf("unix:%s", path2);
     g_autofree uint64_t *point = NULL, *now = NULL, *before = NULL;
+    g_autofree uint64_t *apoint = NULL;
     g_autofree char *err = NULL;
-    CprVm *a, *b;
+    CprVm *a, *b, *c;
 
     vm_wait_passes(vm, 3);
     err = vm_error(vm_qmp(vm, "{'execute': 'cpr-fork-reset'}"));
@@ -2951,13 +2955,52 @@ static void test_fork(void)
     err = vm_error(vm_qmp(vm, "{'execute': 'cpr-fork', 'arguments':"
                           " {'channel': %s}}", channel));
     g_assert(strstr(err, "a fork parent already"));
-    g_free(err);
-    err = vm_error(vm_qmp(a, "{'execute': 'cpr-fork', 'arguments':"
-                          " {'channel': 'unix:/nonexistent/x'}}"));
-    g_assert(strstr(err, "is blocked by 'fork'"));
-    vm_kill(a);
     vm_kill(b);
+
+    /*
+     * A child of a child: it starts where its parent, a child itself,
+     * was when it forked, and neither sees what the other writes since
+     */
+    vm_wait_passes(a, 2);
+    qobject_unref(vm_ok(a, "{'execute': 'cpr-fork', 'arguments':"
+                        " {'channel': %s}}", channel2));
+    g_assert_cmpstr(vm_status(a), ==, "paused");
+    apoint = vm_counters(a);
+    check_consistent(apoint);
+    check_not_behind(point, apoint);
+    g_assert_cmpuint(apoint[0], >, point[0]);
+    c = vm_start_fork_child(channel2, true);
+    g_free(now);
+    now = vm_counters(c);
+    g_assert(!memcmp(now, apoint, COUNTER_PAGES * sizeof(uint64_t)));
+    qobject_unref(vm_ok(a, "{'execute': 'cont'}"));
+    check_moving(a, apoint);
+    g_free(now);
+    now = vm_counters(c);
+    g_assert(!memcmp(now, apoint, COUNTER_PAGES * sizeof(uint64_t)));
+    qobject_unref(vm_ok(c, "{'execute': 'cont'}"));
+    check_moving(c, apoint);
+    vm_wait_passes(c, 2);
+    g_free(before);
+    before = vm_counters(c);
+    qobject_unref(vm_ok(c, "{'execute': 'cpr-fork-reset'}"));
+    qobject_unref(vm_ok(c, "{'execute': 'stop'}"));
+    g_free(now);
+    now = vm_counters(c);
+    check_consistent(now);
+    check_not_behind(apoint, now);
+    g_assert_cmpuint(now[0], <, before[0]);
+    /* The middle child goes back to its own fork point */
+    qobject_unref(vm_ok(a, "{'execute': 'cpr-fork-reset'}"));
+    qobject_unref(vm_ok(a, "{'execute': 'stop'}"));
+    g_free(now);
+    now = vm_counters(a);
+    check_not_behind(point, now);
+    g_assert_cmpuint(now[0], <, apoint[0]);
+    vm_kill(c);
+    vm_kill(a);
     unlink(path);
+    unlink(path2);
     vm_kill(vm);
 }
 
