@@ -21,8 +21,10 @@
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "block/block.h"
+#include "hw/boards.h"
 #include "io/channel-buffer.h"
 #include "sysemu/cpus.h"
+#include "sysemu/reset.h"
 #include "sysemu/runstate.h"
 #include "migration/qemu-file.h"
 #include "migration/vmstate.h"
@@ -158,6 +160,57 @@ void cpr_load_devices_prepare(void)
         qemu_system_reset(SHUTDOWN_CAUSE_NONE);
         cpr_devices_half_loaded = false;
     }
+}
+
+/* A restore in this process (cpr_restore_machine()) is under way */
+static bool cpr_restoring_now;
+
+bool cpr_restoring(void)
+{
+    return cpr_restoring_now;
+}
+
+bool cpr_restore_machine(const uint8_t *data, size_t len,
+                         CprRestoreRamFn *ram, void *opaque,
+                         CprRestoreTimes *t, Error **errp)
+{
+    MachineClass *mc = MACHINE_GET_CLASS(current_machine);
+    int64_t t1, t2, t3, t4, t5;
+    bool ok;
+
+    /*
+     * Devices load their state as if into a machine fresh from reset (as
+     * for loadvm and an incoming migration).  ROMs are not copied into
+     * RAM again (cpr_restoring()): @ram puts back what the guest changed,
+     * ROMs included.  A reset handler may still write guest RAM: RAM is
+     * put back after the reset, then the devices load and see it.  No
+     * flush of all translated code either: @ram drops the code of each
+     * page it puts back.  Loading may write guest RAM too (under KVM, the
+     * kvmclock MSRs make KVM write the clock structures): @ram is called
+     * again after the load.  One memory transaction for it all: the
+     * memory map changes of the reset and the load are applied once.
+     */
+    memory_region_transaction_begin();
+    cpr_restoring_now = true;
+    t1 = get_clock();
+    if (mc->reset) {
+        mc->reset(current_machine, SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+    } else {
+        qemu_devices_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+    }
+    t2 = get_clock();
+    t->pages = ram(opaque, false);
+    t3 = get_clock();
+    ok = cpr_load_devices(data, len, &t->cpu_ns, errp);
+    t4 = get_clock();
+    t->pages += ram(opaque, true);
+    cpr_restoring_now = false;
+    t5 = get_clock();
+    memory_region_transaction_commit();
+    t->reset_ns = t2 - t1;
+    t->ram_ns = (t3 - t2) + (t5 - t4);
+    t->devices_ns = (t2 - t1) + (t4 - t3) - t->cpu_ns + (get_clock() - t5);
+    return ok;
 }
 
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,

@@ -29,6 +29,7 @@
 #include "qapi/qapi-commands-cpr.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
+#include "qemu/timer.h"
 #include "exec/exec-all.h"
 #include "exec/ram_addr.h"
 #include "migration/blocker.h"
@@ -305,25 +306,33 @@ static void cpr_fork_load_done(void)
     cpr_state_incoming_done();
 }
 
+/* Guest RAM of a fork reset: the child's own copies of pages dropped */
+static uint64_t cpr_fork_reset_ram(void *opaque, bool after_load)
+{
+    /* What the load wrote (a new generation ID) is the child's own */
+    return after_load ? 0 : cpr_ram_fork_drop_private();
+}
+
 void qmp_cpr_fork_reset(Error **errp)
 {
+    CprRestoreTimes t = { 0 };
+    int64_t t0 = get_clock();
+
     if (!cpr_fork_point || cpr_is_incoming()) {
         error_setg(errp, "this VM is not a running fork child");
         return;
     }
     vm_stop(RUN_STATE_RESTORE_VM);
-    /* The reset writes ROMs into RAM: drop them with the rest */
-    qemu_system_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
-    cpr_ram_fork_drop_private();
-    if (tcg_enabled()) {
-        tb_flush(first_cpu);
-    }
-    if (!cpr_file_load_devices(cpr_fork_point, errp)) {
+    if (!cpr_restore_machine(cpr_fork_point->data +
+                             cpr_fork_point->devices_offset,
+                             cpr_fork_point->devices_len,
+                             cpr_fork_reset_ram, NULL, &t, errp)) {
         error_prepend(errp, "cannot load the fork point again: ");
         return;
     }
     cpr_enter_runstate(cpr_saved_runstate());
-    trace_cpr_fork_reset();
+    trace_cpr_fork_reset(t.pages, t.ram_ns, t.cpu_ns, t.devices_ns,
+                         get_clock() - t0);
 }
 
 const CprModeOps cpr_fork_ops = {

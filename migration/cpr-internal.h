@@ -115,6 +115,23 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
  * Call it before guest RAM is loaded (a reset rewrites ROMs).
  */
 void cpr_load_devices_prepare(void);
+/*
+ * Put this machine back into a saved state without leaving the process
+ * (a snapshot restore, a fork reset): reset it, let @ram put guest RAM
+ * back (returning the pages it did; again after the load with
+ * @after_load), load the device state stream @data; times in @t
+ */
+typedef uint64_t CprRestoreRamFn(void *opaque, bool after_load);
+typedef struct CprRestoreTimes {
+    uint64_t pages;
+    int64_t reset_ns;           /* part of devices_ns */
+    int64_t ram_ns;
+    int64_t cpu_ns;
+    int64_t devices_ns;         /* the rest */
+} CprRestoreTimes;
+bool cpr_restore_machine(const uint8_t *data, size_t len,
+                         CprRestoreRamFn *ram, void *opaque,
+                         CprRestoreTimes *t, Error **errp);
 /* The name of the section of a device state stream that holds byte @at */
 char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at);
 
@@ -153,8 +170,11 @@ bool cpr_ram_fork_private(Error **errp);
  * RAM block copy-on-write from @fd over this VM's
  */
 bool cpr_ram_fork_map_file(CprFile *cf, int fd, Error **errp);
-/* A child drops what it wrote: the fork point shows through again */
-void cpr_ram_fork_drop_private(void);
+/*
+ * A child drops what it wrote: the fork point shows through again;
+ * returns the pages dropped
+ */
+uint64_t cpr_ram_fork_drop_private(void);
 
 /* cpr-fork.c */
 bool cpr_fork_is_child(void);

@@ -21,6 +21,8 @@
 #include "qapi/error.h"
 #include "exec/ramblock.h"
 #include "exec/ram_addr.h"
+#include "exec/exec-all.h"
+#include "sysemu/tcg.h"
 #include "hw/boards.h"
 #include "migration/cpr.h"
 #include "cpr-internal.h"
@@ -418,72 +420,98 @@ bool cpr_ram_is_fork_layered(void)
 #define PAGEMAP_FILE (1ULL << 61)       /* or shared anonymous */
 #define PAGEMAP_BATCH 65536
 
+/* A run of pages of a block (byte offsets); 0 or -errno */
+typedef int CprRamRunFn(RAMBlock *rb, uint64_t start, uint64_t len,
+                        void *opaque);
+
+static bool cpr_ram_page_private(uint64_t pm)
+{
+    return (pm & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) && !(pm & PAGEMAP_FILE);
+}
+
 /*
- * Copy the pages of @rb this child has written (its private copies, as
- * /proc/self/pagemap tells) into a new memfd at their offsets, holes
- * elsewhere: the top layer for children of this child
+ * Call @fn for each run of pages of @rb this process has its own copy of
+ * (written through a copy-on-write mapping), as /proc/self/pagemap tells
+ */
+static int cpr_ram_private_runs(RAMBlock *rb, CprRamRunFn *fn, void *opaque)
+{
+    g_autofree uint64_t *pm = g_new(uint64_t, PAGEMAP_BATCH);
+    uint64_t page = qemu_real_host_page_size();
+    uint64_t npages = rb->used_length / page, i, j, n, run;
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    int ret = 0;
+
+    if (fd < 0) {
+        return -errno;
+    }
+    for (i = 0; i < npages && !ret; i += n) {
+        n = MIN(PAGEMAP_BATCH, npages - i);
+        if (pread(fd, pm, n * 8, ((uintptr_t)rb->host / page + i) * 8) !=
+            n * 8) {
+            ret = -EIO;
+            break;
+        }
+        for (j = 0; j < n && !ret; j += run) {
+            bool mine = cpr_ram_page_private(pm[j]);
+
+            for (run = 1; j + run < n &&
+                 cpr_ram_page_private(pm[j + run]) == mine; run++) {
+                /* same kind */
+            }
+            if (mine) {
+                ret = fn(rb, (i + j) * page, run * page, opaque);
+            }
+        }
+    }
+    close(fd);
+    return ret;
+}
+
+typedef struct CprRamDelta {
+    int fd;
+    uint64_t bytes;
+} CprRamDelta;
+
+static int cpr_ram_delta_run(RAMBlock *rb, uint64_t start, uint64_t len,
+                             void *opaque)
+{
+    CprRamDelta *d = opaque;
+
+    if (!cpr_file_pwrite(d->fd, rb->host + start, len, start)) {
+        return -errno;
+    }
+    d->bytes += len;
+    return 0;
+}
+
+/*
+ * Copy the pages of @rb this child has written into a new memfd at their
+ * offsets, holes elsewhere: the top layer for children of this child
  */
 static int cpr_ram_delta_one(RAMBlock *rb, void *opaque)
 {
     Error **errp = opaque;
     GArray *layers = cpr_ram_layers ?
                      g_hash_table_lookup(cpr_ram_layers, rb->idstr) : NULL;
-    g_autofree uint64_t *pm = NULL;
-    uint64_t page = qemu_real_host_page_size(), npages, i, n, run;
-    uint64_t copied = 0;
-    int pmfd, fd;
+    CprRamDelta d = { 0 };
+    int ret;
 
     if (*errp || !qemu_ram_is_migratable(rb) || !layers) {
         return 0;
     }
-    fd = qemu_memfd_create(rb->idstr, rb->max_length, false, 0, 0, errp);
-    if (fd < 0) {
+    d.fd = qemu_memfd_create(rb->idstr, rb->max_length, false, 0, 0, errp);
+    if (d.fd < 0) {
         return 0;
     }
-    pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (pmfd < 0) {
-        error_setg_errno(errp, errno, "cannot read /proc/self/pagemap");
-        close(fd);
+    ret = cpr_ram_private_runs(rb, cpr_ram_delta_run, &d);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "cannot copy the pages of '%s' this VM "
+                         "wrote", rb->idstr);
+        close(d.fd);
         return 0;
     }
-    pm = g_new(uint64_t, PAGEMAP_BATCH);
-    npages = rb->used_length / page;
-    for (i = 0; i < npages && !*errp; i += n) {
-        uint64_t vpn = (uintptr_t)rb->host / page + i, j;
-
-        n = MIN(PAGEMAP_BATCH, npages - i);
-        if (pread(pmfd, pm, n * 8, vpn * 8) != n * 8) {
-            error_setg_errno(errp, errno, "cannot read /proc/self/pagemap");
-            break;
-        }
-        for (j = 0; j < n; j += run) {
-            bool mine = (pm[j] & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) &&
-                        !(pm[j] & PAGEMAP_FILE);
-
-            for (run = 1; j + run < n; run++) {
-                bool next = (pm[j + run] &
-                             (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) &&
-                            !(pm[j + run] & PAGEMAP_FILE);
-                if (next != mine) {
-                    break;
-                }
-            }
-            if (mine && !cpr_file_pwrite(fd, rb->host + (i + j) * page,
-                                         run * page, (i + j) * page)) {
-                error_setg_errno(errp, errno, "cannot copy the pages of "
-                                 "'%s' this VM wrote", rb->idstr);
-                break;
-            }
-            copied += mine ? run * page : 0;
-        }
-    }
-    close(pmfd);
-    if (*errp) {
-        close(fd);
-        return 0;
-    }
-    g_array_append_val(layers, fd);
-    trace_cpr_ram_fork_delta(rb->idstr, copied, layers->len);
+    g_array_append_val(layers, d.fd);
+    trace_cpr_ram_fork_delta(rb->idstr, d.bytes, layers->len);
     return 0;
 }
 
@@ -565,16 +593,46 @@ bool cpr_ram_fork_map_file(CprFile *cf, int fd, Error **errp)
     return true;
 }
 
-/* In a loaded child every migratable block maps the parent's memory */
+static int cpr_ram_drop_run(RAMBlock *rb, uint64_t start, uint64_t len,
+                            void *opaque)
+{
+    uint64_t *pages = opaque;
+
+    if (qemu_madvise(rb->host + start, len, QEMU_MADV_DONTNEED)) {
+        return -errno;
+    }
+#ifdef CONFIG_TCG
+    /* Code translated from what the child wrote is gone with it */
+    if (tcg_enabled()) {
+        tb_invalidate_phys_range(rb->offset + start, rb->offset + start + len);
+    }
+#endif
+    *pages += len / qemu_real_host_page_size();
+    return 0;
+}
+
+/*
+ * In a loaded child every migratable block maps the fork point: drop the
+ * pages it has its own copies of.  Only those: the mappings of the others
+ * stay, and need no fault when the guest touches them again.
+ */
 static int cpr_ram_drop_one(RAMBlock *rb, void *opaque)
 {
-    if (qemu_ram_is_migratable(rb) && rb->fd < 0) {
+    if (qemu_ram_is_migratable(rb) && rb->fd < 0 &&
+        cpr_ram_private_runs(rb, cpr_ram_drop_run, opaque) < 0) {
+        /* Everything, then, and all translated code */
         qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTNEED);
+        if (tcg_enabled()) {
+            tb_flush(first_cpu);
+        }
     }
     return 0;
 }
 
-void cpr_ram_fork_drop_private(void)
+uint64_t cpr_ram_fork_drop_private(void)
 {
-    qemu_ram_foreach_block(cpr_ram_drop_one, NULL);
+    uint64_t pages = 0;
+
+    qemu_ram_foreach_block(cpr_ram_drop_one, &pages);
+    return pages;
 }

@@ -74,7 +74,6 @@ typedef struct CprSnapshot {
 } CprSnapshot;
 
 static CprSnapshot *cpr_snap;
-static bool cpr_snap_restoring;
 
 static void cpr_snap_block_clear(gpointer p)
 {
@@ -103,11 +102,6 @@ static void cpr_snapshot_free(CprSnapshot *s)
 bool cpr_snapshot_exists(void)
 {
     return cpr_snap != NULL;
-}
-
-bool cpr_snapshot_restoring(void)
-{
-    return cpr_snap_restoring;
 }
 
 uint64_t cpr_snapshot_restores(void)
@@ -349,17 +343,6 @@ static uint64_t cpr_snapshot_restore_ram(CprSnapshot *s)
  * read every vCPU's registers before the reset and write them back after
  * it, and the load that follows writes them all anyway.
  */
-static void cpr_snapshot_reset(void)
-{
-    MachineClass *mc = MACHINE_GET_CLASS(current_machine);
-
-    if (mc->reset) {
-        mc->reset(current_machine, SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
-    } else {
-        qemu_devices_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
-    }
-}
-
 /* The snapshot's RAM blocks must still be there, the same size. */
 static bool cpr_snapshot_blocks_present(CprSnapshot *s, Error **errp)
 {
@@ -423,13 +406,28 @@ static bool cpr_snapshot_verify(CprSnapshot *s, Error **errp)
     return true;
 }
 
+/*
+ * Guest RAM of a restore: the pages the dirty log has, put back from the
+ * shadow copy.  After the load, under KVM, those KVM wrote (it writes the
+ * kvmclock and wall clock structures when their MSRs are loaded), in its
+ * dirty log; QEMU's own writes are in the dirty bitmap already.  So RAM
+ * is exactly the snapshot's.
+ */
+static uint64_t cpr_snapshot_ram(void *opaque, bool after_load)
+{
+    if (!after_load || kvm_enabled()) {
+        memory_global_dirty_log_sync();
+    }
+    return cpr_snapshot_restore_ram(opaque);
+}
+
 bool cpr_snapshot_restore(bool verify, Error **errp)
 {
     ERRP_GUARD();
     bool running = runstate_is_running();
     CprSnapshot *s = cpr_snap;
-    int64_t t0, t1, t2, t3, t4, t5, t6, cpu_ns = 0;
-    uint64_t pages;
+    CprRestoreTimes t = { 0 };
+    int64_t t0;
     bool ok;
 
     if (!s) {
@@ -444,45 +442,8 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     if (running) {
         vm_stop(RUN_STATE_RESTORE_VM);
     }
-    /*
-     * Devices load their state as if into a machine fresh from reset (as
-     * for loadvm and an incoming migration).  ROMs are not copied into
-     * RAM again (cpr_snapshot_restoring()): pages the guest changed are
-     * in the dirty log like any other.  A reset handler may still write
-     * guest RAM, which dirties those pages: restore RAM after the reset,
-     * then load the devices, which see the snapshot's RAM.  No flush of
-     * all translated code either: the RAM pass drops the code of each
-     * page it puts back.
-     * Loading may write guest RAM (under KVM, the CPU's kvmclock MSRs
-     * make KVM write the clock structures): the pages written go back to
-     * the snapshot too, so that RAM is exactly the snapshot's.  One
-     * memory transaction for it all: the memory map changes of the reset
-     * and the load are applied once, at the end.
-     */
-    memory_region_transaction_begin();
-    cpr_snap_restoring = true;
-    t1 = get_clock();
-    cpr_snapshot_reset();
-    t2 = get_clock();
-    memory_global_dirty_log_sync();
-    pages = cpr_snapshot_restore_ram(s);
-    t3 = get_clock();
-    ok = cpr_load_devices(s->devices->data, s->devices->len, &cpu_ns,
-                          errp);
-    t4 = get_clock();
-    /*
-     * QEMU's own writes are in the dirty bitmap already; KVM's (it writes
-     * the kvmclock and wall clock structures when their MSRs are loaded)
-     * are in its dirty log.
-     */
-    if (kvm_enabled()) {
-        memory_global_dirty_log_sync();
-    }
-    pages += cpr_snapshot_restore_ram(s);
-    cpr_snap_restoring = false;
-    t5 = get_clock();
-    memory_region_transaction_commit();
-    t6 = get_clock();
+    ok = cpr_restore_machine(s->devices->data, s->devices->len,
+                             cpr_snapshot_ram, s, &t, errp);
     if (ok && verify) {
         ok = cpr_snapshot_verify(s, errp);
     }
@@ -494,13 +455,13 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
         vm_start();
     }
     s->restores++;
-    s->last_pages = pages;
-    s->last_ram_ns = (t3 - t2) + (t5 - t4);
-    s->last_cpu_ns = cpu_ns;
-    s->last_devices_ns = (t2 - t1) + (t4 - t3) - cpu_ns + (t6 - t5);
+    s->last_pages = t.pages;
+    s->last_ram_ns = t.ram_ns;
+    s->last_cpu_ns = t.cpu_ns;
+    s->last_devices_ns = t.devices_ns;
     s->last_total_ns = get_clock() - t0;
-    trace_cpr_snapshot_restore(pages, s->last_ram_ns, s->last_cpu_ns,
-                               s->last_devices_ns, t2 - t1,
+    trace_cpr_snapshot_restore(t.pages, s->last_ram_ns, s->last_cpu_ns,
+                               s->last_devices_ns, t.reset_ns,
                                s->last_total_ns);
     return ok;
 }

@@ -91,7 +91,7 @@ char *cpr_take_str(const char *name)
     return NULL;
 }
 
-bool cpr_snapshot_restoring(void)
+bool cpr_restoring(void)
 {
     return false;
 }

@@ -273,11 +273,12 @@ bool cpr_snapshot_exists(void);
 uint64_t cpr_snapshot_restores(void);
 
 /*
- * cpr_snapshot_restoring: a restore is under way.  It puts back every
- * page of guest RAM written since the snapshot and drops the translated
- * code of those pages, so the machine reset and the load that are part of
- * it need not rewrite ROMs into RAM nor flush all translated code.
+ * cpr_restoring: a restore in this process (a snapshot restore, a fork
+ * reset) is under way.  It puts back every page of guest RAM written
+ * since the saved state and drops the translated code of those pages, so
+ * the machine reset and the load that are part of it need not rewrite
+ * ROMs into RAM nor flush all translated code.
  */
-bool cpr_snapshot_restoring(void);
+bool cpr_restoring(void);
 
 #endif

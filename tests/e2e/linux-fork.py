@@ -36,8 +36,11 @@ class Beats(linuxvm.Watch):
         super().__init__()
         self.cond = threading.Condition(self.lock)
         self.seen = []
+        self.last = time.monotonic()
 
     def on_serial(self, line):
+        with self.cond:
+            self.last = time.monotonic()
         if line.startswith("H "):
             seq = int(line[2:])
             with self.cond:
@@ -73,17 +76,32 @@ class Beats(linuxvm.Watch):
                 raise cprlib.QmpError("no heartbeat for %d s" % timeout)
             return self.seen[0]
 
+    def quiet(self, t=0.05):
+        """Wait until no line has come for @t seconds (the VM stopped)."""
+        while True:
+            with self.cond:
+                idle = time.monotonic() - self.last
+            if idle >= t:
+                return
+            time.sleep(t - idle)
+
     def back_at(self, point, timeout=60):
-        """Wait for a heartbeat of the fork point @point (the guest went
-        back there) since mark(); those sent before the reset may still
-        come first.  The lowest heartbeat seen from then on."""
-        def back():
-            return any(s <= point + 2 for s in self.seen)
+        """After mark() on a stopped, quiet VM and a reset: wait until the
+        guest is back at the fork point @point, a heartbeat of it
+        (@point to @point + 2) and the next one.  Only one line may come
+        before it: the start of the line the stop cut, ended by the end
+        of the line the guest was writing at the fork point (so any
+        number).  Returns the first heartbeat of the fork point."""
         with self.cond:
-            if not self.cond.wait_for(back, timeout):
-                raise cprlib.QmpError("no heartbeat of the fork point for "
-                                      "%d s: %s" % (timeout, self.seen[:5]))
-            return min(self.seen)
+            if not self.cond.wait_for(lambda: len(self.seen) >= 3, timeout):
+                raise cprlib.QmpError("no heartbeat for %d s after the "
+                                      "reset: %s" % (timeout, self.seen))
+            seen = list(self.seen[:3])
+        k = 0 if point <= seen[0] <= point + 2 else 1
+        if not point <= seen[k] <= point + 2 or seen[k + 1] != seen[k] + 1:
+            raise AssertionError("heartbeats after the reset: %s, the fork "
+                                 "point is %d" % (seen, point))
+        return seen[k]
 
 
 class Vm:
@@ -172,6 +190,9 @@ def reset_to_the_fork_point():
     for i in range(RESETS):
         if time.monotonic() > t_all + 600:
             raise AssertionError("%d resets took more than 600 s" % i)
+        # Every line sent before the reset has come: only one may be cut
+        child.qmp.cmd("stop")
+        child.beats.quiet()
         child.beats.mark()
         t0 = time.monotonic()
         child.qmp.cmd("cpr-fork-reset")
