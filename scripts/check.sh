@@ -16,10 +16,8 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-# fork_e2e (tests/e2e/linux-fork.py) is not in the list yet: its reset
-# loop stalled once (see issue 12's note); run it by hand.
 suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e reboot_e2e snapshot_e2e
-        style)
+        fork_e2e style)
 n=0
 failed=0
 
