@@ -6,7 +6,8 @@
 # save and restore next to the raw disk and to migrate-to-file; then the
 # pause of transfer and exec mode next to upstream QEMU 10.0's
 # cpr-transfer (built first from Debian trixie's source); then VM fork's
-# latency, reset and memory.
+# latency, reset and memory; then live checkpoints next to
+# background-snapshot.
 set -euo pipefail
 here=$(dirname "$0")
 python3 "$here/blackout.py"
@@ -21,3 +22,5 @@ bash "$here/upstream-qemu.sh"
 python3 "$here/transfer.py"
 echo
 python3 "$here/fork.py"
+echo
+python3 "$here/checkpoint.py"
