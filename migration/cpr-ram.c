@@ -15,6 +15,7 @@
  */
 
 #include "qemu/osdep.h"
+#include <sys/ioctl.h>
 #include "qemu/madvise.h"
 #include "qemu/memfd.h"
 #include "qemu/mmap-alloc.h"
@@ -429,21 +430,98 @@ static bool cpr_ram_page_private(uint64_t pm)
     return (pm & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED)) && !(pm & PAGEMAP_FILE);
 }
 
+/* Linux 6.7's PAGEMAP_SCAN, which older headers lack */
+#define CPR_PAGE_IS_FILE (1 << 2)
+#define CPR_PAGE_IS_PRESENT (1 << 3)
+#define CPR_PAGE_IS_SWAPPED (1 << 4)
+
+typedef struct CprPageRegion {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;
+} CprPageRegion;
+
+typedef struct CprPmScanArg {
+    uint64_t size;
+    uint64_t flags;
+    uint64_t start;
+    uint64_t end;
+    uint64_t walk_end;
+    uint64_t vec;
+    uint64_t vec_len;
+    uint64_t max_pages;
+    uint64_t category_inverted;
+    uint64_t category_mask;
+    uint64_t category_anyof_mask;
+    uint64_t return_mask;
+} CprPmScanArg;
+
+#define CPR_PAGEMAP_SCAN _IOWR('f', 16, CprPmScanArg)
+#define CPR_PAGEMAP_SCAN_VEC 1024
+
+/*
+ * The runs of private pages of @rb by PAGEMAP_SCAN: only those come back,
+ * where reading /proc/self/pagemap reads 8 bytes for every page.  1 if
+ * the kernel has no PAGEMAP_SCAN, else 0 or -errno.
+ */
+static int cpr_ram_scan_private(int fd, RAMBlock *rb, CprRamRunFn *fn,
+                                void *opaque)
+{
+    CprPageRegion vec[CPR_PAGEMAP_SCAN_VEC];
+    uint64_t host = (uintptr_t)rb->host, end = host + rb->used_length;
+    CprPmScanArg arg = {
+        .size = sizeof(arg),
+        .start = host,
+        .end = end,
+        .vec = (uintptr_t)vec,
+        .vec_len = CPR_PAGEMAP_SCAN_VEC,
+        /* not a file page, and present or in swap */
+        .category_inverted = CPR_PAGE_IS_FILE,
+        .category_mask = CPR_PAGE_IS_FILE,
+        .category_anyof_mask = CPR_PAGE_IS_PRESENT | CPR_PAGE_IS_SWAPPED,
+        .return_mask = CPR_PAGE_IS_PRESENT | CPR_PAGE_IS_SWAPPED,
+    };
+    int i, n, ret;
+
+    while (arg.start < end) {
+        n = ioctl(fd, CPR_PAGEMAP_SCAN, &arg);
+        if (n < 0) {
+            return errno == ENOTTY || errno == EINVAL ? 1 : -errno;
+        }
+        for (i = 0; i < n; i++) {
+            ret = fn(rb, vec[i].start - host, vec[i].end - vec[i].start,
+                     opaque);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        arg.start = arg.walk_end;
+    }
+    return 0;
+}
+
 /*
  * Call @fn for each run of pages of @rb this process has its own copy of
  * (written through a copy-on-write mapping), as /proc/self/pagemap tells
  */
 static int cpr_ram_private_runs(RAMBlock *rb, CprRamRunFn *fn, void *opaque)
 {
-    g_autofree uint64_t *pm = g_new(uint64_t, PAGEMAP_BATCH);
+    g_autofree uint64_t *pm = NULL;
     uint64_t page = qemu_real_host_page_size();
     uint64_t npages = rb->used_length / page, i, j, n, run;
     int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    int ret = 0;
+    int ret;
 
     if (fd < 0) {
         return -errno;
     }
+    ret = cpr_ram_scan_private(fd, rb, fn, opaque);
+    if (ret <= 0) {
+        close(fd);
+        return ret;
+    }
+    ret = 0;
+    pm = g_new(uint64_t, PAGEMAP_BATCH);
     for (i = 0; i < npages && !ret; i += n) {
         n = MIN(PAGEMAP_BATCH, npages - i);
         if (pread(fd, pm, n * 8, ((uintptr_t)rb->host / page + i) * 8) !=
