@@ -59,6 +59,7 @@
 
 #define CPR_CKPT_PAGE 4096
 #define CPR_CKPT_CHUNK (4 * MiB)        /* of RAM the writer takes at once */
+#define CPR_CKPT_FAULT_CHUNK (256 * KiB) /* saved at once on a fault */
 #define CPR_CKPT_ROUNDS 3       /* of re-protecting dirty pages, running */
 #define CPR_CKPT_FEW_DIRTY 256  /* pages: few enough to protect paused */
 
@@ -266,11 +267,15 @@ static CprCkptBlock *cpr_ckpt_block_at(CprCkpt *c, uint64_t addr,
     return NULL;
 }
 
-/* A write to a protected page: save it first, or note it; let it go on */
+/*
+ * A write to a protected page: note it (before the pause), or save the
+ * stretch of CPR_CKPT_FAULT_CHUNK around it first (the guest is likely to
+ * write its neighbours next: one fault for them all); let it go on
+ */
 static void cpr_ckpt_fault(CprCkpt *c, uint64_t addr)
 {
     CprCkptBlock *b;
-    uint64_t page, bytes = 0;
+    uint64_t page, start, end, bytes = 0;
     int ret;
 
     QEMU_LOCK_GUARD(&c->lock);
@@ -279,25 +284,30 @@ static void cpr_ckpt_fault(CprCkpt *c, uint64_t addr)
         return;
     }
     trace_cpr_checkpoint_fault(b->rb->idstr, page * CPR_CKPT_PAGE, c->saving);
-    if (b == c->flight && page * CPR_CKPT_PAGE >= c->flight_start &&
-        page * CPR_CKPT_PAGE < c->flight_end) {
+    start = page * CPR_CKPT_PAGE;
+    end = start + CPR_CKPT_PAGE;
+    if (c->saving) {
+        start = QEMU_ALIGN_DOWN(start, CPR_CKPT_FAULT_CHUNK);
+        end = MIN(start + CPR_CKPT_FAULT_CHUNK, b->len);
+    }
+    if (b == c->flight && start < c->flight_end && end > c->flight_start) {
         return;     /* the writer's unprotect lets it go on */
     }
     if (!c->saving) {
         set_bit(page, b->dirty);
-    } else if (!test_and_set_bit(page, b->saved) && !qatomic_read(&c->cancel)) {
+    } else if (!qatomic_read(&c->cancel)) {
         /* Through the page cache: the vCPU waits for this write */
-        ret = cpr_reboot_write_range(c->fd, -1, b->rb, page * CPR_CKPT_PAGE,
-                                     (page + 1) * CPR_CKPT_PAGE,
-                                     b->file_offset, NULL, &bytes);
+        ret = cpr_reboot_write_range(c->fd, -1, b->rb, start, end,
+                                     b->file_offset, b->saved, &bytes);
         qatomic_add(&c->bytes, bytes);
         if (ret < 0) {
             cpr_ckpt_fail(c, -ret, "cannot write guest RAM into '%s'",
                           c->tmp);
         }
+        bitmap_set(b->saved, start / CPR_CKPT_PAGE,
+                   (end - start) / CPR_CKPT_PAGE);
     }
-    ret = cpr_ckpt_protect(c, b->rb->host + page * CPR_CKPT_PAGE,
-                           CPR_CKPT_PAGE, false);
+    ret = cpr_ckpt_protect(c, b->rb->host + start, end - start, false);
     if (ret < 0) {
         /* The writing thread would wait for ever: nothing can go on */
         error_report("cpr-checkpoint: cannot let a write of guest RAM go "

@@ -29,6 +29,8 @@
 #include "qapi/qapi-commands-cpr.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
+#include "block/block_int.h"
+#include "sysemu/block-backend.h"
 #include "qemu/timer.h"
 #include "exec/exec-all.h"
 #include "exec/ram_addr.h"
@@ -143,6 +145,7 @@ void qmp_cpr_fork(const char *channel, Error **errp)
     ERRP_GUARD();
     g_autoptr(GByteArray) state = NULL;
     bool was_running = runstate_is_running();
+    int64_t t0, t1, t2;
 
     if (cpr_fork_is_parent()) {
         error_setg(errp, "this VM is a fork parent already (children "
@@ -152,12 +155,15 @@ void qmp_cpr_fork(const char *channel, Error **errp)
     if (!cpr_mode_allowed(CPR_MODE_FORK, errp)) {
         return;
     }
+    t0 = get_clock();
     if (!cpr_stop(RUN_STATE_PAUSED, errp)) {
         return;
     }
+    t1 = get_clock();
     cpr_set_saving(true);
     state = cpr_file_save(CPR_MODE_FORK, errp);
     cpr_set_saving(false);
+    t2 = get_clock();
     if (!state) {
         goto resume;
     }
@@ -172,7 +178,7 @@ void qmp_cpr_fork(const char *channel, Error **errp)
     ram_block_discard_disable(true);
     cpr_fork_state = g_steal_pointer(&state);
     cpr_fork_path = g_strdup(channel + 5);
-    trace_cpr_fork_point(channel);
+    trace_cpr_fork_point(channel, t1 - t0, t2 - t1);
     /*
      * The memfds hold the fork point from here on: nothing may write
      * them.  Loading a VM into this one would: blocked for good.  Before
@@ -244,9 +250,8 @@ static bool cpr_fork_take_file(const char *path, Error **errp)
 }
 
 /*
- * Child, at the end of its start-up: connect, waiting for the parent to
- * listen; map its guest RAM copy-on-write over this VM's and load its
- * state
+ * Child, connected to the parent (cpr_fork_in): map its guest RAM
+ * copy-on-write over this VM's and load its state
  */
 static bool cpr_fork_take(Error **errp)
 {
@@ -255,17 +260,6 @@ static bool cpr_fork_take(Error **errp)
 
     if (g_str_has_prefix(cpr_fork_channel, "file:")) {
         return cpr_fork_take_file(cpr_fork_channel + 5, errp);
-    }
-
-    for (;;) {
-        Error *err = NULL;
-
-        cpr_fork_in = cpr_channel_connect(cpr_fork_channel, &err);
-        if (cpr_fork_in >= 0) {
-            break;
-        }
-        error_free(err);
-        g_usleep(500);
     }
     if (cpr_channel_recv_state(cpr_fork_in, false, errp) < 0) {
         goto fail;
@@ -286,18 +280,59 @@ fail:
     return false;
 }
 
-static void cpr_fork_started(void)
+/* Take the VM from the parent or the file, or exit saying why */
+static void cpr_fork_take_or_exit(void)
 {
     Error *err = NULL;
 
-    if (!cpr_fork_is_child() || cpr_fork_point) {
-        return;
-    }
     if (!cpr_fork_take(&err)) {
         error_reportf_err(err, "-incoming cpr-fork:%s: ", cpr_fork_channel);
         exit(1);
     }
     trace_cpr_fork_child_running();
+}
+
+/* Until the parent listens, a child tries again this often */
+#define CPR_FORK_RETRY_US 500
+
+static QEMUTimer *cpr_fork_retry;
+
+/*
+ * A child started before the fork (a warm pool) waits for the parent in
+ * the main loop: its monitors answer meanwhile.  A socket file nobody
+ * listens on (left over) is waited on too: the parent's listening socket
+ * is renamed over it.
+ */
+static void cpr_fork_connect(void *opaque)
+{
+    Error *err = NULL;
+
+    cpr_fork_in = cpr_channel_connect(cpr_fork_channel, &err);
+    if (cpr_fork_in < 0) {
+        error_free(err);
+        if (!cpr_fork_retry) {
+            cpr_fork_retry = timer_new_us(QEMU_CLOCK_REALTIME,
+                                          cpr_fork_connect, NULL);
+            trace_cpr_fork_child_waiting(cpr_fork_channel);
+        }
+        timer_mod(cpr_fork_retry, qemu_clock_get_us(QEMU_CLOCK_REALTIME) +
+                  CPR_FORK_RETRY_US);
+        return;
+    }
+    g_clear_pointer(&cpr_fork_retry, timer_free);
+    cpr_fork_take_or_exit();
+}
+
+static void cpr_fork_started(void)
+{
+    if (!cpr_fork_is_child() || cpr_fork_point) {
+        return;
+    }
+    if (g_str_has_prefix(cpr_fork_channel, "file:")) {
+        cpr_fork_take_or_exit();
+    } else {
+        cpr_fork_connect(NULL);
+    }
 }
 
 static void cpr_fork_load_done(void)
@@ -313,16 +348,62 @@ static uint64_t cpr_fork_reset_ram(void *opaque, bool after_load)
     return after_load ? 0 : cpr_ram_fork_drop_private();
 }
 
-void qmp_cpr_fork_reset(Error **errp)
+/*
+ * The block backends @names, checked: each has an image over a backing
+ * image (the child's overlay on the fork point's disk), or NULL
+ */
+static GPtrArray *cpr_fork_reset_disks(strList *names, Error **errp)
 {
+    g_autoptr(GPtrArray) blks = g_ptr_array_new();
+
+    for (; names; names = names->next) {
+        BlockBackend *blk = blk_by_name(names->value);
+        BlockDriverState *bs = blk ? blk_bs(blk) : NULL;
+
+        if (!bs) {
+            error_setg(errp, "no disk '%s'", names->value);
+            return NULL;
+        }
+        if (!bdrv_cow_bs(bs) || !bs->drv->bdrv_make_empty ||
+            bdrv_is_read_only(bs)) {
+            error_setg(errp, "disk '%s' is not a writable overlay on a "
+                       "backing image: emptying it would lose its data",
+                       names->value);
+            return NULL;
+        }
+        g_ptr_array_add(blks, blk);
+    }
+    return g_steal_pointer(&blks);
+}
+
+void qmp_cpr_fork_reset(bool has_empty_disks, strList *empty_disks,
+                        Error **errp)
+{
+    g_autoptr(GPtrArray) blks = NULL;
     CprRestoreTimes t = { 0 };
     int64_t t0 = get_clock();
+    guint i;
 
     if (!cpr_fork_point || cpr_is_incoming()) {
         error_setg(errp, "this VM is not a running fork child");
         return;
     }
+    blks = cpr_fork_reset_disks(empty_disks, errp);
+    if (!blks) {
+        return;
+    }
     vm_stop(RUN_STATE_RESTORE_VM);
+    /* Drained: the overlays go back to the fork point's disk */
+    for (i = 0; i < blks->len; i++) {
+        BlockBackend *blk = g_ptr_array_index(blks, i);
+
+        /* The backend's own link to its image, which may write it */
+        if (bdrv_make_empty((BdrvChild *)blk_root(blk), errp) < 0) {
+            error_prepend(errp, "cannot empty disk '%s': ", blk_name(blk));
+            error_append_hint(errp, "The VM stays paused.\n");
+            return;
+        }
+    }
     if (!cpr_restore_machine(cpr_fork_point->data +
                              cpr_fork_point->devices_offset,
                              cpr_fork_point->devices_len,

@@ -193,16 +193,16 @@ def _net_peer(lsock, watch):
         conn.close()
 
 
-def check_disk(path, fmt, written, slack=5000):
+def check_disk(path, fmt, written, slack=5000, in_use=False):
     """Every record the guest reported as written must be on the image:
     record r goes to sector r % nsect, so sector s holds the newest record
     r with r % nsect == s; the guest may have written up to slack records
-    after its last report."""
+    after its last report.  @in_use: a stopped QEMU still has it open."""
     raw = path
     if fmt != "raw":
         raw = path + ".raw"
-        subprocess.run([QEMU_IMG, "convert", "-f", fmt, "-O", "raw", path,
-                        raw], check=True)
+        subprocess.run([QEMU_IMG, "convert"] + (["-U"] if in_use else []) +
+                       ["-f", fmt, "-O", "raw", path, raw], check=True)
     with open(raw, "rb") as f:
         data = f.read()
     if raw != path:

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""VM fork of the running Linux test guest (alone: no disks, no network;
-heartbeat every millisecond on a unix-socket serial port, memory pattern
-checked by the guest, vmgenid): cpr-fork, four children, each going on
-from the heartbeat of the fork point by itself, the parent resumed apart
-from them, new generation IDs, and one child reset again and again to
-the fork point.  Prints TAP.
+"""VM fork of the running Linux test guest (no network; heartbeat every
+millisecond on a unix-socket serial port, memory pattern checked by the
+guest, records written to and read back from a qcow2 disk, vmgenid):
+cpr-fork, four children, each going on from the heartbeat of the fork
+point by itself on its own overlay of the fork point's image, the parent
+resumed apart from them on an overlay of its own (blockdev-snapshot-sync),
+new generation IDs, every record on every disk, and one child reset again
+and again to the fork point, its overlay emptied each time.  Prints TAP.
 
 Environment: CPR_FORK_RESETS (resets of one child, 1000)."""
 
@@ -37,10 +39,14 @@ class Beats(linuxvm.Watch):
         self.cond = threading.Condition(self.lock)
         self.seen = []
         self.last = time.monotonic()
+        self.vda = 0            # disk records, from the last status line
 
     def on_serial(self, line):
         with self.cond:
             self.last = time.monotonic()
+        if line.startswith("S "):
+            with self.cond:
+                self.vda = self.parse_status(line).get("vda", 0)
         if line.startswith("H "):
             seq = int(line[2:])
             with self.cond:
@@ -105,19 +111,39 @@ class Beats(linuxvm.Watch):
 
 
 class Vm:
-    def __init__(self, tag, channel=None):
+    def __init__(self, tag, channel=None, base=None):
+        """A parent with a new disk, or a child (@channel) with an
+        overlay on @base, the fork point's image."""
         self.dir = tempfile.mkdtemp(prefix="cpr-fork-%s-" % tag,
                                     dir=os.path.join(cprlib.TOP, "build"))
         serial = os.path.join(self.dir, "serial.sock")
         qmp = os.path.join(self.dir, "qmp.sock")
+        self.disk = os.path.join(self.dir, "disk.qcow2")
+        create = [linuxvm.QEMU_IMG, "create", "-q", "-f", "qcow2"]
+        if base:
+            create += ["-b", base, "-F", "qcow2"]
+        subprocess.run(create + [self.disk, "%dM" % linuxvm.DISK_MB],
+                       check=True)
         args = linuxvm.plain_args(1024, serial, qmp)
-        args += ["-machine", "memfd-alloc=on", "-device", "vmgenid"]
+        args += ["-machine", "memfd-alloc=on", "-device", "vmgenid",
+                 "-drive", "file=%s,format=qcow2,if=virtio,id=disk0" %
+                 self.disk]
         if channel:
             args += ["-incoming", "cpr-fork:" + channel]
         self.proc = subprocess.Popen(args)
         self.beats = Beats()
         self.qmp = cprlib.Qmp(qmp, self.proc)
         self.sock = linuxvm.attach_serial(self.beats, serial)
+
+    def disk_records(self, more, what, timeout=120):
+        """Wait for @more disk records than now; the count."""
+        start = self.beats.vda
+        deadline = time.monotonic() + timeout
+        while self.beats.vda < start + more:
+            if time.monotonic() > deadline:
+                raise cprlib.QmpError("%s wrote no disk records" % what)
+            time.sleep(0.1)
+        return self.beats.vda
 
     def heartbeats(self, n, what, timeout=120):
         """Wait for @n more heartbeats, one after the other."""
@@ -143,12 +169,19 @@ def children_go_on_from_the_fork_point():
     global parent, point
     parent = Vm("parent")
     parent.heartbeats(500, "parent")
+    parent.disk_records(100, "parent")
     channel = "unix:" + os.path.join(parent.dir, "fork.sock")
     parent.qmp.cmd("cpr-fork", channel=channel)
     time.sleep(0.2)
     point = parent.beats.hb
+    # The fork point's image stays as it is: the parent goes on on an
+    # overlay, each child on one of its own
+    base = parent.disk
+    parent.disk = os.path.join(parent.dir, "top.qcow2")
+    parent.qmp.cmd("blockdev-snapshot-sync", device="disk0",
+                   format="qcow2", **{"snapshot-file": parent.disk})
     for i in range(CHILDREN):
-        child = Vm("child%d" % i, channel)
+        child = Vm("child%d" % i, channel, base)
         children.append(child)
         first = child.beats.first_after_mark()
         assert point <= first <= point + 2, \
@@ -169,6 +202,26 @@ def parent_resumed_apart():
         child.heartbeats(200, "child %d" % i)
     errs = [e for vm in [parent] + children for e in vm.beats.errors]
     assert not errs, "; ".join(errs[:5])
+
+
+@case
+def disks_apart():
+    """Every record each VM wrote is on its own image, none of another's
+    after the fork point (records go round the disk in order: a record
+    of a VM that wrote more would be past this one's count)"""
+    for vm in [parent] + children:
+        vm.disk_records(200, vm.dir)
+    for vm in [parent] + children:
+        vm.qmp.cmd("stop")
+    time.sleep(0.2)
+    for vm in [parent] + children:
+        problems = linuxvm.check_disk(vm.disk, "qcow2", vm.beats.vda,
+                                      in_use=True)
+        assert not problems, "%s: %s" % (vm.disk, problems)
+    for vm in [parent] + children:
+        vm.qmp.cmd("cont")
+    diag("disk records: parent %d, children %s" %
+         (parent.beats.vda, [c.beats.vda for c in children]))
 
 
 @case
@@ -195,13 +248,19 @@ def reset_to_the_fork_point():
         child.beats.quiet()
         child.beats.mark()
         t0 = time.monotonic()
-        child.qmp.cmd("cpr-fork-reset")
+        child.qmp.cmd("cpr-fork-reset", **{"empty-disks": ["disk0"]})
         worst = max(worst, time.monotonic() - t0)
         first = child.beats.back_at(point)
         assert point <= first <= point + 2, \
             "reset %d: heartbeat %d, the fork point is %d" % \
             (i + 1, first, point)
     child.heartbeats(200, "child 0 after the resets")
+    child.disk_records(200, "child 0 after the resets")
+    child.qmp.cmd("stop")
+    time.sleep(0.2)
+    problems = linuxvm.check_disk(child.disk, "qcow2", child.beats.vda,
+                                  in_use=True)
+    assert not problems, "child 0's disk: %s" % problems
     errs = child.beats.errors
     assert not errs, "; ".join(errs[:5])
     diag("%d resets in %.1f s, each back at the fork point's heartbeat; "

@@ -3038,6 +3038,84 @@ static void test_fork_refused(void)
     vm_kill(vm);
 }
 
+/* A unix socket listening at @path (bound, not accepting) */
+static int listen_unix(const char *path)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    pstrcpy(addr.sun_path, sizeof(addr.sun_path), path);
+    g_assert(fd >= 0);
+    g_assert(bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+    g_assert(listen(fd, 4) == 0);
+    return fd;
+}
+
+/*
+ * Children started before the fork wait for the parent with their
+ * monitor answering, even on a socket file an earlier parent left behind;
+ * a child that finds something else than a fork parent exits, saying why.
+ */
+static void test_fork_waiting(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *path = g_build_filename(dir, "fork.sock", NULL);
+    g_autofree char *channel = g_strdup_printf("unix:%s", path);
+    g_autofree char *incoming = g_strdup_printf("cpr-fork:%s", channel);
+    g_autofree char *err = NULL;
+    g_autofree uint64_t *point = NULL, *now = NULL;
+    const char *argv[] = {
+        getenv("QTEST_QEMU_BINARY"), "-machine", machine, "-accel", accel(),
+        "-m", "128", "-display", "none", "-nodefaults", "-incoming",
+        incoming, NULL
+    };
+    CprVm *vm, *child;
+    int lfd, status;
+    pid_t peer;
+
+    /* Something else listens at the path: the child exits */
+    lfd = listen_unix(path);
+    peer = fork();
+    g_assert(peer >= 0);
+    if (peer == 0) {
+        static const char junk[] = "220 not a fork parent\r\n";
+        int fd = accept(lfd, NULL, NULL);
+
+        if (fd >= 0 && write(fd, junk, sizeof(junk)) < 0) {
+            _exit(1);
+        }
+        _exit(0);
+    }
+    g_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                          NULL, NULL, &err, &status, NULL));
+    g_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    g_assert(strstr(err, "-incoming cpr-fork:unix:"));
+    g_assert(strstr(err, ": the fork parent: "));
+    g_assert_cmpint(wait_exit(peer), ==, 0);
+
+    /* The socket file stays behind, nobody listening: the child waits */
+    close(lfd);
+    child = vm_start_fork_child(channel, false);
+    g_assert_cmpstr(vm_status(child), ==, "inmigrate");
+    g_usleep(200 * 1000);
+    g_assert_cmpstr(vm_status(child), ==, "inmigrate");
+
+    /* A parent forks there: the child runs from its fork point */
+    vm = vm_start(machine, -1);
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-fork', 'arguments':"
+                        " {'channel': %s}}", channel));
+    point = vm_counters(vm);
+    check_moving(child, point);
+    now = vm_counters(child);
+    check_not_behind(point, now);
+    vm_kill(child);
+    vm_kill(vm);
+    unlink(path);
+    rm_dir(dir);
+}
+
 /* Checkpoints (cpr-checkpoint.c) */
 
 /* Wait for CPR_CHECKPOINT_COMPLETED; its data (the caller's reference) */
@@ -3378,6 +3456,7 @@ int main(int argc, char **argv)
     add_test("transfer/soak", test_transfer_soak);
     add_test("fork/children", test_fork);
     add_test("fork/refused", test_fork_refused);
+    add_test("fork/waiting", test_fork_waiting);
     add_test("checkpoint/round-trip", test_checkpoint);
     add_test("checkpoint/refused", test_checkpoint_refused);
     add_test("reboot/round-trip", test_reboot_round_trip);
