@@ -225,6 +225,36 @@ def disks_apart():
 
 
 @case
+def child_of_a_child():
+    """Child 1 forks in turn (its disk going on on an overlay of its
+    own): its child goes on from child 1's fork point, with child 1's
+    memory and disk as they were there, while child 1 goes on apart."""
+    middle = children[1]
+    channel = "unix:" + os.path.join(middle.dir, "fork.sock")
+    middle.qmp.cmd("cpr-fork", channel=channel)
+    time.sleep(0.2)
+    mpoint = middle.beats.hb
+    base = middle.disk
+    middle.disk = os.path.join(middle.dir, "top.qcow2")
+    middle.qmp.cmd("blockdev-snapshot-sync", device="disk0",
+                   format="qcow2", **{"snapshot-file": middle.disk})
+    grandchild = Vm("grandchild", channel, base)
+    children.append(grandchild)
+    first = grandchild.beats.first_after_mark()
+    assert mpoint <= first <= mpoint + 2, \
+        "the grandchild began at heartbeat %d, its fork point is %d" % \
+        (first, mpoint)
+    middle.qmp.cmd("cont")
+    grandchild.heartbeats(500, "grandchild")
+    middle.heartbeats(500, "child 1 after its fork")
+    grandchild.disk_records(100, "grandchild")
+    errs = grandchild.beats.errors + middle.beats.errors
+    assert not errs, "; ".join(errs[:5])
+    diag("child 1 forked at heartbeat %d (the first fork point: %d); its "
+         "child went on from there" % (mpoint, point))
+
+
+@case
 def new_generation_ids():
     ids = [vm.qmp.cmd("query-vm-generation-id")["guid"]
            for vm in [parent] + children]
