@@ -164,22 +164,28 @@ children = []
 point = None
 
 
+def fork(vm):
+    """cpr-fork of @vm, whose disk goes on on an overlay of its own: the
+    channel, the fork point's heartbeat and its image"""
+    channel = "unix:" + os.path.join(vm.dir, "fork.sock")
+    vm.qmp.cmd("cpr-fork", channel=channel)
+    time.sleep(0.2)
+    base = vm.disk
+    vm.disk = os.path.join(vm.dir, "top.qcow2")
+    vm.qmp.cmd("blockdev-snapshot-sync", device="disk0", format="qcow2",
+               **{"snapshot-file": vm.disk})
+    return channel, vm.beats.hb, base
+
+
 @case
 def children_go_on_from_the_fork_point():
     global parent, point
     parent = Vm("parent")
     parent.heartbeats(500, "parent")
     parent.disk_records(100, "parent")
-    channel = "unix:" + os.path.join(parent.dir, "fork.sock")
-    parent.qmp.cmd("cpr-fork", channel=channel)
-    time.sleep(0.2)
-    point = parent.beats.hb
     # The fork point's image stays as it is: the parent goes on on an
     # overlay, each child on one of its own
-    base = parent.disk
-    parent.disk = os.path.join(parent.dir, "top.qcow2")
-    parent.qmp.cmd("blockdev-snapshot-sync", device="disk0",
-                   format="qcow2", **{"snapshot-file": parent.disk})
+    channel, point, base = fork(parent)
     for i in range(CHILDREN):
         child = Vm("child%d" % i, channel, base)
         children.append(child)
@@ -230,14 +236,7 @@ def child_of_a_child():
     own): its child goes on from child 1's fork point, with child 1's
     memory and disk as they were there, while child 1 goes on apart."""
     middle = children[1]
-    channel = "unix:" + os.path.join(middle.dir, "fork.sock")
-    middle.qmp.cmd("cpr-fork", channel=channel)
-    time.sleep(0.2)
-    mpoint = middle.beats.hb
-    base = middle.disk
-    middle.disk = os.path.join(middle.dir, "top.qcow2")
-    middle.qmp.cmd("blockdev-snapshot-sync", device="disk0",
-                   format="qcow2", **{"snapshot-file": middle.disk})
+    channel, mpoint, base = fork(middle)
     grandchild = Vm("grandchild", channel, base)
     children.append(grandchild)
     first = grandchild.beats.first_after_mark()

@@ -2878,6 +2878,18 @@ static CprVm *vm_start_fork_child(const char *channel, bool paused)
     return vm_start_args(machine, -1, extra, CONSOLE_FILE);
 }
 
+/* cpr-fork-reset of @child, stopped right after: its counters */
+static uint64_t *vm_fork_reset_stopped(CprVm *child)
+{
+    uint64_t *c;
+
+    qobject_unref(vm_ok(child, "{'execute': 'cpr-fork-reset'}"));
+    qobject_unref(vm_ok(child, "{'execute': 'stop'}"));
+    c = vm_counters(child);
+    check_consistent(c);
+    return c;
+}
+
 /*
  * cpr-fork: children run from the fork point, the parent stays there
  * until 'cont' and then goes on apart from them; a child started after
@@ -2983,18 +2995,13 @@ static void test_fork(void)
     vm_wait_passes(c, 2);
     g_free(before);
     before = vm_counters(c);
-    qobject_unref(vm_ok(c, "{'execute': 'cpr-fork-reset'}"));
-    qobject_unref(vm_ok(c, "{'execute': 'stop'}"));
     g_free(now);
-    now = vm_counters(c);
-    check_consistent(now);
+    now = vm_fork_reset_stopped(c);
     check_not_behind(apoint, now);
     g_assert_cmpuint(now[0], <, before[0]);
     /* The middle child goes back to its own fork point */
-    qobject_unref(vm_ok(a, "{'execute': 'cpr-fork-reset'}"));
-    qobject_unref(vm_ok(a, "{'execute': 'stop'}"));
     g_free(now);
-    now = vm_counters(a);
+    now = vm_fork_reset_stopped(a);
     check_not_behind(point, now);
     g_assert_cmpuint(now[0], <, apoint[0]);
     vm_kill(c);
@@ -3222,11 +3229,8 @@ static void checkpoint_round_trip(const char *machine)
     vm_wait_passes(child, 4);
     g_free(restored);
     restored = vm_counters(child);
-    qobject_unref(vm_ok(child, "{'execute': 'cpr-fork-reset'}"));
-    qobject_unref(vm_ok(child, "{'execute': 'stop'}"));
     g_free(after);
-    after = vm_counters(child);
-    check_consistent(after);
+    after = vm_fork_reset_stopped(child);
     g_assert_cmpuint(after[0], >=, at[0]);
     g_assert_cmpuint(after[0], <, restored[0]);
     vm_kill(child);
