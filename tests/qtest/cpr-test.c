@@ -494,6 +494,14 @@ static uint64_t *vm_counters(CprVm *vm)
     return counters;
 }
 
+/* @vm's counters are exactly @want (it has not run since) */
+static void check_counters_are(CprVm *vm, const uint64_t *want)
+{
+    g_autofree uint64_t *now = vm_counters(vm);
+
+    g_assert(!memcmp(now, want, COUNTER_PAGES * sizeof(uint64_t)));
+}
+
 /* All counters within one pass of each other, the guest's invariant. */
 static void check_consistent(const uint64_t *c)
 {
@@ -2926,18 +2934,14 @@ static void test_fork(void)
     now = vm_counters(a);
     check_not_behind(point, now);
     g_assert_cmpuint(now[0], >, point[0]);
-    g_free(now);
-    now = vm_counters(vm);
-    g_assert(!memcmp(now, point, COUNTER_PAGES * sizeof(uint64_t)));
+    check_counters_are(vm, point);
 
     /* The parent goes on; a later child still starts at the fork point */
     qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
     check_moving(vm, point);
     b = vm_start_fork_child(channel, true);
     g_assert_cmpstr(vm_status(b), ==, "paused");
-    g_free(now);
-    now = vm_counters(b);
-    g_assert(!memcmp(now, point, COUNTER_PAGES * sizeof(uint64_t)));
+    check_counters_are(b, point);
     qobject_unref(vm_ok(b, "{'execute': 'cont'}"));
     check_moving(b, point);
 
@@ -2982,14 +2986,10 @@ static void test_fork(void)
     check_not_behind(point, apoint);
     g_assert_cmpuint(apoint[0], >, point[0]);
     c = vm_start_fork_child(channel2, true);
-    g_free(now);
-    now = vm_counters(c);
-    g_assert(!memcmp(now, apoint, COUNTER_PAGES * sizeof(uint64_t)));
+    check_counters_are(c, apoint);
     qobject_unref(vm_ok(a, "{'execute': 'cont'}"));
     check_moving(a, apoint);
-    g_free(now);
-    now = vm_counters(c);
-    g_assert(!memcmp(now, apoint, COUNTER_PAGES * sizeof(uint64_t)));
+    check_counters_are(c, apoint);
     qobject_unref(vm_ok(c, "{'execute': 'cont'}"));
     check_moving(c, apoint);
     vm_wait_passes(c, 2);
