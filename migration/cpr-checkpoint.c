@@ -36,6 +36,7 @@
 #include "qemu/atomic.h"
 #include "qemu/bitmap.h"
 #include "qemu/coroutine.h"
+#include "qemu/host-utils.h"
 #include "qemu/main-loop.h"
 #include "qemu/thread.h"
 #include "qemu/timer.h"
@@ -89,6 +90,7 @@ typedef struct CprCkpt {
 
     QemuMutex lock;             /* bitmaps, saving, the file's pages */
     bool saving;                /* a fault saves the page before the write */
+    bool ending;                /* RAM is being unprotected and unregistered */
     CprCkptBlock *flight;       /* the writer writes it from flight_start */
     uint64_t flight_start;      /* to flight_end, or NULL */
     uint64_t flight_end;
@@ -177,6 +179,11 @@ static void cpr_ckpt_blockers(CprBlockerList ***tail)
 {
     int64_t features = cpr_ckpt_uffd_features();
 
+    if (qemu_real_host_page_size() != CPR_CKPT_PAGE) {
+        cpr_add_blocker(tail, CPR_MODE_CHECKPOINT, "page-size",
+                        "checkpoints need a host with 4 KiB pages");
+        return;
+    }
     if (features < 0) {
         cpr_add_blocker(tail, CPR_MODE_CHECKPOINT, "userfaultfd",
                         "userfaultfd is not available: %s (it needs "
@@ -280,7 +287,8 @@ static void cpr_ckpt_fault(CprCkpt *c, uint64_t addr)
 
     QEMU_LOCK_GUARD(&c->lock);
     b = cpr_ckpt_block_at(c, addr, &page);
-    if (!b) {
+    if (!b || c->ending) {
+        /* Unprotecting and unregistering wakes it */
         return;
     }
     trace_cpr_checkpoint_fault(b->rb->idstr, page * CPR_CKPT_PAGE, c->saving);
@@ -400,8 +408,8 @@ static void cpr_ckpt_throttle(CprCkpt *c, int64_t start)
     if (!c->max_bandwidth) {
         return;
     }
-    due = start + qatomic_read(&c->bytes) * NANOSECONDS_PER_SECOND /
-          c->max_bandwidth;
+    due = start + muldiv64(qatomic_read(&c->bytes), NANOSECONDS_PER_SECOND,
+                           c->max_bandwidth);
     while (get_clock() < due && !qatomic_read(&c->cancel)) {
         g_usleep(MIN((due - get_clock()) / SCALE_US + 1, 10 * 1000));
     }
@@ -485,7 +493,13 @@ static void *cpr_ckpt_writer_thread(void *opaque)
             cpr_ckpt_write_all(c);
         }
     }
-    /* Nothing stays protected (unregistering would unprotect, but late) */
+    /*
+     * Nothing stays protected (unregistering would unprotect, but late);
+     * a fault read meanwhile is left alone: this wakes its thread
+     */
+    WITH_QEMU_LOCK_GUARD(&c->lock) {
+        c->ending = true;
+    }
     for (i = 0; i < c->nr_blocks; i++) {
         struct uffdio_range r = {
             .start = (uintptr_t)c->blocks[i].rb->host,
@@ -495,11 +509,30 @@ static void *cpr_ckpt_writer_thread(void *opaque)
         cpr_ckpt_protect(c, c->blocks[i].rb->host, c->blocks[i].len, false);
         ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
     }
-    if (write(c->quit_fd, &eventfd_one, sizeof(eventfd_one)) < 0) {
-        /* the fault thread ends when the descriptor closes, at the latest */
+    while (write(c->quit_fd, &eventfd_one, sizeof(eventfd_one)) < 0 &&
+           errno == EINTR) {
+        /* again */
     }
     aio_bh_schedule_oneshot(iohandler_get_aio_context(), cpr_ckpt_end_bh, c);
     return NULL;
+}
+
+/* The RAM blocks of @cf are those registered, with the same sizes */
+static bool cpr_ckpt_same_ram(CprCkpt *c, CprFile *cf)
+{
+    int i;
+
+    if (cf->nr_ram != c->nr_blocks) {
+        return false;
+    }
+    for (i = 0; i < cf->nr_ram; i++) {
+        if (strcmp(cf->ram[i].idstr, c->blocks[i].rb->idstr) ||
+            ROUND_UP(cf->ram[i].used_length, CPR_CKPT_PAGE) !=
+            c->blocks[i].len) {
+            return false;
+        }
+    }
+    return true;
 }
 
 /* In the main loop: the VM pauses while its state is taken */
@@ -514,10 +547,10 @@ static void cpr_ckpt_pause_bh(void *opaque)
     int i, ret = 0;
 
     if (!cpr_stop(RUN_STATE_SAVE_VM, &err)) {
-        goto out;
+        goto resume;
     }
     cf = cpr_file_new(CPR_MODE_REBOOT);
-    if (cf->nr_ram != c->nr_blocks) {
+    if (!cpr_ckpt_same_ram(c, cf)) {
         error_setg(&err, "guest RAM changed while it was being protected");
         goto resume;
     }
@@ -548,10 +581,9 @@ static void cpr_ckpt_pause_bh(void *opaque)
     }
 
 resume:
-    if (was_running) {
+    if (was_running && !runstate_is_running()) {
         vm_start();
     }
-out:
     c->pause_ns = get_clock() - t;
     if (err) {
         WITH_QEMU_LOCK_GUARD(&c->lock) {
@@ -574,6 +606,9 @@ static void cpr_ckpt_release(CprCkpt *c)
     int i;
 
     for (i = 0; i < c->nr_blocks; i++) {
+        if (c->blocks[i].rb) {
+            memory_region_unref(c->blocks[i].rb->mr);
+        }
         g_free(c->blocks[i].dirty);
         g_free(c->blocks[i].saved);
     }
@@ -690,6 +725,8 @@ static bool cpr_ckpt_register(CprCkpt *c, CprFile *cf, Error **errp)
         struct uffdio_register r = { .mode = UFFDIO_REGISTER_MODE_WP };
 
         b->rb = qemu_ram_block_by_name(cf->ram[i].idstr);
+        /* Not freed under the threads by an unplug meanwhile */
+        memory_region_ref(b->rb->mr);
         b->len = ROUND_UP(b->rb->used_length, CPR_CKPT_PAGE);
         b->dirty = bitmap_new(b->len / CPR_CKPT_PAGE);
         b->saved = bitmap_new(b->len / CPR_CKPT_PAGE);

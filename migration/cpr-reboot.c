@@ -176,7 +176,8 @@ static int cpr_reboot_write_chunk(CprRebootJob *j, CprRebootChunk *c)
     off_t data, hole;
     int ret;
 
-    if (fd < 0) {
+    /* A private mapping's own pages are not in the file */
+    if (fd < 0 || !qemu_ram_is_shared(c->rb)) {
         return cpr_reboot_write_pages(j, c, c->start, c->end);
     }
     /* Memory in a file: the holes of the file are zero, never read them */

@@ -1863,6 +1863,39 @@ static void test_reboot_cont(void)
  * RAM in a shared memory-backend-file on a disk file system is not
  * copied: the file keeps only the envelope and the small RAM blocks.
  */
+/*
+ * Private memory over a memfd (share=off): the guest's pages are the
+ * mapping's own, not in the memfd, and go into the file all the same
+ */
+static void test_reboot_private_memfd(void)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree char *obj = g_strdup_printf("memory-backend-memfd,id=mem,"
+                                           "size=%dM,share=off",
+                                           GUEST_RAM_MB);
+    const char *const args[] = { "-object", obj, "-machine",
+                                 "memory-backend=mem", NULL };
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    CprVm *vm = vm_start_args("q35", -1, args, CONSOLE_FILE);
+
+    vm_wait_passes(vm, 2);
+    vm_cprsave_reboot(vm, file);
+    before = vm_counters(vm);
+    check_consistent(before);
+    g_assert_cmpuint(allocated(file), >, 16 * MiB);
+    vm_quit(vm);
+
+    vm = vm_start_defer("q35", args);
+    vm_cprload(vm, file);
+    after = vm_counters(vm);
+    check_not_behind(before, after);
+    check_consistent(after);
+    check_moving(vm, after);
+    vm_kill(vm);
+    rm_dir(dir);
+}
+
 static void test_reboot_file_backend(void)
 {
     g_autofree char *dir = reboot_dir();
@@ -3466,6 +3499,7 @@ int main(int argc, char **argv)
     add_test("reboot/round-trip", test_reboot_round_trip);
     add_test("reboot/cont", test_reboot_cont);
     add_test("reboot/file-backend", test_reboot_file_backend);
+    add_test("reboot/private-memfd", test_reboot_private_memfd);
     add_test("reboot/bad-files", test_reboot_bad_files);
     add_test("reboot/disk-full", test_reboot_disk_full);
     add_test("reboot/blocked", test_reboot_blocked);
