@@ -32,14 +32,11 @@
 #include "block/block_int.h"
 #include "sysemu/block-backend.h"
 #include "qemu/timer.h"
-#include "exec/exec-all.h"
 #include "exec/ram_addr.h"
 #include "migration/blocker.h"
 #include "migration/cpr.h"
-#include "sysemu/reset.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
-#include "sysemu/tcg.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
@@ -115,7 +112,7 @@ static void cpr_fork_resuming(void *opaque, bool running, RunState state)
 
 static void cpr_fork_blockers(CprBlockerList ***tail)
 {
-    if (cpr_fork_is_child() && !cpr_ram_is_fork_layered()) {
+    if (cpr_fork_is_child() && g_str_has_prefix(cpr_fork_channel, "file:")) {
         cpr_add_blocker(tail, CPR_MODE_FORK, "fork",
                         "this VM is a child of a file; forking it is not "
                         "done yet");

@@ -159,8 +159,6 @@ typedef struct CprForkRam {
     GArray *fds;
 } CprForkRam;
 void cpr_ram_fork_fds(CprForkRam *r);
-/* A fork child whose RAM maps its parent's layers */
-bool cpr_ram_is_fork_layered(void);
 /* A child forked: its own pages become a layer for its children */
 bool cpr_ram_fork_delta(Error **errp);
 /* The parent maps its own RAM copy-on-write: the memfds keep the fork point */

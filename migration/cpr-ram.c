@@ -411,11 +411,6 @@ void cpr_ram_fork_fds(CprForkRam *r)
     g_ptr_array_add(r->names, NULL);
 }
 
-bool cpr_ram_is_fork_layered(void)
-{
-    return cpr_ram_layers != NULL;
-}
-
 #define PAGEMAP_PRESENT (1ULL << 63)
 #define PAGEMAP_SWAPPED (1ULL << 62)
 #define PAGEMAP_FILE (1ULL << 61)       /* or shared anonymous */
