@@ -61,11 +61,18 @@ def trace_time(workdir, timeout=60):
     raise cprlib.QmpError("no child ran (see %s)" % path)
 
 
+def child_disk(workdir):
+    """The child's own copy of the guest's disk (made before timing it)."""
+    disk = os.path.join(workdir, "disk.img")
+    if not os.path.exists(disk):
+        with open(cprlib.GUEST, "rb") as src, open(disk, "wb") as dst:
+            dst.write(src.read())
+    return disk
+
+
 def launch_child(channel, workdir, paused=False, trace="cpr_fork_child_running"):
     """Start a child QEMU by hand (not waiting for its monitor)."""
-    disk = os.path.join(workdir, "disk.img")
-    with open(cprlib.GUEST, "rb") as src, open(disk, "wb") as dst:
-        dst.write(src.read())
+    disk = child_disk(workdir)
     args = [cprlib.QEMU, "-machine", "q35,memfd-alloc=on", "-accel", "tcg",
             "-m", str(MEM), "-display", "none",
             "-drive", "file=%s,format=raw" % disk,
@@ -106,6 +113,7 @@ def one_run(warm, cold, resets, restores):
         parent.qmp.cmd("cpr-fork", channel=channel)
         warm.append(trace_time(wdir) - t0)
         cdir = new_dir()
+        child_disk(cdir)
         t0 = time.time()
         c = launch_child(channel, cdir)
         procs.append((c, cdir))

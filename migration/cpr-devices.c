@@ -52,20 +52,31 @@ void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
     object_unref(OBJECT(bioc));
 }
 
-/* A QEMUFile reading a copy of @data; qemu_fclose() frees all of it */
 /* Device state is a few hundred KiB at most (e1000 is 200) */
 #define CPR_DEVICES_BUF (256 * KiB)
 
+/* A QEMUFile reading @data where it is; cpr_buffer_input_close() ends it */
 static QEMUFile *cpr_buffer_input(const uint8_t *data, size_t len)
 {
-    QIOChannelBuffer *bioc = qio_channel_buffer_new(len);
+    QIOChannelBuffer *bioc = qio_channel_buffer_new(0);
     QEMUFile *f;
 
-    memcpy(bioc->data, data, len);
-    bioc->usage = len;
+    /* Only read: the channel's buffer until cpr_buffer_input_close() */
+    bioc->data = (uint8_t *)data;
+    bioc->capacity = bioc->usage = len;
     f = qemu_file_new_input(QIO_CHANNEL(bioc));
     object_unref(OBJECT(bioc));         /* the file holds it */
     return f;
+}
+
+static void cpr_buffer_input_close(QEMUFile *f)
+{
+    QIOChannelBuffer *bioc = QIO_CHANNEL_BUFFER(qemu_file_get_ioc(f));
+
+    /* The caller's, not to be freed by the channel's close */
+    bioc->data = NULL;
+    bioc->capacity = bioc->usage = bioc->offset = 0;
+    qemu_fclose(f);
 }
 
 bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
@@ -78,7 +89,7 @@ bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
     if (!ret && (qemu_get_byte(f) != QEMU_VM_EOF || qemu_file_get_error(f))) {
         ret = -EINVAL;
     }
-    qemu_fclose(f);
+    cpr_buffer_input_close(f);
     return ret == 0;
 }
 
@@ -117,7 +128,7 @@ void cpr_devices_prepare_save(void)
 void cpr_devices_prepare_load(void)
 {
     /* The first use of a buffer channel and an input file */
-    qemu_fclose(cpr_buffer_input((const uint8_t *)"", 1));
+    cpr_buffer_input_close(cpr_buffer_input((const uint8_t *)"", 1));
 }
 
 GByteArray *cpr_save_devices(Error **errp)
@@ -249,7 +260,7 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
         *cpu_ns = get_clock() - t;
     }
 out:
-    qemu_fclose(f);
+    cpr_buffer_input_close(f);
     return ret >= 0;
 }
 

@@ -25,13 +25,21 @@
  */
 
 #include "qemu/osdep.h"
+#ifdef CONFIG_INOTIFY1
+#include <sys/inotify.h>
+#endif
+#ifdef CONFIG_MALLOC_TRIM
+#include <malloc.h>
+#endif
 #include "qapi/error.h"
 #include "qapi/qapi-commands-cpr.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
 #include "block/block_int.h"
 #include "sysemu/block-backend.h"
+#include "qemu/rcu.h"
 #include "qemu/timer.h"
+#include "qemu/units.h"
 #include "exec/ram_addr.h"
 #include "migration/blocker.h"
 #include "migration/cpr.h"
@@ -289,10 +297,102 @@ static void cpr_fork_take_or_exit(void)
     trace_cpr_fork_child_running();
 }
 
-/* Until the parent listens, a child tries again this often */
+/*
+ * What a child's loads allocate (buffers for the state, the memory map
+ * rendered again) comes from pages that are already there: a page faulted
+ * in costs tens of microseconds in a VM, and the first load of a fresh
+ * process would fault in a few hundred.  The heap grows once by this much,
+ * all of it is faulted in, and it keeps what it frees from then on.
+ */
+#define CPR_FORK_WARM_HEAP (8 * MiB)
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static void cpr_fork_warm_heap(void)
+{
+    g_autofree char *maps = NULL;
+    char *heap;
+    unsigned long start, end;
+
+    rcu_set_malloc_trim(false);
+#ifdef CONFIG_MALLOC_TRIM
+    mallopt(M_MMAP_THRESHOLD, 2 * CPR_FORK_WARM_HEAP);
+    mallopt(M_TRIM_THRESHOLD, 4 * CPR_FORK_WARM_HEAP);
+#endif
+    g_free(g_malloc(CPR_FORK_WARM_HEAP));
+    /* Free chunks given back before have no pages: fault the heap in */
+    if (!g_file_get_contents("/proc/self/maps", &maps, NULL, NULL)) {
+        return;
+    }
+    heap = strstr(maps, " [heap]\n");
+    if (!heap) {
+        return;
+    }
+    while (heap > maps && heap[-1] != '\n') {
+        heap--;
+    }
+    if (sscanf(heap, "%lx-%lx", &start, &end) == 2 &&
+        madvise((void *)start, end - start, MADV_POPULATE_WRITE) < 0) {
+        trace_cpr_fork_warm_heap_failed(errno);
+    }
+}
+
+/*
+ * Until the parent listens, a child tries again when something is made
+ * or renamed in the socket's directory (the parent's listening socket is
+ * renamed to its path), and at least this often
+ */
 #define CPR_FORK_RETRY_US 500
+#define CPR_FORK_WATCHED_RETRY_US (20 * 1000)
 
 static QEMUTimer *cpr_fork_retry;
+static int cpr_fork_watch = -1;
+
+static void cpr_fork_connect(void *opaque);
+
+static void cpr_fork_watch_event(void *opaque)
+{
+    char buf[4096] QEMU_ALIGNED(8);
+
+    while (read(cpr_fork_watch, buf, sizeof(buf)) > 0) {
+        /* Which entry changed does not matter: try again */
+    }
+    cpr_fork_connect(NULL);
+}
+
+/* Watch the socket's directory; false if it cannot be watched */
+static bool cpr_fork_watch_dir(void)
+{
+#ifdef CONFIG_INOTIFY1
+    g_autofree char *dir = g_path_get_dirname(cpr_fork_channel + 5);
+
+    cpr_fork_watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (cpr_fork_watch < 0) {
+        return false;
+    }
+    if (inotify_add_watch(cpr_fork_watch, dir, IN_CREATE | IN_MOVED_TO) < 0) {
+        close(cpr_fork_watch);
+        cpr_fork_watch = -1;
+        return false;
+    }
+    qemu_set_fd_handler(cpr_fork_watch, cpr_fork_watch_event, NULL, NULL);
+    return true;
+#else
+    return false;
+#endif
+}
+
+static void cpr_fork_unwatch(void)
+{
+    g_clear_pointer(&cpr_fork_retry, timer_free);
+    if (cpr_fork_watch >= 0) {
+        qemu_set_fd_handler(cpr_fork_watch, NULL, NULL, NULL);
+        close(cpr_fork_watch);
+        cpr_fork_watch = -1;
+    }
+}
 
 /*
  * A child started before the fork (a warm pool) waits for the parent in
@@ -303,26 +403,40 @@ static QEMUTimer *cpr_fork_retry;
 static void cpr_fork_connect(void *opaque)
 {
     Error *err = NULL;
+    bool first = !cpr_fork_retry;
 
     cpr_fork_in = cpr_channel_connect(cpr_fork_channel, &err);
-    if (cpr_fork_in < 0) {
-        error_free(err);
-        if (!cpr_fork_retry) {
-            cpr_fork_retry = timer_new_us(QEMU_CLOCK_REALTIME,
-                                          cpr_fork_connect, NULL);
-            trace_cpr_fork_child_waiting(cpr_fork_channel);
-        }
-        timer_mod(cpr_fork_retry, qemu_clock_get_us(QEMU_CLOCK_REALTIME) +
-                  CPR_FORK_RETRY_US);
+    if (cpr_fork_in >= 0) {
+        cpr_fork_unwatch();
+        cpr_fork_take_or_exit();
         return;
     }
-    g_clear_pointer(&cpr_fork_retry, timer_free);
-    cpr_fork_take_or_exit();
+    error_free(err);
+    if (first) {
+        /* A child that waits is ready to load: not one that came later */
+        trace_cpr_fork_child_waiting(cpr_fork_channel);
+        cpr_fork_warm_heap();
+        cpr_fork_retry = timer_new_us(QEMU_CLOCK_REALTIME, cpr_fork_connect,
+                                      NULL);
+        if (cpr_fork_watch_dir()) {
+            /* The parent may have come before the watch did */
+            cpr_fork_connect(NULL);
+            return;
+        }
+    }
+    timer_mod(cpr_fork_retry, qemu_clock_get_us(QEMU_CLOCK_REALTIME) +
+              (cpr_fork_watch >= 0 ? CPR_FORK_WATCHED_RETRY_US :
+               CPR_FORK_RETRY_US));
 }
 
 static void cpr_fork_started(void)
 {
-    if (!cpr_fork_is_child() || cpr_fork_point) {
+    if (!cpr_fork_is_child()) {
+        /* Any VM may become a parent: its save buffer is ready */
+        cpr_devices_prepare_save();
+        return;
+    }
+    if (cpr_fork_point) {
         return;
     }
     if (g_str_has_prefix(cpr_fork_channel, "file:")) {
