@@ -371,7 +371,9 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
                    cpr_msg_name(got_type));
         goto fail;
     }
-    payload = g_byte_array_sized_new(len + 1);
+    /* A state envelope is big: into the buffer prepared for it, if any */
+    payload = got_type == CPR_MSG_DEVICES ? cpr_devices_buffer(len + 1) :
+              g_byte_array_sized_new(len + 1);
     g_byte_array_set_size(payload, len);
     if (len) {
         n = cpr_channel_read(fd, payload->data, len, got, errp);

@@ -113,16 +113,33 @@ bool cpr_stop(RunState state, Error **errp)
     return true;
 }
 
-/* The buffer the next save writes into, made by cpr_devices_prepare_save */
+/*
+ * The buffers the next save writes into, made by cpr_devices_prepare_save:
+ * the device state, and the envelope around it (or the envelope received)
+ */
 static QIOChannelBuffer *cpr_save_bioc;
+static GByteArray *cpr_save_envelope;
+#define CPR_ENVELOPE_BUF (CPR_DEVICES_BUF + 16 * KiB)
 
 void cpr_devices_prepare_save(void)
 {
+    /* Their pages are faulted in now, not while the VM is stopped */
     if (!cpr_save_bioc) {
         cpr_save_bioc = qio_channel_buffer_new(CPR_DEVICES_BUF);
-        /* Its pages are faulted in now, not while the VM is stopped */
         memset(cpr_save_bioc->data, 0, CPR_DEVICES_BUF);
     }
+    if (!cpr_save_envelope) {
+        cpr_save_envelope = g_byte_array_sized_new(CPR_ENVELOPE_BUF);
+        memset(cpr_save_envelope->data, 0, CPR_ENVELOPE_BUF);
+    }
+}
+
+GByteArray *cpr_devices_buffer(size_t size)
+{
+    if (cpr_save_envelope && size <= CPR_ENVELOPE_BUF) {
+        return g_steal_pointer(&cpr_save_envelope);
+    }
+    return g_byte_array_sized_new(size);
 }
 
 void cpr_devices_prepare_load(void)

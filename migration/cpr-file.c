@@ -219,7 +219,7 @@ size_t cpr_file_envelope_size(CprFile *cf, size_t devices_len)
 
 GByteArray *cpr_file_envelope(CprFile *cf, GByteArray *devices)
 {
-    GByteArray *b = g_byte_array_sized_new(devices->len + 4 * KiB);
+    GByteArray *b = cpr_devices_buffer(devices->len + 4 * KiB);
     uint8_t prefix[CPR_FILE_PREFIX];
     uint32_t crc;
 

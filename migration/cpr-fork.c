@@ -28,9 +28,6 @@
 #ifdef CONFIG_INOTIFY1
 #include <sys/inotify.h>
 #endif
-#ifdef CONFIG_MALLOC_TRIM
-#include <malloc.h>
-#endif
 #include "qapi/error.h"
 #include "qapi/qapi-commands-cpr.h"
 #include "qemu/error-report.h"
@@ -39,7 +36,6 @@
 #include "sysemu/block-backend.h"
 #include "qemu/rcu.h"
 #include "qemu/timer.h"
-#include "qemu/units.h"
 #include "exec/ram_addr.h"
 #include "migration/blocker.h"
 #include "migration/cpr.h"
@@ -208,6 +204,12 @@ void cpr_fork_incoming(const char *channel, Error **errp)
 {
     /* Start-up goes on as for any VM; the fork point comes at its end */
     cpr_fork_channel = g_strdup(channel);
+    /*
+     * A child's loads (the first one, and each reset) reuse heap memory
+     * that start-up freed.  Given back to the system, each page of it
+     * would be faulted in again, at tens of microseconds a page in a VM.
+     */
+    rcu_set_malloc_trim(false);
 }
 
 static int cpr_fork_adopt_one(RAMBlock *rb, void *opaque)
@@ -298,48 +300,6 @@ static void cpr_fork_take_or_exit(void)
 }
 
 /*
- * What a child's loads allocate (buffers for the state, the memory map
- * rendered again) comes from pages that are already there: a page faulted
- * in costs tens of microseconds in a VM, and the first load of a fresh
- * process would fault in a few hundred.  The heap grows once by this much,
- * all of it is faulted in, and it keeps what it frees from then on.
- */
-#define CPR_FORK_WARM_HEAP (8 * MiB)
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
-static void cpr_fork_warm_heap(void)
-{
-    g_autofree char *maps = NULL;
-    char *heap;
-    unsigned long start, end;
-
-    rcu_set_malloc_trim(false);
-#ifdef CONFIG_MALLOC_TRIM
-    mallopt(M_MMAP_THRESHOLD, 2 * CPR_FORK_WARM_HEAP);
-    mallopt(M_TRIM_THRESHOLD, 4 * CPR_FORK_WARM_HEAP);
-#endif
-    g_free(g_malloc(CPR_FORK_WARM_HEAP));
-    /* Free chunks given back before have no pages: fault the heap in */
-    if (!g_file_get_contents("/proc/self/maps", &maps, NULL, NULL)) {
-        return;
-    }
-    heap = strstr(maps, " [heap]\n");
-    if (!heap) {
-        return;
-    }
-    while (heap > maps && heap[-1] != '\n') {
-        heap--;
-    }
-    if (sscanf(heap, "%lx-%lx", &start, &end) == 2 &&
-        madvise((void *)start, end - start, MADV_POPULATE_WRITE) < 0) {
-        trace_cpr_fork_warm_heap_failed(errno);
-    }
-}
-
-/*
  * Until the parent listens, a child tries again when something is made
  * or renamed in the socket's directory (the parent's listening socket is
  * renamed to its path), and at least this often
@@ -413,9 +373,9 @@ static void cpr_fork_connect(void *opaque)
     }
     error_free(err);
     if (first) {
-        /* A child that waits is ready to load: not one that came later */
         trace_cpr_fork_child_waiting(cpr_fork_channel);
-        cpr_fork_warm_heap();
+        /* Buffers for the state to come, and for a fork of this child */
+        cpr_devices_prepare_save();
         cpr_fork_retry = timer_new_us(QEMU_CLOCK_REALTIME, cpr_fork_connect,
                                       NULL);
         if (cpr_fork_watch_dir()) {
@@ -432,7 +392,7 @@ static void cpr_fork_connect(void *opaque)
 static void cpr_fork_started(void)
 {
     if (!cpr_fork_is_child()) {
-        /* Any VM may become a parent: its save buffer is ready */
+        /* Any VM may become a parent: its save buffers are ready */
         cpr_devices_prepare_save();
         return;
     }

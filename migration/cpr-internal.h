@@ -94,6 +94,11 @@ bool cpr_stop(RunState state, Error **errp);
  */
 void cpr_devices_prepare_save(void);
 void cpr_devices_prepare_load(void);
+/*
+ * An empty array with room for @size bytes, for a state envelope made or
+ * received: the one prepared for it if that is large enough
+ */
+GByteArray *cpr_devices_buffer(size_t size);
 
 /* Append @opaque as @vmsd's record to @b, / load it from @data */
 void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,

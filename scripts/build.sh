@@ -40,7 +40,7 @@ if [ "${1:-}" = b ]; then
 fi
 
 configure_and_build "$top/build/obj" "${CPR_PKGVERSION:-qemu-cpr}" \
-    qemu-system-x86_64 qemu-img tests/qtest/cpr-test
+    qemu-system-x86_64 qemu-img tests/qtest/cpr-test tests/unit/test-vmstate
 ln -sfn obj/qemu-system-x86_64 "$top/build/qemu-system-x86_64"
 ln -sfn obj/qemu-img "$top/build/qemu-img"
 ln -sfn obj/tests/qtest/cpr-test "$top/build/cpr-test"

@@ -16,7 +16,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test linux_e2e libvirt_e2e vfio_e2e reboot_e2e snapshot_e2e
+suites=(cpr_test qemu_unit linux_e2e libvirt_e2e vfio_e2e reboot_e2e snapshot_e2e
         fork_e2e style)
 n=0
 failed=0
@@ -49,6 +49,12 @@ in_session() {
 
 cpr_test() {
     CPR_TEST_ACCEL=$accels in_session cpr-test "$build/cpr-test" --tap -k
+}
+
+# QEMU's own unit tests of what the patches change: the vmstate wire
+# format of arrays (patch 0018 reads and writes them in one go).
+qemu_unit() {
+    in_session qemu-unit "$build/obj/tests/unit/test-vmstate" --tap
 }
 
 # The Linux guest through live updates, cross-version updates, recoveries
