@@ -202,6 +202,13 @@ resume:
 
 void cpr_fork_incoming(const char *channel, Error **errp)
 {
+    if ((!g_str_has_prefix(channel, "unix:") &&
+         !g_str_has_prefix(channel, "file:")) || !channel[5]) {
+        error_setg(errp, "-incoming cpr-fork:%s: the fork parent is "
+                   "unix:PATH (its socket) or file:PATH (a checkpoint)",
+                   channel);
+        return;
+    }
     /* Start-up goes on as for any VM; the fork point comes at its end */
     cpr_fork_channel = g_strdup(channel);
     /*

@@ -3095,7 +3095,8 @@ static int listen_unix(const char *path)
 /*
  * Children started before the fork wait for the parent with their
  * monitor answering, even on a socket file an earlier parent left behind;
- * a child that finds something else than a fork parent exits, saying why.
+ * a child that finds something else than a fork parent, or is given a
+ * channel that cannot be one, exits, saying why.
  */
 static void test_fork_waiting(void)
 {
@@ -3114,6 +3115,15 @@ static void test_fork_waiting(void)
     CprVm *vm, *child;
     int lfd, status;
     pid_t peer;
+
+    /* A channel that is neither unix:PATH nor file:PATH: refused */
+    argv[11] = "cpr-fork:unix:";
+    g_assert(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL,
+                          NULL, NULL, &err, &status, NULL));
+    g_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    g_assert(strstr(err, "the fork parent is unix:PATH"));
+    g_clear_pointer(&err, g_free);
+    argv[11] = incoming;
 
     /* Something else listens at the path: the child exits */
     lfd = listen_unix(path);
