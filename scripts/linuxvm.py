@@ -62,6 +62,7 @@ class Watch:
         self.net = 0            # TCP records received in order
         self.net_conns = 0
         self.poweroff = False
+        self.power_log = []     # "P" and "K" lines after the power button
         self.partial = {}           # port -> line cut by a connection's end
 
     def error(self, msg):
@@ -104,8 +105,10 @@ class Watch:
                 self.status = st
         elif line.startswith("E "):
             self.error("guest: " + line[2:])
-        elif line.startswith("P "):
+        elif line.startswith("P ") or line.startswith("K "):
             self.poweroff = True
+            with self.lock:
+                self.power_log.append(line)
 
     def on_pty(self, line):
         if not line.startswith("S "):
@@ -117,6 +120,24 @@ class Watch:
                 self.errors.append("pty status %d after %d" %
                                    (st["seq"], old["seq"]))
             self.pty_status = st
+
+    def power_report(self, wait=20, lines=80):
+        """What the guest said after the power button, once its watchdog
+        has dumped the kernel log (waits up to @wait s for it): the "P"
+        lines and the last @lines "K" lines, one per line."""
+        if not self.poweroff:
+            return ""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with self.lock:
+                if any(l.startswith("K ") for l in self.power_log):
+                    break
+            time.sleep(0.5)
+        time.sleep(2)           # the rest of the dump
+        with self.lock:
+            p = [l for l in self.power_log if l.startswith("P ")]
+            k = [l for l in self.power_log if l.startswith("K ")]
+        return "".join("\n    " + l for l in p + k[-lines:])
 
     def max_gap(self, since, until=None):
         with self.lock:
@@ -327,7 +348,10 @@ def make_disks(workdir):
 
 
 def kernel_cmdline(guest_mem_mb, peer):
-    append = ("console=ttyS0 loglevel=1 cpr.mem=%d cpr.ip=%s/24" %
+    # initcall_debug: the kernel log names each device it shuts down
+    # (the workload dumps it when a power-off hangs)
+    append = ("console=ttyS0 loglevel=1 initcall_debug cpr.mem=%d "
+              "cpr.ip=%s/24" %
               (guest_mem_mb, GUEST_IP))
     if peer:
         append += " cpr.peer=%s:%d" % (PEER_IP, PEER_PORT)
@@ -484,8 +508,9 @@ class LinuxVm:
             if time.monotonic() > deadline:
                 raise cprlib.QmpError(
                     "guest did not power off (power button %s, QEMU %d "
-                    "still running)" % ("seen" if self.watch.poweroff
-                                        else "not seen", self.pid))
+                    "still running)%s" % ("seen" if self.watch.poweroff
+                                          else "not seen", self.pid,
+                                          self.watch.power_report()))
             time.sleep(0.05)
 
     def check_disks(self):

@@ -296,10 +296,11 @@ def shutdown_through_virsh():
             raise AssertionError(
                 "domain did not shut down (the guest %s the power button; "
                 "heartbeat %d -> %d, vda %d -> %d, vdb %d -> %d records; "
-                "QEMU run state %s)" %
+                "QEMU run state %s)%s" %
                 ("saw" if watch.poweroff else "did not see", st["hb"],
                  now["hb"], st.get("vda", 0), now.get("vda", 0),
-                 st.get("vdb", 0), now.get("vdb", 0), status))
+                 st.get("vdb", 0), now.get("vdb", 0), status,
+                 watch.power_report()))
         time.sleep(0.2)
     assert watch.poweroff, "guest did not see the power button"
     problems = (linuxvm.check_disk(os.path.join(work, "disk.raw"), "raw",

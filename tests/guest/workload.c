@@ -373,6 +373,49 @@ static void *disk_worker(void *opaque)
     return NULL;
 }
 
+/*
+ * Runs once the power button was seen.  If the guest is still up 15 s
+ * later, the power-off hangs: dump the blocked tasks (SysRq w) and the
+ * kernel log (where initcall_debug names each device being shut down) to
+ * ttyS0 as "K <text>" lines, for the host to report.
+ */
+static void *poweroff_watchdog(void *opaque)
+{
+    char rec[1024], line[1100];
+    ssize_t n;
+    int fd;
+
+    sleep(15);
+    write_all(tty0, "P still up 15 s after the power button\n", 39);
+    fd = open("/proc/sysrq-trigger", O_WRONLY);
+    if (fd >= 0) {
+        write_all(fd, "w", 1);
+        close(fd);
+    }
+    fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+    if (fd < 0) {
+        return NULL;
+    }
+    while ((n = read(fd, rec, sizeof(rec) - 1)) != 0) {
+        char *text;
+
+        if (n < 0) {
+            if (errno == EPIPE) {
+                continue;       /* overwritten while read: the next one */
+            }
+            break;
+        }
+        rec[n] = 0;
+        text = strchr(rec, ';');
+        text = text ? text + 1 : rec;
+        text[strcspn(text, "\n")] = 0;
+        n = snprintf(line, sizeof(line), "K %s\n", text);
+        write_all(tty0, line, n);
+    }
+    close(fd);
+    return NULL;
+}
+
 static void *power_worker(void *opaque)
 {
     struct input_event ev;
@@ -411,12 +454,18 @@ static void *power_worker(void *opaque)
     }
     while (read(fd, &ev, sizeof(ev)) == sizeof(ev)) {
         if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value) {
+            pthread_t t;
+
             write_all(tty0, "P poweroff\n", 11);
+            pthread_create(&t, NULL, poweroff_watchdog, NULL);
             /* Held until the end: no record is written after this. */
             pthread_mutex_lock(&disks[0].lock);
             pthread_mutex_lock(&disks[1].lock);
+            write_all(tty0, "P disks idle\n", 13);
             sync();
+            write_all(tty0, "P synced\n", 9);
             reboot(LINUX_REBOOT_CMD_POWER_OFF);
+            write_all(tty0, "P reboot() returned\n", 20);
         }
     }
     return NULL;
