@@ -35,6 +35,7 @@
 #include "block/block_int.h"
 #include "sysemu/block-backend.h"
 #include "qemu/rcu.h"
+#include "qemu/thread.h"
 #include "qemu/timer.h"
 #include "exec/ram_addr.h"
 #include "migration/blocker.h"
@@ -351,12 +352,27 @@ static bool cpr_fork_watch_dir(void)
 #endif
 }
 
+/*
+ * Closing an inotify instance waits for the kernel to free its marks
+ * (an SRCU grace period: 14 ms seen here), so a thread of its own closes
+ * it while the child goes on
+ */
+static void *cpr_fork_close_watch(void *opaque)
+{
+    close(GPOINTER_TO_INT(opaque));
+    return NULL;
+}
+
 static void cpr_fork_unwatch(void)
 {
+    QemuThread thread;
+
     g_clear_pointer(&cpr_fork_retry, timer_free);
     if (cpr_fork_watch >= 0) {
         qemu_set_fd_handler(cpr_fork_watch, NULL, NULL, NULL);
-        close(cpr_fork_watch);
+        qemu_thread_create(&thread, "cpr-fork-unwatch", cpr_fork_close_watch,
+                           GINT_TO_POINTER(cpr_fork_watch),
+                           QEMU_THREAD_DETACHED);
         cpr_fork_watch = -1;
     }
 }

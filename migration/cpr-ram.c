@@ -127,6 +127,24 @@ static bool cpr_ram_map_layer(RAMBlock *rb, int fd)
     return true;
 }
 
+/*
+ * A fork child's own memfds, which its parent's memory replaced: closed
+ * (their pages freed) once the child runs, not on the way there
+ */
+static GArray *cpr_ram_replaced;
+
+static void cpr_ram_replace_fd(RAMBlock *rb)
+{
+    if (rb->fd < 0) {
+        return;
+    }
+    if (!cpr_ram_replaced) {
+        cpr_ram_replaced = g_array_new(false, false, sizeof(int));
+    }
+    g_array_append_val(cpr_ram_replaced, rb->fd);
+    rb->fd = -1;
+}
+
 void cpr_ram_adopt(RAMBlock *rb)
 {
     g_autofree char *name = NULL;
@@ -162,12 +180,11 @@ void cpr_ram_adopt(RAMBlock *rb)
         cpr_ram_adopt_status(rb, "the kept memory cannot be mapped");
         goto fail;
     }
-    if (rb->fd >= 0) {
-        close(rb->fd);
-    }
     if (child) {
         GArray *layers = cpr_ram_layers_of(rb);
         int id;
+
+        cpr_ram_replace_fd(rb);
 
         /* Not this process's memory to discard; kept for a fork of it */
         g_array_append_val(layers, fd);
@@ -180,9 +197,11 @@ void cpr_ram_adopt(RAMBlock *rb)
                 return;
             }
         }
-        rb->fd = -1;
         rb->flags &= ~RAM_SHARED;
     } else {
+        if (rb->fd >= 0) {
+            close(rb->fd);
+        }
         rb->fd = fd;
         rb->flags |= RAM_SHARED;
     }
@@ -321,7 +340,13 @@ bool cpr_ram_resize(CprFile *cf, Error **errp)
 
 void cpr_ram_load_done(void)
 {
+    guint i;
+
     g_clear_pointer(&cpr_ram_adopted, g_hash_table_destroy);
+    for (i = 0; cpr_ram_replaced && i < cpr_ram_replaced->len; i++) {
+        close(g_array_index(cpr_ram_replaced, int, i));
+    }
+    g_clear_pointer(&cpr_ram_replaced, g_array_unref);
 }
 
 typedef struct CprRamBlockers {
@@ -655,10 +680,7 @@ bool cpr_ram_fork_map_file(CprFile *cf, int fd, Error **errp)
                              "'%s'", e->idstr, cf->path);
             return false;
         }
-        if (rb->fd >= 0) {
-            close(rb->fd);
-            rb->fd = -1;
-        }
+        cpr_ram_replace_fd(rb);
         rb->flags &= ~RAM_SHARED;
         cpr_ram_adopt_status(rb, "");
         trace_cpr_ram_adopt(rb->idstr, len, fd);
