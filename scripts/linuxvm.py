@@ -121,7 +121,7 @@ class Watch:
                                    (st["seq"], old["seq"]))
             self.pty_status = st
 
-    def power_report(self, wait=20, lines=80):
+    def power_report(self, wait=20, lines=250):
         """What the guest said after the power button, once its watchdog
         has dumped the kernel log (waits up to @wait s for it): the "P"
         lines and the last @lines "K" lines, one per line."""

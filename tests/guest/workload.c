@@ -379,9 +379,67 @@ static void *disk_worker(void *opaque)
  * kernel log (where initcall_debug names each device being shut down) to
  * ttyS0 as "K <text>" lines, for the host to report.
  */
+static void dump_file(const char *path, const char *prefix)
+{
+    char line[512], out[600];
+    FILE *f = fopen(path, "r");
+    int n;
+
+    while (f && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = 0;
+        n = snprintf(out, sizeof(out), "K %.300s%.290s\n", prefix, line);
+        write_all(tty0, out, n);
+    }
+    if (f) {
+        fclose(f);
+    }
+}
+
+/* The stacks of the running and blocked tasks and of the IRQ threads */
+static void dump_tasks(void)
+{
+    char path[300], stat[256], label[300], *end;
+    struct dirent *de;
+    DIR *dir = opendir("/proc");
+    FILE *f;
+
+    while (dir && (de = readdir(dir)) != NULL) {
+        char state;
+
+        if (de->d_name[0] < '1' || de->d_name[0] > '9') {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
+        f = fopen(path, "r");
+        if (!f) {
+            continue;
+        }
+        end = fgets(stat, sizeof(stat), f) ? strrchr(stat, ')') : NULL;
+        fclose(f);
+        if (!end || !end[1]) {
+            continue;
+        }
+        state = end[2];
+        if (state != 'R' && state != 'D' && !strstr(stat, "(irq/")) {
+            continue;
+        }
+        *end = 0;
+        snprintf(label, sizeof(label), "task %.200s) %c: ", stat, state);
+        snprintf(path, sizeof(path), "/proc/%s/stack", de->d_name);
+        dump_file(path, label);
+    }
+    if (dir) {
+        closedir(dir);
+    }
+}
+
+#define KMSG_TAIL 100
+
 static void *poweroff_watchdog(void *opaque)
 {
-    char rec[1024], line[1100];
+    static char tail[KMSG_TAIL][600];
+    char rec[1024];
+    unsigned nr = 0, i;
     ssize_t n;
     int fd;
 
@@ -390,13 +448,12 @@ static void *poweroff_watchdog(void *opaque)
     fd = open("/proc/sysrq-trigger", O_WRONLY);
     if (fd >= 0) {
         write_all(fd, "w", 1);
+        write_all(fd, "l", 1);
         close(fd);
     }
+    /* The end of the kernel log */
     fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
-    if (fd < 0) {
-        return NULL;
-    }
-    while ((n = read(fd, rec, sizeof(rec) - 1)) != 0) {
+    while (fd >= 0 && (n = read(fd, rec, sizeof(rec) - 1)) != 0) {
         char *text;
 
         if (n < 0) {
@@ -409,10 +466,16 @@ static void *poweroff_watchdog(void *opaque)
         text = strchr(rec, ';');
         text = text ? text + 1 : rec;
         text[strcspn(text, "\n")] = 0;
-        n = snprintf(line, sizeof(line), "K %s\n", text);
-        write_all(tty0, line, n);
+        snprintf(tail[nr++ % KMSG_TAIL], sizeof(tail[0]), "K %.590s\n", text);
     }
-    close(fd);
+    if (fd >= 0) {
+        close(fd);
+    }
+    for (i = nr > KMSG_TAIL ? nr - KMSG_TAIL : 0; i < nr; i++) {
+        write_all(tty0, tail[i % KMSG_TAIL], strlen(tail[i % KMSG_TAIL]));
+    }
+    dump_tasks();
+    dump_file("/proc/interrupts", "");
     return NULL;
 }
 
