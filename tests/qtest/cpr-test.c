@@ -19,6 +19,7 @@
 
 #include "qemu/osdep.h"
 #include <linux/if_tun.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
@@ -137,14 +138,11 @@ static void vm_note_event(CprVm *vm, QDict *ev)
     qobject_unref(ev);
 }
 
-/* Send a command; return its reply ("return" or "error"), NULL at EOF. */
-static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
+/* The reply to the command sent last, events noted; NULL at EOF. */
+static QDict *vm_reply(CprVm *vm)
 {
-    QDict *cmd = qobject_to(QDict, qobject_from_vjsonf_nofail(fmt, ap));
     QDict *resp;
 
-    vm_send(vm, cmd);
-    qobject_unref(cmd);
     while ((resp = vm_receive(vm))) {
         if (!qdict_haskey(resp, "event")) {
             return resp;
@@ -152,6 +150,16 @@ static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
         vm_note_event(vm, resp);
     }
     return NULL;
+}
+
+/* Send a command; return its reply ("return" or "error"), NULL at EOF. */
+static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
+{
+    QDict *cmd = qobject_to(QDict, qobject_from_vjsonf_nofail(fmt, ap));
+
+    vm_send(vm, cmd);
+    qobject_unref(cmd);
+    return vm_reply(vm);
 }
 
 static QDict *vm_qmp(CprVm *vm, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -3412,6 +3420,80 @@ static void test_checkpoint_refused(void)
     rm_dir(dir);
 }
 
+/*
+ * A checkpoint requested on a second monitor while cprsave (transfer)
+ * waits for the new process is not taken meanwhile: the monitors are
+ * quiet until cprsave returns.  Here the new process fails, so the VM
+ * stays and then writes the checkpoint.
+ */
+static void test_checkpoint_during_cprsave(void)
+{
+    static const char *const extra[] = {
+        "-qmp", "unix:@DIR@/qmp2.sock,server=on,wait=off", NULL
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, extra, CONSOLE_FILE);
+    CprVm *mon2 = g_new0(CprVm, 1);
+    g_autofree char *peer = vm_channel_path(vm);
+    g_autofree char *channel = g_strdup_printf("unix:%s", peer);
+    g_autofree char *file = g_build_filename(vm->dir, "vm.ckpt", NULL);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    struct pollfd pfd;
+    QDict *cmd, *resp;
+    int lfd, fd;
+
+    mon2->qmp_path = g_build_filename(vm->dir, "qmp2.sock", NULL);
+    mon2->qmp_fd = -1;
+    g_queue_init(&mon2->msgs);
+    vm_connect(mon2);
+    vm_wait_passes(vm, 1);
+
+    /* A new process that takes the connection and never answers */
+    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    pstrcpy(addr.sun_path, sizeof(addr.sun_path), peer);
+    g_assert(!bind(lfd, (struct sockaddr *)&addr, sizeof(addr)));
+    g_assert(!listen(lfd, 1));
+    cmd = qobject_to(QDict, qobject_from_jsonf_nofail(
+        "{'execute': 'cprsave', 'arguments': {'mode': 'transfer',"
+        " 'channel': %s}}", channel));
+    vm_send(vm, cmd);
+    qobject_unref(cmd);
+    fd = accept(lfd, NULL, NULL);
+    g_assert(fd >= 0);
+
+    cmd = qobject_to(QDict, qobject_from_jsonf_nofail(
+        "{'execute': 'cpr-checkpoint', 'arguments': {'file': %s}}", file));
+    vm_send(mon2, cmd);
+    qobject_unref(cmd);
+    pfd = (struct pollfd) { .fd = mon2->qmp_fd, .events = POLLIN };
+    g_assert_cmpint(poll(&pfd, 1, 500), ==, 0);
+    g_assert(!g_file_test(file, G_FILE_TEST_EXISTS));
+
+    /* The new process fails: cprsave says so, then the checkpoint runs */
+    close(fd);
+    close(lfd);
+    err = vm_error(vm_reply(vm));
+    g_assert(strstr(err, "the new QEMU did not start"));
+    resp = vm_reply(mon2);
+    g_assert(qdict_haskey(resp, "return"));
+    qobject_unref(resp);
+    resp = vm_checkpoint_wait(mon2);
+    g_assert_cmpstr(qdict_get_str(resp, "status"), ==, "completed");
+    qobject_unref(resp);
+    g_assert(g_file_test(file, G_FILE_TEST_IS_REGULAR));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    before = vm_counters(vm);
+    check_moving(vm, before);
+
+    vm_disconnect(mon2);
+    g_free(mon2->qmp_path);
+    g_free(mon2);
+    unlink(file);
+    vm_kill(vm);
+}
+
 /* 50 transfers in a row: no descriptor or memory growth */
 static void test_transfer_soak(void)
 {
@@ -3507,6 +3589,7 @@ int main(int argc, char **argv)
     add_test("fork/waiting", test_fork_waiting);
     add_test("checkpoint/round-trip", test_checkpoint);
     add_test("checkpoint/refused", test_checkpoint_refused);
+    add_test("checkpoint/during-cprsave", test_checkpoint_during_cprsave);
     add_test("reboot/round-trip", test_reboot_round_trip);
     add_test("reboot/cont", test_reboot_cont);
     add_test("reboot/file-backend", test_reboot_file_backend);
