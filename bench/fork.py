@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""VM fork (cpr-fork) on the boot-sector guest (TCG, RAM in memfds):
+"""VM fork (cpr-fork) on the boot-sector guest (RAM in memfds; TCG, and
+the latency rows under KVM too where it works):
 
 - fork latency: from the cpr-fork request to a child running (its
   cpr_fork_child_running trace event), for a child started beforehand
@@ -18,8 +19,9 @@
   written by the parent before the fork is shared), next to as many
   independent VMs that each wrote their RAM.
 
-Environment: CPR_BENCH_FORK_MB (guest RAM, 1024), CPR_BENCH_FORK_CHILDREN
-(children for the memory figure, 16), CPR_BENCH_FORK_RUNS (5)."""
+Environment: CPR_BENCH_ACCELS (tcg,kvm), CPR_BENCH_FORK_MB (guest RAM,
+1024), CPR_BENCH_FORK_CHILDREN (children for the memory figure, 16),
+CPR_BENCH_FORK_RUNS (5)."""
 
 import os
 import re
@@ -70,10 +72,11 @@ def child_disk(workdir):
     return disk
 
 
-def launch_child(channel, workdir, paused=False, trace="cpr_fork_child_running"):
+def launch_child(channel, workdir, paused=False,
+                 trace="cpr_fork_child_running", accel="tcg"):
     """Start a child QEMU by hand (not waiting for its monitor)."""
     disk = child_disk(workdir)
-    args = [cprlib.QEMU, "-machine", "q35,memfd-alloc=on", "-accel", "tcg",
+    args = [cprlib.QEMU, "-machine", "q35,memfd-alloc=on", "-accel", accel,
             "-m", str(MEM), "-display", "none",
             "-drive", "file=%s,format=raw" % disk,
             "-serial", "file:" + os.path.join(workdir, "serial.log"),
@@ -100,14 +103,14 @@ def stop_all(procs):
     procs.clear()
 
 
-def one_run(warm, cold, resets, restores):
+def one_run(warm, cold, resets, restores, accel="tcg"):
     procs = []
-    parent = cprlib.Vm(MEM)
+    parent = cprlib.Vm(MEM, accel=accel)
     try:
         parent.wait_passes(1)
         channel = "unix:" + os.path.join(parent.dir, "fork.sock")
         wdir = new_dir()
-        procs.append((launch_child(channel, wdir), wdir))
+        procs.append((launch_child(channel, wdir, accel=accel), wdir))
         time.sleep(1)           # the warm child is up and waiting
         t0 = time.time()
         parent.qmp.cmd("cpr-fork", channel=channel)
@@ -115,7 +118,7 @@ def one_run(warm, cold, resets, restores):
         cdir = new_dir()
         child_disk(cdir)
         t0 = time.time()
-        c = launch_child(channel, cdir)
+        c = launch_child(channel, cdir, accel=accel)
         procs.append((c, cdir))
         cold.append(trace_time(cdir) - t0)
 
@@ -231,10 +234,14 @@ def memory():
 
 
 def main():
-    print("VM fork, boot-sector guest, %d MiB, TCG; %d runs" % (MEM, RUNS))
-    warm, cold, resets, restores_run = [], [], [], []
-    for _ in range(RUNS):
-        one_run(warm, cold, resets, restores_run)
+    accels = cprlib.bench_accels()
+    print("VM fork, boot-sector guest, %d MiB, %s; %d runs" %
+          (MEM, " and ".join(a.upper() for a in accels), RUNS))
+    latency = {}
+    for accel in accels:
+        latency[accel] = ([], [], [], [])
+        for _ in range(RUNS):
+            one_run(*latency[accel], accel=accel)
     pss = memory()
     at_pages, restores = reset_at_pages()
     vms = vms_pss(CHILDREN)
@@ -245,20 +252,24 @@ def main():
     print()
     print("| figure | median (min-max) |")
     print("|---|---|")
-    print("| fork, warm child: cpr-fork request -> child running | %s |" %
-          ms(warm))
-    print("| fork, cold child: child started -> running | %s |" % ms(cold))
-    print("| cpr-fork-reset of a child that ran 0.5 s (QMP round trip) | %s |"
-          % ms(resets))
-    print("| cpr-restore (in-process snapshot) of the same child after 0.5 s "
-          "(QMP round trip) | %s |" % ms(restores_run))
+    for accel, (warm, cold, resets, restores_run) in latency.items():
+        a = accel.upper()
+        print("| %s: fork, warm child: cpr-fork request -> child running "
+              "| %s |" % (a, ms(warm)))
+        print("| %s: fork, cold child: child started -> running | %s |" %
+              (a, ms(cold)))
+        print("| %s: cpr-fork-reset of a child that ran 0.5 s (QMP round "
+              "trip) | %s |" % (a, ms(resets)))
+        print("| %s: cpr-restore (in-process snapshot) of the same child "
+              "after 0.5 s (QMP round trip) | %s |" % (a, ms(restores_run)))
     for n in PAGES:
-        print("| cpr-fork-reset of a paused child after %d pages written: QMP "
-              "round trip / QEMU's own | %s / %.2f ms |" %
+        print("| TCG: cpr-fork-reset of a paused child after %d pages "
+              "written: QMP round trip / QEMU's own | %s / %.2f ms |" %
               (n, ms(at_pages[n][0]),
                statistics.median(at_pages[n][1]) / 1e6))
-    print("| cpr-restore of an in-process snapshot of the same paused child, "
-          "no page written (QMP round trip) | %s |" % ms(restores))
+    print("| TCG: cpr-restore of an in-process snapshot of the same "
+          "paused child, no page written (QMP round trip) | %s |" %
+          ms(restores))
     print()
     print("Pss with %d paused children of a parent that wrote its %d MiB: "
           "parent %d MiB, children %s MiB, all together %d MiB; %d "

@@ -57,16 +57,6 @@ TRACE = re.compile(r"cpr_snapshot_restore (\d+) pages in (\d+) ns, CPUs "
                    r"(\d+) ns")
 
 
-def kvm_works():
-    try:
-        return subprocess.run(
-            [cprlib.QEMU, "-accel", "kvm", "-machine", "none", "-display",
-             "none", "-nodefaults", "-monitor", "stdio"], input=b"quit\n",
-            capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def cpr_rates(accel, pages=PAGES, extra=()):
     """{pages: (restores/s, median ms of all, RAM, CPU, devices)}"""
     log = tempfile.NamedTemporaryFile(prefix="cpr-bench-", suffix=".log",
@@ -222,9 +212,7 @@ def hmp(qmp, line):
 
 
 def main():
-    accels = os.environ.get("CPR_BENCH_ACCELS")
-    accels = accels.split(",") if accels else \
-        ["tcg"] + (["kvm"] if kvm_works() else [])
+    accels = cprlib.bench_accels()
     print("In-process snapshot restores of a %d MiB guest (harness guest, "
           "guest-triggered)" % MEM)
     print("%-5s %6s %11s %9s %8s %8s %8s %9s" %

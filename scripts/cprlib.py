@@ -344,3 +344,22 @@ class Tap:
                     self.diag(line)
                 sys.stdout.flush()
         return failed
+
+
+def kvm_works():
+    """Whether this QEMU can start with KVM on this host."""
+    try:
+        return subprocess.run(
+            [QEMU, "-accel", "kvm", "-machine", "none", "-display",
+             "none", "-nodefaults", "-monitor", "stdio"], input=b"quit\n",
+            capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def bench_accels():
+    """Accelerators a benchmark runs with: CPR_BENCH_ACCELS (comma
+    separated), or TCG and, where it works, KVM."""
+    accels = os.environ.get("CPR_BENCH_ACCELS")
+    return accels.split(",") if accels else \
+        ["tcg"] + (["kvm"] if kvm_works() else [])
