@@ -373,12 +373,7 @@ static void *disk_worker(void *opaque)
     return NULL;
 }
 
-/*
- * Runs once the power button was seen.  If the guest is still up 15 s
- * later, the power-off hangs: dump the blocked tasks (SysRq w) and the
- * kernel log (where initcall_debug names each device being shut down) to
- * ttyS0 as "K <text>" lines, for the host to report.
- */
+/* Each line of @path to ttyS0 as "K @prefix<line>" */
 static void dump_file(const char *path, const char *prefix)
 {
     char line[512], out[600];
@@ -433,6 +428,14 @@ static void dump_tasks(void)
     }
 }
 
+/*
+ * Runs once the power button was seen.  If the guest is still up 15 s
+ * later, the power-off hangs: dump the blocked tasks (SysRq w, l) and the
+ * kernel log (where initcall_debug names each device being shut down) to
+ * ttyS0 as "K <text>" lines (its last KMSG_TAIL lines), then the stacks
+ * of the running and blocked tasks and the interrupt counts, for the host
+ * to report.
+ */
 #define KMSG_TAIL 100
 
 static void *poweroff_watchdog(void *opaque)
