@@ -254,6 +254,11 @@ bool cpr_is_incoming(void)
     return cpr_incoming_pending;
 }
 
+bool cpr_takes_vm_over(void)
+{
+    return cpr_incoming_pending || cpr_incoming_channel || cpr_fork_channel;
+}
+
 bool cpr_is_recovery(void)
 {
     return cpr_recovery;

@@ -14,6 +14,11 @@ bool cpr_is_incoming(void)
     return false;
 }
 
+bool cpr_takes_vm_over(void)
+{
+    return false;
+}
+
 bool cpr_is_recovery(void)
 {
     return false;

@@ -88,6 +88,13 @@ const char *cpr_relay_error(void);
 bool cpr_is_incoming(void);
 
 /*
+ * cpr_takes_vm_over: this process builds its machine to take a VM over,
+ * whose state it has or will receive: after "cprsave restart", with
+ * "-incoming cpr:CHANNEL" or with "-incoming cpr-fork:CHANNEL".
+ */
+bool cpr_takes_vm_over(void);
+
+/*
  * cpr_is_recovery: this process is the old binary taking the VM back
  * because the new one did not come up (see migration/cpr-mm.c).
  */
