@@ -154,6 +154,30 @@ bool cpr_ram_resize(CprFile *cf, Error **errp);
 void cpr_ram_load_done(void);
 /* Blocks @mode (restart, transfer): RAM another process cannot have */
 void cpr_ram_add_blockers(CprBlockerList ***tail, CprMode mode);
+
+/* cpr-ram-move.c: anonymous guest RAM moved into memfds by cprsave */
+/* Some RAM block is anonymous memory restart and transfer must move */
+bool cpr_ram_move_needed(void);
+/* Give each such block a memfd (in a coroutine: QMP's cprsave) */
+bool cpr_ram_move_start(Error **errp);
+/*
+ * While the VM runs: copy each block into its memfd until few pages are
+ * dirtied between passes (waits); the vCPUs stay throttled if the guest
+ * dirtied them too fast, until finish or abort
+ */
+bool coroutine_fn cpr_ram_move_copy_all(Error **errp);
+/* The memfd @rb is being moved into, or -1 */
+int cpr_ram_move_fd(RAMBlock *rb);
+/*
+ * The VM is stopped: copy the last dirty pages and map each memfd over
+ * its block.  On failure, blocks not moved yet stay as they were.
+ */
+bool cpr_ram_move_finish(Error **errp);
+/* Give up a move not finished (the blocks stay anonymous) */
+void cpr_ram_move_abort(void);
+/* The VM resumes here: unmap the anonymous memory the move put aside */
+void cpr_ram_move_release(void);
+
 /*
  * VM fork: the memfds children map, under their names and ids (names
  * NULL-ended): a parent's own, or a child's layers (cpr_ram_fork_delta)

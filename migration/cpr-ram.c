@@ -363,12 +363,29 @@ static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
     if (!qemu_ram_is_migratable(rb)) {
         return 0;
     }
-    if (rb->fd < 0) {
+    if (rb->fd < 0 && b->mode != CPR_MODE_FORK &&
+        ram_block_discard_is_disabled()) {
+        /* Its pages cannot change under the device (cpr-ram-move.c) */
+        cpr_add_blocker(b->tail, b->mode, rb->idstr,
+                        "guest RAM is anonymous memory, %s, and pinned for "
+                        "device DMA (VFIO), so cprsave cannot move it into "
+                        "a memfd; start QEMU with -machine memfd-alloc=on "
+                        "or use memory-backend-memfd", gone);
+    } else if (rb->fd < 0 && b->mode != CPR_MODE_FORK &&
+               cpr_snapshot_exists()) {
+        /* Both would take the pages dirtied from the same log */
+        cpr_add_blocker(b->tail, b->mode, rb->idstr,
+                        "guest RAM is anonymous memory, %s, which cprsave "
+                        "moves into a memfd while an in-process snapshot "
+                        "tracks its dirty pages; drop the snapshot "
+                        "(cpr-snapshot-drop) first", gone);
+    } else if (rb->fd < 0 && (b->mode == CPR_MODE_FORK || !rb->host ||
+                              (rb->flags & RAM_PREALLOC))) {
         cpr_add_blocker(b->tail, b->mode, rb->idstr,
                         "guest RAM is anonymous memory, %s; start QEMU "
                         "with -machine memfd-alloc=on or use "
                         "memory-backend-memfd", gone);
-    } else if (!qemu_ram_is_shared(rb)) {
+    } else if (rb->fd >= 0 && !qemu_ram_is_shared(rb)) {
         cpr_add_blocker(b->tail, b->mode, rb->idstr,
                         "guest RAM is a private mapping, %s; use share=on "
                         "on its backend", gone);
@@ -387,9 +404,10 @@ static int cpr_ram_keep_one(RAMBlock *rb, void *opaque)
 {
     g_autofree char *name = cpr_ram_fd_name(rb);
     bool keep = GPOINTER_TO_INT(opaque);
+    /* Anonymous RAM: the memfd cprsave moves it into */
+    int fd = rb->fd >= 0 ? rb->fd : cpr_ram_move_fd(rb);
 
-    cpr_keep_fd(name, 0, rb->fd,
-                keep && qemu_ram_is_migratable(rb) && rb->fd >= 0);
+    cpr_keep_fd(name, 0, fd, keep && qemu_ram_is_migratable(rb) && fd >= 0);
     return 0;
 }
 

@@ -272,7 +272,7 @@ static void cpr_save_stopped(CprSave *s)
     const char *what = s->args.file ?: s->args.channel;
     bool ok;
 
-    if (!cpr_stop(ops->stop_state, errp)) {
+    if (!cpr_stop(ops->stop_state, errp) || !cpr_ram_move_finish(errp)) {
         goto failed;
     }
     cpr_set_saving(true);
@@ -290,6 +290,8 @@ static void cpr_save_stopped(CprSave *s)
 
 failed:
     trace_cpr_save_failed(error_get_pretty(*errp));
+    cpr_ram_move_abort();
+    cpr_ram_move_release();
     /* Undone before the VM runs again (VFIO takes its mappings back) */
     if (ops->abandon) {
         ops->abandon();
@@ -327,8 +329,25 @@ static void coroutine_fn cpr_save(CprSave *s)
     trace_cpr_save_start(s->args.file ?: s->args.channel,
                          CprMode_str(s->ops->mode));
     cpr_save_busy = true;
+    /*
+     * Anonymous guest RAM goes into memfds: they exist before the mode
+     * prepares (transfer mode passes them on), and are filled while the
+     * VM runs, right before it stops
+     */
+    if (s->ops->ram_kept && !cpr_ram_move_start(errp)) {
+        trace_cpr_save_failed(error_get_pretty(*errp));
+        goto out;
+    }
     if (s->ops->prepare && !s->ops->prepare(&s->args, errp)) {
         trace_cpr_save_failed(error_get_pretty(*errp));
+        cpr_ram_move_abort();
+        goto out;
+    }
+    if (!cpr_ram_move_copy_all(errp)) {
+        trace_cpr_save_failed(error_get_pretty(*errp));
+        if (s->ops->abandon) {
+            s->ops->abandon();
+        }
         goto out;
     }
     if (qemu_in_coroutine()) {
@@ -345,6 +364,9 @@ static void coroutine_fn cpr_save(CprSave *s)
         cpr_save_stopped(s);
     }
 out:
+    if (*errp) {
+        cpr_ram_move_release();
+    }
     g_clear_pointer(&s->args.state, g_byte_array_unref);
     cpr_save_busy = false;
     return;

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Live update of the Linux test guest (two vCPUs) managed by Debian's
-libvirt: the domain's <emulator> is our QEMU, the update is cprsave +
+libvirt: the domain's <emulator> is our QEMU, its XML is otherwise
+libvirt's default (guest RAM in anonymous memory, which the first
+cprsave moves into memfds), the update is cprsave +
 cprload through "virsh qemu-monitor-command" (also with auto-load, and
 through a relay process), and virsh keeps working on the updated
 process.  Prints TAP.
@@ -112,10 +114,6 @@ def domain_xml():
     return """<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>1024</memory>
-  <memoryBacking>
-    <source type='memfd'/>
-    <access mode='shared'/>
-  </memoryBacking>
   <vcpu>2</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
@@ -156,10 +154,6 @@ def domain_xml():
     <video><model type='none'/></video>
     <memballoon model='none'/>
   </devices>
-  <qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-    <qemu:arg value='-machine'/>
-    <qemu:arg value='memfd-alloc=on'/>
-  </qemu:commandline>
 </domain>
 """.format(name=DOMAIN, g=g, w=work, tap=TAP, qemu=cprlib.QEMU,
            cmdline=linuxvm.kernel_cmdline(64, True))

@@ -1038,7 +1038,14 @@ static void test_paused_stays_paused(void)
 
 static void test_blocked(void)
 {
-    CprVm *vm = vm_start("q35", -1);
+    /* A private mapping of a file: another process could not share it */
+    static const char *const private[] = {
+        "-object", "memory-backend-file,id=mem,size=128M,"
+        "mem-path=@DIR@/guest-ram", NULL
+    };
+    CprVm *vm = vm_start_args("q35,memfd-alloc=on,memory-backend=mem", -1,
+                              private, CONSOLE_FILE);
+    g_autofree char *ram = g_build_filename(vm->dir, "guest-ram", NULL);
     g_autofree uint64_t *before = NULL;
     g_autofree char *err = NULL, *hmp_out = NULL;
     QDict *info;
@@ -1052,8 +1059,8 @@ static void test_blocked(void)
     QLIST_FOREACH_ENTRY(blockers, e) {
         QDict *b = qobject_to(QDict, qlist_entry_obj(e));
 
-        if (!strcmp(qdict_get_str(b, "object"), "pc.ram")) {
-            g_assert(strstr(qdict_get_str(b, "reason"), "memfd-alloc"));
+        if (!strcmp(qdict_get_str(b, "object"), "mem")) {
+            g_assert(strstr(qdict_get_str(b, "reason"), "share=on"));
             found = true;
         }
     }
@@ -1061,20 +1068,21 @@ static void test_blocked(void)
     qobject_unref(info);
     hmp_out = vm_hmp(vm, "info cpr");
     g_assert(strstr(hmp_out, "modes: restart"));
-    g_assert(strstr(hmp_out, "blocker (restart): pc.ram: guest RAM is "
-                    "anonymous"));
+    g_assert(strstr(hmp_out, "blocker (restart): mem: guest RAM is "
+                    "a private mapping"));
     g_free(hmp_out);
     hmp_out = vm_hmp(vm, "cprsave %s restart", vm->state_path);
-    g_assert(strstr(hmp_out, "Error: cprsave is blocked by 'pc.ram'"));
+    g_assert(strstr(hmp_out, "Error: cprsave is blocked by 'mem'"));
 
     before = vm_counters(vm);
     err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
                           " {'file': %s, 'mode': 'restart'}}",
                           vm->state_path));
-    g_assert(strstr(err, "blocked by 'pc.ram'"));
+    g_assert(strstr(err, "blocked by 'mem'"));
     g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
     g_assert_cmpstr(vm_status(vm), ==, "running");
     check_moving(vm, before);
+    unlink(ram);
     vm_kill(vm);
 }
 
@@ -1434,6 +1442,88 @@ static void test_exec_fails(void)
     after = vm_counters(vm);
     check_not_behind(before, after);
     check_moving(vm, after);
+    unlink(bad);
+    vm_kill(vm);
+}
+
+/* @vm's process maps a memfd named @name (guest RAM kept in a memfd) */
+static bool vm_maps_memfd(CprVm *vm, const char *name)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/maps", vm->pid);
+    g_autofree char *maps = NULL;
+    g_autofree char *needle = g_strdup_printf("/memfd:%s ", name);
+
+    g_assert(g_file_get_contents(path, &maps, NULL, NULL));
+    return strstr(maps, needle) != NULL;
+}
+
+/* A VM whose guest RAM is anonymous memory: libvirt's default backend */
+static CprVm *vm_start_anonymous(void)
+{
+    g_autofree char *backend = g_strdup_printf("memory-backend-ram,id=mem,"
+                                               "size=%dM", GUEST_RAM_MB);
+    const char *const extra[] = { "-object", backend, NULL };
+
+    return vm_start_args("q35,memory-backend=mem", -1, extra, CONSOLE_FILE);
+}
+
+/*
+ * Guest RAM in anonymous memory (no memfd-alloc; firmware and option
+ * ROMs too): cprsave moves it into memfds while the VM runs, then the
+ * update goes on as with memfd RAM.  HMP, which cannot wait for the
+ * move, is refused and nothing changes.
+ */
+static void test_anonymous_ram(void)
+{
+    CprVm *vm = vm_start_anonymous();
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *out = NULL;
+    int i;
+
+    vm_wait_passes(vm, 2);
+    g_assert(!vm_maps_memfd(vm, "mem"));
+    out = vm_hmp(vm, "cprsave %s restart", vm->state_path);
+    g_assert(strstr(out, "moves into memfds while the VM runs: use QMP"));
+    g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    for (i = 0; i < 2; i++) {
+        g_free(before);
+        before = vm_counters(vm);
+        vm_cprsave_restart(vm);
+        vm_cprload(vm, vm->state_path);
+        g_assert_cmpstr(vm_status(vm), ==, "running");
+        g_free(after);
+        after = check_kept(vm, before);
+        g_assert(vm_maps_memfd(vm, "mem"));
+        g_assert(vm_maps_memfd(vm, "pc.bios"));
+        g_assert(vm_maps_memfd(vm, "vga.vram"));
+    }
+    vm_kill(vm);
+}
+
+/*
+ * Anonymous RAM, and execve fails: the VM resumes in the old process,
+ * its RAM now in the memfds it was moved into, and a later update works
+ */
+static void test_anonymous_exec_fails(void)
+{
+    CprVm *vm = vm_start_anonymous();
+    g_autofree char *bad = g_build_filename(vm->dir, "not-qemu", NULL);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *err = NULL;
+
+    write_script(bad, "\x7f" "ELF broken");
+    err = vm_cprsave_binary_fails(vm, bad, false, &before);
+    g_assert(strstr(err, "cannot execute"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = check_kept(vm, before);
+    g_assert(vm_maps_memfd(vm, "mem"));
+
+    g_free(before);
+    before = g_steal_pointer(&after);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    after = check_kept(vm, before);
     unlink(bad);
     vm_kill(vm);
 }
@@ -2295,6 +2385,28 @@ static void test_transfer_round_trip(void)
     g_assert_cmpstr(vm_status(vm), ==, "paused");
     qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
     check_moving(vm, before);
+    vm_kill(vm);
+}
+
+/* Anonymous guest RAM: cprsave moves it into memfds, then hands it over */
+static void test_transfer_anonymous(void)
+{
+    CprVm *vm = vm_start_anonymous();
+    g_autofree uint64_t *before = NULL;
+    pid_t new_pid;
+    int i;
+
+    vm_wait_passes(vm, 2);
+    for (i = 0; i < 2; i++) {
+        g_free(before);
+        before = vm_counters(vm);
+        new_pid = vm_start_incoming(vm, NULL);
+        vm_transfer(vm, new_pid);
+        g_assert_cmpstr(vm_status(vm), ==, "running");
+        g_free(before);
+        before = check_kept(vm, before);
+        g_assert(vm_maps_memfd(vm, "mem"));
+    }
     vm_kill(vm);
 }
 
@@ -3583,6 +3695,8 @@ int main(int argc, char **argv)
     add_test("restart/auto-load-fails", test_auto_load_fails);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
+    add_test("restart/anonymous-ram", test_anonymous_ram);
+    add_test("restart/anonymous-exec-fails", test_anonymous_exec_fails);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
     add_test("restart/sandbox", test_sandbox);
     add_test("restart/during-migration", test_during_migration);
@@ -3594,6 +3708,7 @@ int main(int argc, char **argv)
     add_test("restart/relay", test_relay);
     add_test("restart/relay-fails", test_relay_fails);
     add_test("transfer/round-trip", test_transfer_round_trip);
+    add_test("transfer/anonymous-ram", test_transfer_anonymous);
     add_test("transfer/sandbox", test_transfer_sandbox);
     add_test("transfer/fails", test_transfer_fails);
     add_test("transfer/bad-peer", test_transfer_bad_peer);
