@@ -62,6 +62,8 @@
 #define CPR_RAM_MOVE_THROTTLE_FIRST 30
 #define CPR_RAM_MOVE_THROTTLE_STEP 20
 #define CPR_RAM_MOVE_THROTTLE_MAX 99
+/* Memory left free beyond the copy */
+#define CPR_RAM_MOVE_SPARE (256 * MiB)
 
 typedef struct CprRamMoveBlock {
     RAMBlock *rb;
@@ -330,6 +332,60 @@ static int cpr_ram_move_add(RAMBlock *rb, void *opaque)
     return 0;
 }
 
+/* Resident pages of @b's block: what its copy will take */
+static uint64_t cpr_ram_move_resident(CprRamMoveBlock *b)
+{
+    size_t pages = b->rb->used_length / qemu_real_host_page_size();
+    g_autofree unsigned char *vec = g_malloc(pages);
+    uint64_t n = 0;
+    size_t i;
+
+    if (mincore(b->rb->host, b->rb->used_length, vec) < 0) {
+        return b->rb->used_length;
+    }
+    for (i = 0; i < pages; i++) {
+        n += vec[i] & 1;
+    }
+    return n * qemu_real_host_page_size();
+}
+
+/* The host's MemAvailable, or UINT64_MAX if unknown */
+static uint64_t cpr_ram_move_available(void)
+{
+    g_autofree char *meminfo = NULL;
+    const char *p;
+
+    if (!g_file_get_contents("/proc/meminfo", &meminfo, NULL, NULL) ||
+        !(p = strstr(meminfo, "MemAvailable:"))) {
+        return UINT64_MAX;
+    }
+    return g_ascii_strtoull(p + strlen("MemAvailable:"), NULL, 10) * KiB;
+}
+
+/*
+ * The copy must fit in free memory: a memfd that the kernel cannot fill
+ * ends in the OOM killer, not in an error
+ */
+static bool cpr_ram_move_fits(CprRamMove *m, Error **errp)
+{
+    uint64_t need = 0, avail = cpr_ram_move_available();
+    guint i;
+
+    for (i = 0; i < m->blocks->len; i++) {
+        need += cpr_ram_move_resident(&g_array_index(m->blocks,
+                                                     CprRamMoveBlock, i));
+    }
+    if (avail != UINT64_MAX && need + CPR_RAM_MOVE_SPARE > avail) {
+        error_setg(errp, "guest RAM is anonymous memory, which cprsave "
+                   "moves into memfds: the copy needs %" PRIu64 " MiB and "
+                   "the host has %" PRIu64 " MiB available; free memory, or "
+                   "start QEMU with -machine memfd-alloc=on",
+                   (need + CPR_RAM_MOVE_SPARE) / MiB, avail / MiB);
+        return false;
+    }
+    return true;
+}
+
 bool cpr_ram_move_start(Error **errp)
 {
     CprRamMove *m;
@@ -348,6 +404,10 @@ bool cpr_ram_move_start(Error **errp)
     m->blocks = g_array_new(false, false, sizeof(CprRamMoveBlock));
     cpr_ram_move = m;
     qemu_ram_foreach_block(cpr_ram_move_add, m);
+    if (!cpr_ram_move_fits(m, errp)) {
+        cpr_ram_move_abort();
+        return false;
+    }
     for (i = 0; i < m->blocks->len; i++) {
         CprRamMoveBlock *b = &g_array_index(m->blocks, CprRamMoveBlock, i);
         size_t len = b->rb->max_length;
