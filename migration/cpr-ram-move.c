@@ -353,10 +353,12 @@ static uint64_t cpr_ram_move_resident(CprRamMoveBlock *b)
 static uint64_t cpr_ram_move_available(void)
 {
     g_autofree char *meminfo = NULL;
-    const char *p;
+    const char *p = NULL;
 
-    if (!g_file_get_contents("/proc/meminfo", &meminfo, NULL, NULL) ||
-        !(p = strstr(meminfo, "MemAvailable:"))) {
+    if (g_file_get_contents("/proc/meminfo", &meminfo, NULL, NULL)) {
+        p = strstr(meminfo, "MemAvailable:");
+    }
+    if (!p) {
         return UINT64_MAX;
     }
     return g_ascii_strtoull(p + strlen("MemAvailable:"), NULL, 10) * KiB;
