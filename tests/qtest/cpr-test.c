@@ -1036,15 +1036,16 @@ static void test_paused_stays_paused(void)
     vm_kill(vm);
 }
 
+/* Guest RAM in a private mapping of a file: no other process can have it */
+static const char *const private_ram[] = {
+    "-object", "memory-backend-file,id=mem,size=128M,"
+    "mem-path=@DIR@/guest-ram", NULL
+};
+
 static void test_blocked(void)
 {
-    /* A private mapping of a file: another process could not share it */
-    static const char *const private[] = {
-        "-object", "memory-backend-file,id=mem,size=128M,"
-        "mem-path=@DIR@/guest-ram", NULL
-    };
     CprVm *vm = vm_start_args("q35,memfd-alloc=on,memory-backend=mem", -1,
-                              private, CONSOLE_FILE);
+                              private_ram, CONSOLE_FILE);
     g_autofree char *ram = g_build_filename(vm->dir, "guest-ram", NULL);
     g_autofree uint64_t *before = NULL;
     g_autofree char *err = NULL, *hmp_out = NULL;
@@ -2410,6 +2411,48 @@ static void test_transfer_anonymous(void)
     vm_kill(vm);
 }
 
+/* The number of vCPUs @vm's QEMU has */
+static int vm_cpu_count(CprVm *vm)
+{
+    QList *cpus = qobject_to(QList, vm_ok(vm, "{'execute':"
+                                          " 'query-cpus-fast'}"));
+    int n = qlist_size(cpus);
+
+    qobject_unref(cpus);
+    return n;
+}
+
+/*
+ * Four vCPUs (the guest runs on the first; the others wait for their
+ * start-up IPI, which is state too), anonymous RAM: restart, then
+ * transfer, with all four vCPUs there after each
+ */
+static void test_smp(void)
+{
+    g_autofree char *backend = g_strdup_printf("memory-backend-ram,id=mem,"
+                                               "size=%dM", GUEST_RAM_MB);
+    const char *const extra[] = { "-object", backend, "-smp", "4", NULL };
+    CprVm *vm = vm_start_args("q35,memory-backend=mem", -1, extra,
+                              CONSOLE_FILE);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+
+    vm_wait_passes(vm, 2);
+    g_assert_cmpint(vm_cpu_count(vm), ==, 4);
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    after = check_kept(vm, before);
+    g_assert_cmpint(vm_cpu_count(vm), ==, 4);
+
+    g_free(before);
+    before = g_steal_pointer(&after);
+    vm_transfer(vm, vm_start_incoming(vm, NULL));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    after = check_kept(vm, before);
+    g_assert_cmpint(vm_cpu_count(vm), ==, 4);
+    vm_kill(vm);
+}
+
 /* Under libvirt's default sandbox (no exec) on both sides */
 static void test_transfer_sandbox(void)
 {
@@ -2946,7 +2989,7 @@ static void test_relay_fails(void)
     g_autofree char *bigger = g_build_filename(vm->dir, "bigger", NULL);
     g_autofree char *once = g_build_filename(vm->dir, "once", NULL);
     g_autofree char *twice = g_build_filename(vm->dir, "twice", NULL);
-    g_autofree char *ran = NULL;
+    g_autofree char *ran = NULL, *ram = NULL;
     g_autofree char *script = NULL, *err = NULL;
     g_autofree uint64_t *before = NULL;
     const char *qemu = getenv("QTEST_QEMU_BINARY");
@@ -3021,10 +3064,13 @@ static void test_relay_fails(void)
     unlink(bad);
     vm_kill(vm);
 
-    /* Blocked by what blocks restart */
-    plain = vm_start("q35", -1);
-    vm_relay_fails(plain, qemu, "cprsave is blocked by 'pc.ram'");
+    /* Blocked by what blocks restart: RAM in a private file mapping */
+    plain = vm_start_args("q35,memfd-alloc=on,memory-backend=mem", -1,
+                          private_ram, CONSOLE_FILE);
+    ram = g_build_filename(plain->dir, "guest-ram", NULL);
+    vm_relay_fails(plain, qemu, "cprsave is blocked by 'mem'");
     g_assert_cmpstr(vm_status(plain), ==, "running");
+    unlink(ram);
     vm_kill(plain);
 }
 
@@ -3697,6 +3743,7 @@ int main(int argc, char **argv)
     add_test("restart/exec-fails", test_exec_fails);
     add_test("restart/anonymous-ram", test_anonymous_ram);
     add_test("restart/anonymous-exec-fails", test_anonymous_exec_fails);
+    add_test("restart/smp", test_smp);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
     add_test("restart/sandbox", test_sandbox);
     add_test("restart/during-migration", test_during_migration);
