@@ -166,6 +166,8 @@ bool cpr_ram_move_start(Error **errp);
  * dirtied them too fast, until finish or abort
  */
 bool coroutine_fn cpr_ram_move_copy_all(Error **errp);
+/* cprsave is moving RAM (and owns the migration dirty log) */
+bool cpr_ram_move_active(void);
 /* The memfd @rb is being moved into, or -1 */
 int cpr_ram_move_fd(RAMBlock *rb);
 /*

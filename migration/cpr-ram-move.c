@@ -20,7 +20,8 @@
  *   mapping of the memfd where the page is there already), until few are
  *   left.  A guest that dirties pages faster than they are copied has its
  *   vCPUs throttled as migration's auto-converge does, more after each
- *   pass that does not halve the dirty pages, until the VM stops;
+ *   pass that does not halve the dirty pages (up to 90%), until the VM
+ *   stops;
  * - once cprsave has stopped the VM, the last dirty pages are copied and
  *   each block's anonymous memory is moved aside (mremap moves page
  *   tables, not pages) and its memfd mapped at the same host address:
@@ -50,6 +51,8 @@
 #include "exec/ram_addr.h"
 #include "hw/boards.h"
 #include "sysemu/cpu-throttle.h"
+#include "sysemu/hostmem.h"
+#include "migration/blocker.h"
 #include "block/aio.h"
 #include "migration/cpr.h"
 #include "cpr-internal.h"
@@ -57,11 +60,15 @@
 
 /* A pass that finds this few dirty pages is the last one with the VM up */
 #define CPR_RAM_MOVE_LAST_PAGES 1024
-#define CPR_RAM_MOVE_MAX_PASSES 30
-/* vCPU throttling (percent) of a guest that dirties pages too fast */
+#define CPR_RAM_MOVE_MAX_PASSES 20
+/*
+ * vCPU throttling (percent) of a guest that dirties pages too fast.  A
+ * throttled vCPU sleeps up to 100 - pct timeslices (of 10 ms) without
+ * handling the barrier each pass waits for under TCG: 90% bounds it.
+ */
 #define CPR_RAM_MOVE_THROTTLE_FIRST 30
 #define CPR_RAM_MOVE_THROTTLE_STEP 20
-#define CPR_RAM_MOVE_THROTTLE_MAX 99
+#define CPR_RAM_MOVE_THROTTLE_MAX 90
 /* Memory left free beyond the copy */
 #define CPR_RAM_MOVE_SPARE (256 * MiB)
 
@@ -76,6 +83,7 @@ typedef struct CprRamMoveBlock {
 
 typedef struct CprRamMove {
     GArray *blocks;                 /* of CprRamMoveBlock */
+    Error *blocker;                 /* of migration, snapshots, savevm */
     QemuThread thread;
     Coroutine *co;                  /* cprsave, waiting for the thread */
     Error *err;                     /* the thread's */
@@ -106,6 +114,11 @@ bool cpr_ram_move_needed(void)
     return n > 0;
 }
 
+bool cpr_ram_move_active(void)
+{
+    return cpr_ram_move != NULL;
+}
+
 int cpr_ram_move_fd(RAMBlock *rb)
 {
     guint i;
@@ -134,6 +147,12 @@ static void cpr_ram_move_snapshot(CprRamMove *m)
         b->dirty = cpu_physical_memory_snapshot_and_clear_dirty(
             b->rb->mr, 0, b->length, DIRTY_MEMORY_MIGRATION);
     }
+    /*
+     * TCG: a store that marked its page dirty before the clear may have
+     * put the page back on its fast path; let every vCPU's TLB see the
+     * clear before the copy, as migration does
+     */
+    memory_global_after_dirty_log_sync();
 }
 
 /*
@@ -219,7 +238,8 @@ static bool cpr_ram_move_pass(CprRamMove *m, bool all, Error **errp)
             return false;
         }
     }
-    trace_cpr_ram_move_pass(m->passes++, m->pages, get_clock() - t);
+    trace_cpr_ram_move_pass(m->passes, m->pages, get_clock() - t);
+    m->passes++;
     return true;
 }
 
@@ -262,7 +282,9 @@ static void *cpr_ram_move_thread(void *opaque)
         all = false;
     }
     rcu_unregister_thread();
-    aio_bh_schedule_oneshot(qemu_get_aio_context(), cpr_ram_move_wake, m);
+    /* From the main loop only, not a nested aio_poll() (as cpr.c) */
+    aio_bh_schedule_oneshot(iohandler_get_aio_context(), cpr_ram_move_wake,
+                            m);
     return NULL;
 }
 
@@ -300,6 +322,11 @@ void cpr_ram_move_abort(void)
     cpu_throttle_stop();
     if (m->co) {
         memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION);
+    }
+    if (m->blocker) {
+        cpr_disallow_migration_blocker(m->blocker);
+        migrate_del_blocker(m->blocker);
+        error_free(m->blocker);
     }
     for (i = 0; i < m->blocks->len; i++) {
         CprRamMoveBlock *b = &g_array_index(m->blocks, CprRamMoveBlock, i);
@@ -442,6 +469,14 @@ bool coroutine_fn cpr_ram_move_copy_all(Error **errp)
     if (!m) {
         return true;
     }
+    /* Nothing else may take the pages dirtied from the log meanwhile */
+    error_setg(&m->blocker, "cprsave is moving guest RAM into memfds");
+    if (migrate_add_blocker_internal(m->blocker, errp) < 0) {
+        g_clear_pointer(&m->blocker, error_free);
+        cpr_ram_move_abort();
+        return false;
+    }
+    cpr_allow_migration_blocker(m->blocker);
     memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION);
     m->co = qemu_coroutine_self();
     qemu_thread_create(&m->thread, "cpr-ram-move", cpr_ram_move_thread, m,
@@ -456,7 +491,6 @@ bool coroutine_fn cpr_ram_move_copy_all(Error **errp)
     trace_cpr_ram_move_start(m->blocks->len, m->passes, get_clock() - t);
     return true;
 }
-
 
 static void *cpr_ram_move_unmap_thread(void *opaque)
 {
@@ -496,7 +530,12 @@ static void *cpr_ram_move_swap(CprRamMoveBlock *b, Error **errp)
         munmap(area, aside - area);
     }
     munmap(aside + len, area + len + GiB - (aside + len));
-    if (mremap(rb->host, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+    /*
+     * DONTUNMAP: the block's range stays mapped (empty) until the memfd
+     * replaces it, so no other mapping can land there meanwhile
+     */
+    if (mremap(rb->host, len, len,
+               MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
                aside) == MAP_FAILED) {
         error_setg_errno(errp, errno, "cannot move RAM block '%s' aside",
                          rb->idstr);
@@ -513,6 +552,8 @@ static void *cpr_ram_move_swap(CprRamMoveBlock *b, Error **errp)
         /* Put the anonymous memory back: its place is free again */
         if (mremap(aside, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
                    rb->host) == MAP_FAILED) {
+            error_report("cprsave: cannot put RAM block '%s' back in place: "
+                         "%s", rb->idstr, strerror(errno));
             abort();
         }
         return NULL;
@@ -538,15 +579,31 @@ void cpr_ram_move_release(void)
     }
 }
 
+static int cpr_ram_move_missed(RAMBlock *rb, void *opaque)
+{
+    *(unsigned *)opaque += cpr_ram_movable(rb) && cpr_ram_move_fd(rb) < 0;
+    return 0;
+}
+
 bool cpr_ram_move_finish(Error **errp)
 {
     ERRP_GUARD();
     CprRamMove *m = cpr_ram_move;
     int64_t t = get_clock();
+    unsigned missed = 0;
     guint i;
 
     if (!m) {
         return true;
+    }
+    /* What HMP may have done meanwhile (device_add) */
+    qemu_ram_foreach_block(cpr_ram_move_missed, &missed);
+    if (missed || ram_block_discard_is_disabled()) {
+        error_setg(errp, "a device added during cprsave %s; try again",
+                   missed ? "has RAM in anonymous memory"
+                          : "pinned guest RAM for DMA");
+        cpr_ram_move_abort();
+        return false;
     }
     cpr_ram_move_snapshot(m);
     if (!cpr_ram_move_pass(m, false, errp)) {

@@ -25,6 +25,7 @@
 #include "exec/exec-all.h"
 #include "sysemu/tcg.h"
 #include "hw/boards.h"
+#include "sysemu/hostmem.h"
 #include "migration/cpr.h"
 #include "cpr-internal.h"
 #include "trace.h"
@@ -359,6 +360,8 @@ static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
     CprRamBlockers *b = opaque;
     const char *gone = b->mode == CPR_MODE_RESTART ? "which exec discards"
                        : "which another process cannot map";
+    HostMemoryBackend *be = (HostMemoryBackend *)
+        object_dynamic_cast(rb->mr->owner, TYPE_MEMORY_BACKEND);
 
     if (!qemu_ram_is_migratable(rb)) {
         return 0;
@@ -371,6 +374,13 @@ static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
                         "device DMA (VFIO), so cprsave cannot move it into "
                         "a memfd; start QEMU with -machine memfd-alloc=on "
                         "or use memory-backend-memfd", gone);
+    } else if (rb->fd < 0 && b->mode != CPR_MODE_FORK && be &&
+               be->policy != HOST_MEM_POLICY_DEFAULT) {
+        cpr_add_blocker(b->tail, b->mode, rb->idstr,
+                        "guest RAM is anonymous memory, %s, with a host "
+                        "NUMA policy (policy, host-nodes), which cprsave's "
+                        "move into a memfd would not keep; use "
+                        "memory-backend-memfd", gone);
     } else if (rb->fd < 0 && b->mode != CPR_MODE_FORK &&
                cpr_snapshot_exists()) {
         /* Both would take the pages dirtied from the same log */

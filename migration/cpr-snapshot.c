@@ -152,7 +152,7 @@ static void cpr_snapshot_clear_dirty(RAMBlock *rb)
 /* Refuse what cannot be snapshotted or restored now */
 static bool cpr_snapshot_allowed(Error **errp)
 {
-    if (cpr_save_in_progress()) {
+    if (cpr_save_in_progress() || cpr_ram_move_active()) {
         error_setg(errp, "cprsave is in progress");
         return false;
     }
