@@ -19,6 +19,7 @@
 #include "qemu/madvise.h"
 #include "qemu/memfd.h"
 #include "qemu/mmap-alloc.h"
+#include "qemu/units.h"
 #include "qapi/error.h"
 #include "exec/ramblock.h"
 #include "exec/ram_addr.h"
@@ -403,11 +404,75 @@ static int cpr_ram_blocker_one(RAMBlock *rb, void *opaque)
     return 0;
 }
 
+/* Free huge pages of @size bytes that nobody has reserved yet */
+static uint64_t cpr_ram_free_huge_pages(size_t size)
+{
+    g_autofree char *dir = g_strdup_printf("/sys/kernel/mm/hugepages/"
+                                           "hugepages-%zukB", size / KiB);
+    g_autofree char *free_path = g_build_filename(dir, "free_hugepages", NULL);
+    g_autofree char *resv_path = g_build_filename(dir, "resv_hugepages", NULL);
+    g_autofree char *free_text = NULL, *resv_text = NULL;
+    uint64_t free_pages, resv;
+
+    if (!g_file_get_contents(free_path, &free_text, NULL, NULL) ||
+        !g_file_get_contents(resv_path, &resv_text, NULL, NULL)) {
+        return UINT64_MAX;
+    }
+    free_pages = g_ascii_strtoull(free_text, NULL, 10);
+    resv = g_ascii_strtoull(resv_text, NULL, 10);
+    return free_pages > resv ? free_pages - resv : 0;
+}
+
+static int cpr_ram_huge_need(RAMBlock *rb, void *opaque)
+{
+    GHashTable *need = opaque;
+    size_t size = qemu_ram_pagesize(rb);
+    gpointer key = GSIZE_TO_POINTER(size);
+
+    if (qemu_ram_is_migratable(rb) && size > qemu_real_host_page_size()) {
+        g_hash_table_insert(need, key, GSIZE_TO_POINTER(
+            GPOINTER_TO_SIZE(g_hash_table_lookup(need, key)) +
+            rb->max_length / size));
+    }
+    return 0;
+}
+
+/*
+ * Restart: the new binary (or the old one, taking the VM back) maps each
+ * huge-page block of its own before it maps the kept memfd over it, and
+ * exits if the pool cannot reserve those pages: the VM would be lost
+ */
+static void cpr_ram_huge_blockers(CprBlockerList ***tail)
+{
+    g_autoptr(GHashTable) need = g_hash_table_new(NULL, NULL);
+    GHashTableIter iter;
+    gpointer key, value;
+
+    qemu_ram_foreach_block(cpr_ram_huge_need, need);
+    g_hash_table_iter_init(&iter, need);
+    while (g_hash_table_iter_next(&iter, &key, &value)) {
+        size_t size = GPOINTER_TO_SIZE(key);
+        uint64_t avail = cpr_ram_free_huge_pages(size);
+
+        if (avail < GPOINTER_TO_SIZE(value)) {
+            cpr_add_blocker(tail, CPR_MODE_RESTART, "hugepages",
+                            "the new binary needs %zu free huge pages of "
+                            "%zu KiB for a moment (as many as guest RAM "
+                            "has), and %" PRIu64 " are free; raise "
+                            "vm.nr_hugepages or use transfer mode",
+                            GPOINTER_TO_SIZE(value), size / KiB, avail);
+        }
+    }
+}
+
 void cpr_ram_add_blockers(CprBlockerList ***tail, CprMode mode)
 {
     CprRamBlockers b = { .tail = tail, .mode = mode };
 
     qemu_ram_foreach_block(cpr_ram_blocker_one, &b);
+    if (mode == CPR_MODE_RESTART) {
+        cpr_ram_huge_blockers(tail);
+    }
 }
 
 static int cpr_ram_keep_one(RAMBlock *rb, void *opaque)

@@ -1529,6 +1529,75 @@ static void test_anonymous_exec_fails(void)
     vm_kill(vm);
 }
 
+/* /proc/sys/vm/nr_hugepages (2 MiB pages), or set it */
+static long huge_pages(long set)
+{
+    const char *path = "/proc/sys/vm/nr_hugepages";
+    g_autofree char *text = NULL;
+
+    if (set >= 0) {
+        /* Written in place: g_file_set_contents() would rename over it */
+        FILE *f = fopen(path, "w");
+
+        if (!f) {
+            return -1;
+        }
+        fprintf(f, "%ld\n", set);
+        if (fclose(f) != 0) {
+            return -1;
+        }
+    }
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return -1;
+    }
+    return atol(text);
+}
+
+/*
+ * Guest RAM on 2 MiB huge pages (memory-backend-memfd,hugetlb=on): the
+ * new binary maps a block of its own before it takes the kept one over,
+ * so restart is blocked while the pool could not give it that many pages
+ * (it would exit, and so would the old binary taking the VM back); with
+ * enough, the update keeps the pages.  The test reserves the pages and
+ * gives them back.
+ */
+static void test_hugepages(void)
+{
+    g_autofree char *backend = g_strdup_printf(
+        "memory-backend-memfd,id=mem,size=%dM,hugetlb=on,hugetlbsize=2M",
+        GUEST_RAM_MB);
+    const char *const extra[] = { "-object", backend, NULL };
+    long guest = GUEST_RAM_MB / 2, before_test = huge_pages(-1);
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    g_autofree char *err = NULL;
+    CprVm *vm;
+
+    if (before_test < 0 || huge_pages(before_test + guest + 16) !=
+                           before_test + guest + 16) {
+        huge_pages(before_test);
+        g_test_skip("cannot reserve huge pages here (needs root)");
+        return;
+    }
+    vm = vm_start_args("q35,memfd-alloc=on,memory-backend=mem", -1, extra,
+                       CONSOLE_FILE);
+    vm_wait_passes(vm, 2);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert(strstr(err, "blocked by 'hugepages': the new binary needs 64 "
+                    "free huge pages of 2048 KiB"));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+
+    g_assert_cmpint(huge_pages(before_test + 2 * guest + 16), ==,
+                    before_test + 2 * guest + 16);
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    after = check_kept(vm, before);
+    vm_kill(vm);
+    huge_pages(before_test);
+}
+
 static void test_bad_files(void)
 {
     g_autofree char *machine = memfd_machine();
@@ -3744,6 +3813,7 @@ int main(int argc, char **argv)
     add_test("restart/anonymous-ram", test_anonymous_ram);
     add_test("restart/anonymous-exec-fails", test_anonymous_exec_fails);
     add_test("restart/smp", test_smp);
+    add_test("restart/hugepages", test_hugepages);
     add_test("restart/daemonize-blocked", test_daemonize_blocked);
     add_test("restart/sandbox", test_sandbox);
     add_test("restart/during-migration", test_during_migration);
