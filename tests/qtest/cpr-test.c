@@ -1458,14 +1458,23 @@ static bool vm_maps_memfd(CprVm *vm, const char *name)
     return strstr(maps, needle) != NULL;
 }
 
-/* A VM whose guest RAM is anonymous memory: libvirt's default backend */
-static CprVm *vm_start_anonymous(void)
+/*
+ * A VM whose guest RAM is anonymous memory (libvirt's default backend),
+ * with @smp vCPUs
+ */
+static CprVm *vm_start_anonymous_smp(int smp)
 {
     g_autofree char *backend = g_strdup_printf("memory-backend-ram,id=mem,"
                                                "size=%dM", GUEST_RAM_MB);
-    const char *const extra[] = { "-object", backend, NULL };
+    g_autofree char *cpus = g_strdup_printf("%d", smp);
+    const char *const extra[] = { "-object", backend, "-smp", cpus, NULL };
 
     return vm_start_args("q35,memory-backend=mem", -1, extra, CONSOLE_FILE);
+}
+
+static CprVm *vm_start_anonymous(void)
+{
+    return vm_start_anonymous_smp(1);
 }
 
 /*
@@ -1575,7 +1584,9 @@ static void test_hugepages(void)
     if (before_test < 0 || huge_pages(before_test + guest + 16) !=
                            before_test + guest + 16) {
         huge_pages(before_test);
-        g_test_skip("cannot reserve huge pages here (needs root)");
+        g_test_skip("restart with guest RAM on huge pages not tested: "
+                    "cannot reserve huge pages (writing "
+                    "/proc/sys/vm/nr_hugepages needs root)");
         return;
     }
     vm = vm_start_args("q35,memfd-alloc=on,memory-backend=mem", -1, extra,
@@ -2498,11 +2509,7 @@ static int vm_cpu_count(CprVm *vm)
  */
 static void test_smp(void)
 {
-    g_autofree char *backend = g_strdup_printf("memory-backend-ram,id=mem,"
-                                               "size=%dM", GUEST_RAM_MB);
-    const char *const extra[] = { "-object", backend, "-smp", "4", NULL };
-    CprVm *vm = vm_start_args("q35,memory-backend=mem", -1, extra,
-                              CONSOLE_FILE);
+    CprVm *vm = vm_start_anonymous_smp(4);
     g_autofree uint64_t *before = NULL, *after = NULL;
 
     vm_wait_passes(vm, 2);
