@@ -49,6 +49,7 @@
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "migration/cpr.h"
+#include "sysemu/runstate.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
@@ -244,6 +245,24 @@ void cpr_mm_reply_sent(void)
     }
 }
 
+/* This process has taken a shutdown request (quit, a signal) */
+static bool cpr_mm_shutting_down;
+
+static void cpr_mm_shutdown(Notifier *n, void *opaque)
+{
+    cpr_mm_shutting_down = true;
+}
+
+static Notifier cpr_mm_shutdown_notifier = { .notify = cpr_mm_shutdown };
+
+/* Main thread: pending, or taken by the main loop already */
+bool cpr_mm_handing_back(void)
+{
+    return cpr_mm_pipe >= 0 &&
+           (qemu_shutdown_requested_get() != SHUTDOWN_CAUSE_NONE ||
+            cpr_mm_shutting_down);
+}
+
 static void *cpr_mm_reap_thread(void *opaque)
 {
     pid_t pid = (uintptr_t)opaque;
@@ -265,6 +284,9 @@ void cpr_mm_incoming(pid_t pid)
         return;
     }
     cpr_mm_pipe = cpr_take_fd(CPR_MM_FD_NAME, 0);
+    if (cpr_mm_pipe >= 0) {
+        qemu_register_shutdown_notifier(&cpr_mm_shutdown_notifier);
+    }
     if (pid > 0) {
         qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,
                            (void *)(uintptr_t)pid, QEMU_THREAD_DETACHED);

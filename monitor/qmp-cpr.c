@@ -336,7 +336,11 @@ static void qmp_cpr_resume_quiet(void)
     g_clear_pointer(&qmp_cpr_quiet, g_slist_free);
 }
 
-static bool qmp_cpr_quiesce(Error **errp)
+/*
+ * Stop reading every open QMP connection, in the monitor I/O thread too.
+ * Returns whether requests were read and not yet dispatched.
+ */
+static bool qmp_cpr_stop_reading(void)
 {
     AioContext *ctx = mon_iothread ? iothread_get_aio_context(mon_iothread)
                                    : NULL;
@@ -358,13 +362,32 @@ static bool qmp_cpr_quiesce(Error **errp)
         aio_wait_bh_oneshot(ctx, qmp_cpr_find_unread, &io);
         aio_context_release(ctx);
     }
-    if (in_main.pending || io.pending) {
+    return in_main.pending || io.pending;
+}
+
+static bool qmp_cpr_quiesce(Error **errp)
+{
+    if (qmp_cpr_stop_reading()) {
         qmp_cpr_resume_quiet();
         error_setg(errp, "a QMP client sent requests behind cprsave, which "
                    "this process would lose; send them after it returns");
         return false;
     }
     return true;
+}
+
+/*
+ * Called once a request is dispatched, before its answer is sent.  After
+ * quit in a process that hands the VM back when it ends, the connections
+ * belong to the process taking the VM back: a request sent behind quit,
+ * or as soon as quit is answered, stays in the socket for it, whole
+ * (read in part here, the rest would make no sense there).
+ */
+void monitor_qmp_cpr_dispatched(void)
+{
+    if (cpr_mm_handing_back() && !qmp_cpr_quiet) {
+        qmp_cpr_stop_reading();
+    }
 }
 
 /*

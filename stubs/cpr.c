@@ -33,6 +33,11 @@ void cpr_mm_reply_sent(void)
 {
 }
 
+bool cpr_mm_handing_back(void)
+{
+    return false;
+}
+
 bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque)
 {
     return false;

@@ -106,6 +106,12 @@ bool cpr_recovery_replied(void);
 /* The new process has sent the reply to the pending cprsave. */
 void cpr_mm_reply_sent(void);
 
+/*
+ * cpr_mm_handing_back: this process was asked to quit and, when it ends,
+ * the old binary takes the VM back, on the same kept connections.
+ */
+bool cpr_mm_handing_back(void);
+
 /* Keep @fd open across the next execve under @name and @id. */
 void cpr_save_fd(const char *name, int id, int fd);
 

@@ -152,6 +152,35 @@ static QDict *vm_reply(CprVm *vm)
     return NULL;
 }
 
+/*
+ * The reply to a request sent before, which must come within @secs
+ * seconds: a request the VM lost would hang the test otherwise.
+ */
+static QDict *vm_reply_within(CprVm *vm, int secs)
+{
+    gint64 deadline = g_get_monotonic_time() + secs * G_USEC_PER_SEC;
+    struct pollfd pfd = { .fd = vm->qmp_fd, .events = POLLIN };
+    QDict *resp;
+
+    for (;;) {
+        while ((resp = g_queue_pop_head(&vm->msgs))) {
+            if (!qdict_haskey(resp, "event")) {
+                return resp;
+            }
+            vm_note_event(vm, resp);
+        }
+        if (poll(&pfd, 1, 100) == 1) {
+            char buf[4096];
+            ssize_t n = read(vm->qmp_fd, buf, sizeof(buf));
+
+            g_assert(n > 0);
+            json_message_parser_feed(&vm->parser, buf, n);
+        } else if (g_get_monotonic_time() > deadline) {
+            g_error("no reply within %d s: the request was lost", secs);
+        }
+    }
+}
+
 /* Send a command; return its reply ("return" or "error"), NULL at EOF. */
 static QDict *vm_vqmp(CprVm *vm, const char *fmt, va_list ap)
 {
@@ -1343,8 +1372,13 @@ static void test_back_out(void)
     g_autofree char *bad = g_build_filename(vm->dir, "bad.cpr", NULL);
     g_autofree uint64_t *before = NULL, *after = NULL;
     g_autofree char *err = NULL;
+    g_autoptr(QDict) quit = qdict_new();
+    g_autoptr(QDict) query_status = qdict_new();
     pid_t old = vm->pid;
+    QDict *resp;
 
+    qdict_put_str(quit, "execute", "quit");
+    qdict_put_str(query_status, "execute", "query-status");
     vm_wait_passes(vm, 2);
     qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
     before = vm_counters(vm);
@@ -1354,10 +1388,21 @@ static void test_back_out(void)
                           " {'file': %s}}", bad));
     g_assert(strstr(err, "is corrupt"));
 
-    qobject_unref(vm_ok(vm, "{'execute': 'quit'}"));
+    /*
+     * A request sent behind quit is for the process taking the VM back:
+     * the quitting one must leave it in the socket, whole.
+     */
+    vm_send(vm, quit);
+    vm_send(vm, query_status);
+    resp = vm_reply_within(vm, 30);
+    g_assert(qdict_haskey(resp, "return"));
+    qobject_unref(resp);
     vm_follow_taken_back(vm);
     g_assert_cmpint(vm->pid, !=, old);
-    g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+    resp = vm_reply_within(vm, 30);
+    g_assert_cmpstr(qdict_get_str(qdict_get_qdict(resp, "return"), "status"),
+                    ==, "inmigrate");
+    qobject_unref(resp);
     vm_cprload(vm, vm->state_path);
     g_assert_cmpstr(vm_status(vm), ==, "paused");
     after = vm_counters(vm);
@@ -1365,6 +1410,32 @@ static void test_back_out(void)
     qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
     check_moving(vm, after);
     unlink(bad);
+    vm_kill(vm);
+}
+
+/*
+ * QMP input that is JSON but not an object is refused, as by stock QEMU:
+ * what CPR notes of the request being dispatched must not take it for
+ * one.
+ */
+static void test_qmp_not_object(void)
+{
+    static const char *const inputs[] = {
+        "\"cprsave\"\n", "[{\"execute\": \"quit\"}]\n", "42\n", "null\n",
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    int i;
+
+    for (i = 0; i < ARRAY_SIZE(inputs); i++) {
+        g_autofree char *err = NULL;
+
+        g_assert(write(vm->qmp_fd, inputs[i], strlen(inputs[i])) ==
+                 strlen(inputs[i]));
+        err = vm_error(vm_reply_within(vm, 30));
+        g_assert(strstr(err, "must be a JSON object"));
+    }
+    g_assert_cmpstr(vm_status(vm), ==, "running");
     vm_kill(vm);
 }
 
@@ -3828,6 +3899,7 @@ int main(int argc, char **argv)
     add_test("restart/new-binary-dies", test_new_binary_dies);
     add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
+    add_test("qmp/not-an-object", test_qmp_not_object);
     add_test("restart/only-registered-fds", test_only_registered_fds);
     add_test("restart/relay", test_relay);
     add_test("restart/relay-fails", test_relay_fails);
