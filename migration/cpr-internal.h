@@ -374,6 +374,9 @@ void cpr_set_saving(bool saving);
 void cpr_hooks_add_blockers(CprBlockerList ***tail);
 
 /* cpr-mm.c */
+/* cpr-binary.c: @path is a binary that can take this VM over */
+bool cpr_binary_check(const char *path, Error **errp);
+
 bool cpr_mm_prepare(Error **errp);
 pid_t cpr_mm_start(Error **errp);
 void cpr_mm_release(pid_t pid);
@@ -401,6 +404,8 @@ CprSnapshotInfo *cpr_snapshot_info(void);
 CprCheckpointInfo *cpr_checkpoint_info(void);
 
 /* cpr-state.c */
+/* The layout of the registry; cpr-binary.c marks the binary with it */
+#define CPR_STATE_VERSION 4
 /* Read the state a cprsave restart left for this process, if any */
 void cpr_state_init(int argc, char **argv, Error **errp);
 pid_t cpr_state_get_helper(void);

@@ -58,7 +58,6 @@ static void cpr_restart_blockers(CprBlockerList ***tail)
 
 static bool cpr_restart_check(const CprSaveArgs *args, Error **errp)
 {
-    const char *exec_path = args->binary ?: cpr_get_exec_path();
     char **arg;
 
     /* The new process would wait for x-exit-preconfig before loading */
@@ -67,11 +66,6 @@ static bool cpr_restart_check(const CprSaveArgs *args, Error **errp)
             error_setg(errp, "'auto-load' cannot be used with --preconfig");
             return false;
         }
-    }
-
-    if (access(exec_path, X_OK) < 0) {
-        error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
-        return false;
     }
     return true;
 }

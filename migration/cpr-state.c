@@ -42,7 +42,6 @@
 #include "trace.h"
 
 #define CPR_STATE_MAGIC "QEMUCPRS"
-#define CPR_STATE_VERSION 4
 #define CPR_STATE_PREFIX 20     /* magic, version, helper pid, length */
 
 typedef struct CprFd {

@@ -253,6 +253,10 @@ static bool cpr_save_allowed(const CprModeOps *ops, const CprSaveArgs *args,
     if (first) {
         return false;
     }
+    if ((ops->has_binary || args->relay) &&
+        !cpr_binary_check(args->binary ?: cpr_get_exec_path(), errp)) {
+        return false;
+    }
     return !ops->check || ops->check(args, errp);
 }
 

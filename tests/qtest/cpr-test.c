@@ -1439,6 +1439,49 @@ static void test_qmp_not_object(void)
     vm_kill(vm);
 }
 
+/*
+ * A binary that cannot take the VM over is refused before the VM stops:
+ * a QEMU without live update (an ELF executable without our note) would
+ * boot a new guest in the VM's place; a file that is neither ELF nor a
+ * script cannot run.  Scripts are executed on trust.
+ */
+static void test_not_cpr_binary(void)
+{
+    static const char *const refused[][2] = {
+        { "/bin/true", "has no 'qemu-cpr' note" },
+        { "@DIR@/broken", "neither a 64-bit ELF executable nor a script" },
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start(machine, -1);
+    g_autofree char *broken = g_build_filename(vm->dir, "broken", NULL);
+    g_autofree uint64_t *before = NULL;
+    int i;
+
+    write_script(broken, "\x7f" "ELF broken");
+    vm_wait_passes(vm, 2);
+    before = vm_counters(vm);
+    for (i = 0; i < ARRAY_SIZE(refused); i++) {
+        g_autofree char *bin = g_str_equal(refused[i][0], "@DIR@/broken") ?
+                               g_strdup(broken) : g_strdup(refused[i][0]);
+        g_autofree char *err = NULL;
+
+        err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                              " {'file': %s, 'mode': 'restart',"
+                              " 'binary': %s}}", vm->state_path, bin));
+        g_assert(strstr(err, refused[i][1]));
+        g_free(err);
+        err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                              " {'mode': 'restart', 'relay': true,"
+                              " 'binary': %s}}", bin));
+        g_assert(strstr(err, refused[i][1]));
+        g_assert(!g_file_test(vm->state_path, G_FILE_TEST_EXISTS));
+    }
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    g_assert_cmpint(count_children(vm->pid), ==, 0);
+    check_moving(vm, before);
+    vm_kill(vm);
+}
+
 /* A daemonized QEMU cannot restart itself in place: blocked. */
 static void test_daemonize_blocked(void)
 {
@@ -1476,8 +1519,8 @@ static void test_exec_fails(void)
     g_autofree uint64_t *before = NULL, *after = NULL;
     g_autofree char *err = NULL;
 
-    /* Executable, but not a program: execve fails with ENOEXEC. */
-    write_script(bad, "\x7f" "ELF broken");
+    /* Executable, but its interpreter is missing: execve fails. */
+    write_script(bad, "#!/nonexistent/qemu\n");
 
     vm_wait_passes(vm, 2);
 
@@ -1593,7 +1636,7 @@ static void test_anonymous_exec_fails(void)
     g_autofree uint64_t *before = NULL, *after = NULL;
     g_autofree char *err = NULL;
 
-    write_script(bad, "\x7f" "ELF broken");
+    write_script(bad, "#!/nonexistent/qemu\n");
     err = vm_cprsave_binary_fails(vm, bad, false, &before);
     g_assert(strstr(err, "cannot execute"));
     g_assert_cmpstr(vm_status(vm), ==, "running");
@@ -3156,7 +3199,7 @@ static void test_relay_fails(void)
     g_assert_cmpstr(err, ==, "'relay' is only for mode 'restart'");
 
     /* The relay cannot start, or cannot take the state */
-    write_script(bad, "\x7f" "ELF broken");
+    write_script(bad, "#!/nonexistent/qemu\n");
     vm_relay_fails(vm, bad, "cannot execute");
     check_moving(vm, before);
     script = g_strdup_printf("#!/bin/sh\nexec %s \"$@\" -m 256\n", qemu);
@@ -3888,6 +3931,7 @@ int main(int argc, char **argv)
     add_test("restart/auto-load-fails", test_auto_load_fails);
     add_test("restart/blocked", test_blocked);
     add_test("restart/exec-fails", test_exec_fails);
+    add_test("restart/not-cpr-binary", test_not_cpr_binary);
     add_test("restart/anonymous-ram", test_anonymous_ram);
     add_test("restart/anonymous-exec-fails", test_anonymous_exec_fails);
     add_test("restart/smp", test_smp);
