@@ -9,7 +9,8 @@ QEMU      := build/qemu-system-x86_64
 
 LINUX_GUEST := build/guest/linux/stamp
 
-.PHONY: all deps build build-b guest linux-guest vfio-l1 demo check bench clean
+.PHONY: all deps build build-b guest linux-guest vfio-l1 demo check bench deb \
+        clean
 
 all: build
 
@@ -46,6 +47,10 @@ $(FUZZ_GUEST): tests/guest/fuzz-guest.c tests/guest/l2.c tests/guest/l2.h \
 	$(CC) $(L2_CFLAGS) -c -o $(@D)/fuzz-guest.o tests/guest/fuzz-guest.c
 	ld -m elf_i386 --no-warn-rwx-segments -T tests/guest/l2.ld -o $@ \
 	    $(@D)/l2.o $(@D)/fuzz-guest.o
+
+# The Debian package of build/obj's QEMU, in build/ (scripts/deb.sh)
+deb: build
+	bash scripts/deb.sh
 
 demo: build guest
 	bash scripts/demo.sh

@@ -17,7 +17,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
 fi
 
 suites=(cpr_test qemu_unit linux_e2e libvirt_e2e vfio_e2e reboot_e2e snapshot_e2e
-        fork_e2e style)
+        fork_e2e package_e2e style)
 n=0
 failed=0
 
@@ -91,6 +91,13 @@ reboot_e2e() {
 snapshot_e2e() {
     CPR_TEST_ACCEL=$accels in_session snapshot-e2e python3 \
         "$top/tests/e2e/snapshot.py"
+}
+
+# The Debian package (scripts/deb.sh): installed over Debian's
+# qemu-system-x86, upgraded under a running VM, purged
+# (tests/e2e/package-upgrade.py).
+package_e2e() {
+    in_session package-e2e python3 "$top/tests/e2e/package-upgrade.py"
 }
 
 # QEMU coding style on our C files and on every patch.

@@ -64,7 +64,7 @@ apt-get install -y -qq --no-install-recommends \
     libattr1-dev libaio-dev liburing-dev libzstd-dev libslirp-dev \
     libseccomp-dev \
     flex bison quilt patch rsync perl \
-    seabios ipxe-qemu qemu-system-data \
+    seabios ipxe-qemu qemu-system-data qemu-system-x86 \
     binutils socat iproute2 procps cpio kmod gzip \
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dbus \
     >/dev/null
