@@ -377,14 +377,20 @@ static bool qmp_cpr_quiesce(Error **errp)
 }
 
 /*
- * Called once a request is dispatched, before its answer is sent.  After
- * quit in a process that hands the VM back when it ends, the connections
- * belong to the process taking the VM back: a request sent behind quit,
- * or as soon as quit is answered, stays in the socket for it, whole
- * (read in part here, the rest would make no sense there).
+ * Called once request @req (NULL if it was no JSON object) is dispatched,
+ * before its answer @rsp is sent.  A hot-plug command that succeeded goes
+ * into the journal the new process replays (migration/cpr-hotplug.c).
+ * After quit in a process that hands the VM back when it ends, the
+ * connections belong to the process taking the VM back: a request sent
+ * behind quit, or as soon as quit is answered, stays in the socket for
+ * it, whole (read in part here, the rest would make no sense there).
  */
-void monitor_qmp_cpr_dispatched(void)
+void monitor_qmp_cpr_dispatched(QDict *req, QDict *rsp)
 {
+    if (req && qdict_haskey(rsp, "return")) {
+        cpr_hotplug_note(qdict_get_try_str(req, "execute"),
+                         qdict_get_qdict(req, "arguments"));
+    }
     if (cpr_mm_handing_back() && !qmp_cpr_quiet) {
         qmp_cpr_stop_reading();
     }

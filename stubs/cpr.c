@@ -38,6 +38,14 @@ bool cpr_mm_handing_back(void)
     return false;
 }
 
+void cpr_hotplug_note(const char *name, QDict *args)
+{
+}
+
+void cpr_hotplug_device_gone(const char *path)
+{
+}
+
 bool cpr_auto_load_wait(CprAutoLoadFn *fn, void *opaque)
 {
     return false;

@@ -107,6 +107,17 @@ bool cpr_recovery_replied(void);
 void cpr_mm_reply_sent(void);
 
 /*
+ * cpr-hotplug.c: what the VM got or lost since start-up, which the
+ * process taking it over recreates.  cpr_hotplug_note: QMP command
+ * @name succeeded with @args; cpr_hotplug_device_gone: the device at
+ * QOM path @path is gone; cpr_hotplug_replay: at start-up, once the
+ * command line's devices exist, do what the old process's journal says.
+ */
+void cpr_hotplug_note(const char *name, QDict *args);
+void cpr_hotplug_device_gone(const char *path);
+bool cpr_hotplug_replay(Error **errp);
+
+/*
  * cpr_mm_handing_back: this process was asked to quit and, when it ends,
  * the old binary takes the VM back, on the same kept connections.
  */

@@ -835,7 +835,8 @@ static void test_exec_fails(void)
     int fd, ok;
 
     fd = open("/tmp/not-a-program", O_WRONLY | O_CREAT | O_TRUNC, 0700);
-    ok = fd >= 0 && write(fd, "junk\n", 5) == 5;
+    /* A script whose interpreter is missing: execve itself fails */
+    ok = fd >= 0 && write(fd, "#!/nonexistent/qemu\n", 20) == 20;
     close(fd);
     ok = ok && cprsave_refused(", \"binary\": \"/tmp/not-a-program\"",
                                "cannot execute");

@@ -651,6 +651,15 @@ static uint64_t *check_kept(CprVm *vm, const uint64_t *before)
     return after;
 }
 
+/* check_kept() against *@before, which then holds the counters now */
+static void check_kept_update(CprVm *vm, uint64_t **before)
+{
+    uint64_t *after = check_kept(vm, *before);
+
+    g_free(*before);
+    *before = after;
+}
+
 /*
  * -serial file:PATH after an update: what the guest had written (the
  * @len bytes of @log) is still the file's start, and with @grew the
@@ -2528,6 +2537,165 @@ static int count_fds(pid_t pid)
  * guest RAM go on as they were, and -S keeps the VM paused.  Over HMP,
  * which cannot let the VM run while it waits, transfer is refused.
  */
+/* Whether QOM object @path has a child @name */
+static bool vm_has_child(CprVm *vm, const char *path, const char *name)
+{
+    QList *props = qobject_to(QList, vm_ok(vm, "{'execute': 'qom-list',"
+                                           " 'arguments': {'path': %s}}",
+                                           path));
+    QListEntry *e;
+    bool found = false;
+
+    QLIST_FOREACH_ENTRY(props, e) {
+        QDict *p = qobject_to(QDict, qlist_entry_obj(e));
+
+        found |= !strcmp(qdict_get_str(p, "name"), name) &&
+                 g_str_has_prefix(qdict_get_str(p, "type"), "child<");
+    }
+    qobject_unref(props);
+    return found;
+}
+
+/* Whether the answer to command @cmd names "@name" */
+static bool vm_answer_names(CprVm *vm, const char *cmd, const char *name)
+{
+    QObject *ret = vm_ok(vm, "{'execute': %s}", cmd);
+    g_autoptr(GString) s = qobject_to_json(ret);
+    g_autofree char *quoted = g_strdup_printf("\"%s\"", name);
+
+    qobject_unref(ret);
+    return strstr(s->str, quoted);
+}
+
+/* What the hot-plug test expects in the VM after step @step */
+static void check_hotplugged(CprVm *vm, int step)
+{
+    QObject *ret;
+
+    g_assert(vm_has_child(vm, "/machine/peripheral", "rp1"));
+    g_assert(!vm_has_child(vm, "/machine/peripheral", "con0"));
+    g_assert(vm_has_child(vm, "/machine/peripheral", "xhci"));
+    g_assert(!vm_has_child(vm, "/machine/peripheral", "kbd1"));
+    g_assert(vm_has_child(vm, "/machine/peripheral", "nic1"));
+    g_assert(vm_has_child(vm, "/machine/peripheral", "stor1") == (step < 2));
+    g_assert(vm_has_child(vm, "/objects", "sec0"));
+    g_assert(!vm_has_child(vm, "/objects", "sec1"));
+    ret = vm_ok(vm, "{'execute': 'qom-get', 'arguments':"
+                " {'path': '/machine/peripheral/nic1', 'property': 'netdev'}}");
+    g_assert_cmpstr(qstring_get_str(qobject_to(QString, ret)), ==, "hn1");
+    qobject_unref(ret);
+    g_assert(vm_answer_names(vm, "query-chardev", "ch1"));
+    g_assert(vm_answer_names(vm, "query-named-block-nodes", "nb1") ==
+             (step < 2));
+}
+
+/*
+ * What was plugged and unplugged over QMP since start-up is recreated by
+ * the process taking the VM over, through restart and then transfer: the
+ * command line's virtio console removed; a NIC on a root port (user
+ * netdev), a USB controller on another and a USB disk on it (null block
+ * node), a chardev and a secret added; a keyboard and a secret added and
+ * removed again leave no trace; and after the restart, the USB disk and
+ * its node removed.  A device added without an id blocks cprsave until
+ * it is removed.
+ */
+static void test_hotplug(void)
+{
+    /*
+     * Nothing the firmware drives (SeaBIOS runs a USB controller of the
+     * command line, which writes events over the guest's counters)
+     */
+    static const char *const extra[] = {
+        "-device", "pcie-root-port,id=rp1,chassis=1",
+        "-device", "pcie-root-port,id=rp2,chassis=2",
+        "-device", "virtio-serial-pci,id=vser",
+        "-chardev", "null,id=cn0",
+        "-device", "virtconsole,id=con0,chardev=cn0,bus=vser.0", NULL
+    };
+    g_autofree char *machine = memfd_machine();
+    CprVm *vm = vm_start_args(machine, -1, extra, CONSOLE_FILE);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+    QDict *info, *resp;
+    int i;
+
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'device_del',"
+                        " 'arguments': {'id': 'con0'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'device_add', 'arguments':"
+                        " {'driver': 'qemu-xhci', 'id': 'xhci',"
+                        " 'bus': 'rp2'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'netdev_add',"
+                        " 'arguments': {'type': 'user', 'id': 'hn1'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'device_add', 'arguments':"
+                        " {'driver': 'virtio-net-pci', 'id': 'nic1',"
+                        " 'netdev': 'hn1', 'bus': 'rp1'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'blockdev-add', 'arguments':"
+                        " {'driver': 'null-co', 'node-name': 'nb1'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'device_add', 'arguments':"
+                        " {'driver': 'usb-storage', 'id': 'stor1',"
+                        " 'drive': 'nb1', 'bus': 'xhci.0'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'chardev-add', 'arguments':"
+                        " {'id': 'ch1', 'backend': {'type': 'null',"
+                        " 'data': {}}}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'object-add', 'arguments':"
+                        " {'qom-type': 'secret', 'id': 'sec0',"
+                        " 'data': 'kept'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'device_add', 'arguments':"
+                        " {'driver': 'usb-kbd', 'id': 'kbd1',"
+                        " 'bus': 'xhci.0'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'device_del',"
+                        " 'arguments': {'id': 'kbd1'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'object-add', 'arguments':"
+                        " {'qom-type': 'secret', 'id': 'sec1',"
+                        " 'data': 'gone'}}"));
+    qobject_unref(vm_ok(vm, "{'execute': 'object-del',"
+                        " 'arguments': {'id': 'sec1'}}"));
+
+    /* Without an id: a blocker until it is gone */
+    qobject_unref(vm_ok(vm, "{'execute': 'device_add', 'arguments':"
+                        " {'driver': 'usb-mouse', 'bus': 'xhci.0'}}"));
+    info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    {
+        g_autoptr(GString) s = qobject_to_json(QOBJECT(info));
+
+        g_assert(strstr(s->str, "/machine/peripheral-anon/device[0]"));
+    }
+    qobject_unref(info);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprsave', 'arguments':"
+                          " {'file': %s, 'mode': 'restart'}}",
+                          vm->state_path));
+    g_assert(strstr(err, "blocked by '/machine/peripheral-anon/device[0]'"));
+    qobject_unref(vm_ok(vm, "{'execute': 'device_del', 'arguments':"
+                        " {'id': '/machine/peripheral-anon/device[0]'}}"));
+    check_hotplugged(vm, 0);
+
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_kept_update(vm, &before);
+    check_hotplugged(vm, 1);
+
+    /* The journal goes on in the new process */
+    qobject_unref(vm_ok(vm, "{'execute': 'device_del',"
+                        " 'arguments': {'id': 'stor1'}}"));
+    /* The USB disk lets go of its node once it is finalized */
+    for (i = 0; (resp = vm_qmp(vm, "{'execute': 'blockdev-del', 'arguments':"
+                               " {'node-name': 'nb1'}}")) &&
+                qdict_haskey(resp, "error"); i++) {
+        g_assert_cmpint(i, <, WAIT_SECONDS * 100);
+        qobject_unref(resp);
+        g_usleep(10 * 1000);
+    }
+    qobject_unref(resp);
+    vm_transfer(vm, vm_start_incoming(vm, NULL));
+    g_assert_cmpstr(vm_status(vm), ==, "running");
+    check_kept_update(vm, &before);
+    check_hotplugged(vm, 2);
+    vm_kill(vm);
+}
+
 static void test_transfer_round_trip(void)
 {
     static const char *const paused[] = { "-S", NULL };
@@ -2549,8 +2717,7 @@ static void test_transfer_round_trip(void)
         new_pid = vm_start_incoming(vm, NULL);
         vm_transfer(vm, new_pid);
         g_assert_cmpstr(vm_status(vm), ==, "running");
-        g_free(before);
-        before = check_kept(vm, before);
+        check_kept_update(vm, &before);
         /* The console log went on in the same file, nothing lost */
         check_log_kept(vm, log, log_len, true);
         g_clear_pointer(&log, g_free);
@@ -2598,8 +2765,7 @@ static void test_transfer_anonymous(void)
         new_pid = vm_start_incoming(vm, NULL);
         vm_transfer(vm, new_pid);
         g_assert_cmpstr(vm_status(vm), ==, "running");
-        g_free(before);
-        before = check_kept(vm, before);
+        check_kept_update(vm, &before);
         g_assert(vm_maps_memfd(vm, "mem"));
     }
     vm_kill(vm);
@@ -3130,8 +3296,7 @@ static void test_relay(void)
         vm_relay(vm, "running");
         g_assert_cmpint(vm->pid, ==, pid);
         g_assert_cmpint(count_children(pid), ==, 0);
-        g_free(before);
-        before = check_kept(vm, before);
+        check_kept_update(vm, &before);
         check_log_kept(vm, log, log_len, true);
         g_assert(g_file_get_contents(pidfile, &pids, NULL, NULL));
         g_assert_cmpint(atoi(pids), ==, pid);
@@ -3221,11 +3386,9 @@ static void test_relay_fails(void)
     vm_relay_fails(vm, once, "the VM is back in the binary that ran it");
     g_assert_cmpint(vm->pid, ==, pid);
     g_assert_cmpstr(vm_status(vm), ==, "running");
-    g_free(before);
-    before = check_kept(vm, before);
+    check_kept_update(vm, &before);
     vm_relay(vm, "running");
-    g_free(before);
-    before = check_kept(vm, before);
+    check_kept_update(vm, &before);
 
     /*
      * The new binary runs as the relay but fails in this PID: the relay
@@ -3948,6 +4111,7 @@ int main(int argc, char **argv)
     add_test("restart/relay", test_relay);
     add_test("restart/relay-fails", test_relay_fails);
     add_test("transfer/round-trip", test_transfer_round_trip);
+    add_test("hotplug/restart-transfer", test_hotplug);
     add_test("transfer/anonymous-ram", test_transfer_anonymous);
     add_test("transfer/sandbox", test_transfer_sandbox);
     add_test("transfer/fails", test_transfer_fails);
