@@ -14,8 +14,13 @@ CPR_SOAK (number of updates in the soak, 50), CPR_TRANSFER_SOAK (number
 of transfers in the transfer soak, 10), CPR_RELAY_SOAK (number of
 relayed updates, 10)."""
 
+import fcntl
+import json
 import os
+import socket
 import statistics
+import struct
+import subprocess
 import sys
 import time
 
@@ -27,6 +32,14 @@ import linuxvm  # noqa: E402
 QEMU_A = cprlib.QEMU
 QEMU_B = os.path.join(cprlib.TOP, "build", "qemu-system-x86_64-b")
 RNG = "virtio-rng-pci,id=rng0"
+# The VM's devices beyond linuxvm's: the rng, which a build without it
+# refuses, and two PCIe root ports for hot-plug
+EXTRA = ["-device", RNG,
+         "-device", "pcie-root-port,id=rp1,chassis=1",
+         "-device", "pcie-root-port,id=rp2,chassis=2"]
+HOT_TAP = "cprtap5"
+TUNSETIFF = 0x400454ca
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 SANDBOX = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,"
            "spawn=deny,resourcecontrol=deny"]
 
@@ -120,7 +133,7 @@ def check_running_after(what, pid):
 def boot():
     global vm
     vm = linuxvm.LinuxVm(accel=os.environ.get("CPR_TEST_ACCEL", "tcg"),
-                         extra=["-device", RNG])
+                         extra=EXTRA)
     vm.start()
     st = vm.watch.snapshot()
     diag("guest up %d ms, heartbeat %d, mem passes %d, net %d, vda %d, "
@@ -420,7 +433,7 @@ def reboot_mode_to_build_b():
     linuxvm.drop_caches()
 
     vm = linuxvm.LinuxVm(binary=QEMU_B, workdir=old.dir, watch=old.watch,
-                         incoming="defer", extra=["-device", RNG])
+                         incoming="defer", extra=EXTRA)
     vm.lsock = lsock
     linuxvm.readdress_peer(vm.tap, mac)
     t0 = time.monotonic()
@@ -435,15 +448,109 @@ def reboot_mode_to_build_b():
          (version(), load * 1e3, st0["hb"], st1["hb"]))
 
 
+def pci_ids():
+    """The qdev ids of the VM's PCI devices, behind bridges too."""
+    ids = []
+
+    def walk(devices):
+        for d in devices:
+            ids.append(d.get("qdev_id"))
+            walk(d.get("pci_bridge", {}).get("devices", []))
+    for bus in vm.qmp.cmd("query-pci"):
+        walk(bus["devices"])
+    return ids
+
+
+def tap_ifindex(name):
+    try:
+        with open("/sys/class/net/%s/ifindex" % name) as f:
+            return int(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def getfd(fd, name):
+    """QMP getfd: @fd passed over the QMP socket, as libvirt passes a tap."""
+    msg = json.dumps({"execute": "getfd", "arguments": {"fdname": name}})
+    socket.send_fds(vm.qmp.sock, [msg.encode() + b"\n"], [fd])
+    while True:
+        resp = vm.qmp._recv()
+        if resp is None or "event" not in resp:
+            break
+    assert resp and "return" in resp, "getfd: %s" % resp
+
+
+def wait_hot_disk(timeout=60):
+    return linuxvm.wait_watch(vm.watch, timeout, vm.alive,
+                              parts=("mem", "vda", "vdb", "vdc"))
+
+
+@case
+def hotplug_disk_and_nic():
+    """As libvirt hot-plugs them, over QMP: a qcow2 disk (blockdev-add of
+    its file and format nodes, device_add on a root port), which the guest
+    finds and writes records to, and a NIC on a tap that the manager
+    created and passed with getfd.  Both are carried through an update, a
+    transfer and a relayed update (the guest's records on the disk go on,
+    the tap is the same interface); then the guest lets the NIC go
+    (device_del), its netdev is removed, and an update carries that too.
+    The disk's records are checked on its image at the end."""
+    img = os.path.join(vm.dir, "hot.qcow2")
+    subprocess.run([linuxvm.QEMU_IMG, "create", "-q", "-f", "qcow2", img,
+                    "%dM" % linuxvm.DISK_MB], check=True)
+    vm.qmp.cmd("blockdev-add", driver="file", filename=img,
+               **{"node-name": "hotfile"})
+    vm.qmp.cmd("blockdev-add", driver="qcow2", file="hotfile",
+               **{"node-name": "hotdisk-fmt"})
+    vm.qmp.cmd("device_add", driver="virtio-blk-pci", id="hotdisk",
+               drive="hotdisk-fmt", bus="rp1")
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", HOT_TAP.encode(),
+                                           IFF_TAP | IFF_NO_PI |
+                                           IFF_VNET_HDR))
+    getfd(fd, "hotnet-fd")
+    os.close(fd)
+    vm.qmp.cmd("netdev_add", type="tap", id="hotnet", fd="hotnet-fd")
+    vm.qmp.cmd("device_add", driver="virtio-net-pci", id="hotnic",
+               netdev="hotnet", bus="rp2")
+    ifindex = tap_ifindex(HOT_TAP)
+    st = wait_hot_disk()
+    diag("the guest writes to the hot-plugged disk: %d records" % st["vdc"])
+    vm.hot_disk = img
+    for move in (vm.update, vm.transfer, vm.relay):
+        move()
+        ids = pci_ids()
+        assert "hotdisk" in ids and "hotnic" in ids, "devices: %s" % ids
+        assert tap_ifindex(HOT_TAP) == ifindex, "the tap was not kept"
+        st = wait_hot_disk()
+    vm.qmp.cmd("device_del", id="hotnic")
+    deadline = time.monotonic() + 60
+    while "hotnic" in pci_ids():
+        assert time.monotonic() < deadline, "the guest did not let the " \
+            "NIC go"
+        time.sleep(0.1)
+    vm.qmp.cmd("netdev_del", id="hotnet")
+    assert tap_ifindex(HOT_TAP) is None, "the tap outlived its netdev"
+    vm.update()
+    ids = pci_ids()
+    assert "hotdisk" in ids and "hotnic" not in ids, "devices: %s" % ids
+    st = wait_hot_disk()
+    diag("after 4 updates: %d records on the hot-plugged disk" % st["vdc"])
+
+
 @case
 def powerdown_and_disks_intact():
     st = vm.wait_progress()
     vm.powerdown()
     assert vm.watch.poweroff, "guest did not see the power button"
     problems = vm.check_disks()
+    hot = getattr(vm, "hot_disk", None)
+    if hot:
+        problems += linuxvm.check_disk(hot, "qcow2", st["vdc"])
     assert not problems, "; ".join(problems)
-    diag("raw: %d records, qcow2: %d records checked on the images" %
-         (st["vda"], st["vdb"]))
+    diag("raw: %d records, qcow2: %d records, hot-plugged qcow2: %d "
+         "records checked on the images" % (st["vda"], st["vdb"],
+                                            st["vdc"]))
 
 
 if __name__ == "__main__":

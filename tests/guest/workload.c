@@ -5,7 +5,8 @@
  *
  *  - heartbeat: "H <seq>" on /dev/ttyS0 every millisecond, and once a second
  *    a status line "S <seq> up=<ms> rtc=<RTC seconds> mem=<passes>
- *    net=<records> vda=<records> vdb=<records> err=<errors>" on ttyS0, and
+ *    net=<records> vda=<records> vdb=<records> vdc=<records> err=<errors>"
+ *    on ttyS0, and
  *    on ttyS1 and ttyS2 where the VM has them;
  *  - memory: fills a region with a pattern that depends on the pass and
  *    verifies it before the next pass;
@@ -13,6 +14,7 @@
  *    records;
  *  - disks: numbered 512-byte records written round-robin to each virtio
  *    disk with O_DIRECT, read back at once, and older records re-read;
+ *    /dev/vdc, if the host hot-plugs a third disk, from when it appears;
  *  - power button: ACPI power button press powers the guest off, so that
  *    "virsh shutdown" works.
  *
@@ -53,7 +55,7 @@
 
 /* Written by one thread, read by the heartbeat: no stale copies. */
 static volatile uint64_t mem_passes, net_records, errors;
-static volatile uint64_t disk_records[2];   /* likewise */
+static volatile uint64_t disk_records[3];   /* likewise */
 static char last_error[160];
 static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
 static int tty0 = -1, tty1 = -1, tty2 = -1;
@@ -169,7 +171,7 @@ static void heartbeat(void)
             pthread_mutex_lock(&err_lock);
             n = snprintf(line, sizeof(line),
                          "S %llu up=%llu rtc=%llu mem=%llu net=%llu "
-                         "vda=%llu vdb=%llu err=%llu\n",
+                         "vda=%llu vdb=%llu vdc=%llu err=%llu\n",
                          (unsigned long long)seq,
                          (unsigned long long)now_ms(CLOCK_BOOTTIME),
                          (unsigned long long)rtc_seconds(),
@@ -177,6 +179,7 @@ static void heartbeat(void)
                          (unsigned long long)net_records,
                          (unsigned long long)disk_records[0],
                          (unsigned long long)disk_records[1],
+                         (unsigned long long)disk_records[2],
                          (unsigned long long)errors);
             if (errors && last_error[0]) {
                 n += snprintf(line + n, sizeof(line) - n, "E %s\n",
@@ -288,9 +291,10 @@ struct disk {
     pthread_mutex_t lock;
 };
 
-static struct disk disks[2] = {
+static struct disk disks[3] = {
     { 0, "/dev/vda", PTHREAD_MUTEX_INITIALIZER },
     { 1, "/dev/vdb", PTHREAD_MUTEX_INITIALIZER },
+    { 2, "/dev/vdc", PTHREAD_MUTEX_INITIALIZER },   /* hot-plugged */
 };
 
 static void fill_record(uint8_t *rec, uint64_t seq, uint64_t sector)
@@ -482,6 +486,17 @@ static void *poweroff_watchdog(void *opaque)
     return NULL;
 }
 
+/* The third disk, hot-plugged by the host: written once it shows up */
+static void *hotplug_disk_watcher(void *opaque)
+{
+    struct disk *d = opaque;
+
+    while (access(d->path, F_OK) < 0) {
+        usleep(100 * 1000);
+    }
+    return disk_worker(d);
+}
+
 static void *power_worker(void *opaque)
 {
     struct input_event ev;
@@ -527,6 +542,7 @@ static void *power_worker(void *opaque)
             /* Held until the end: no record is written after this. */
             pthread_mutex_lock(&disks[0].lock);
             pthread_mutex_lock(&disks[1].lock);
+            pthread_mutex_lock(&disks[2].lock);
             write_all(tty0, "P disks idle\n", 13);
             sync();
             write_all(tty0, "P synced\n", 9);
@@ -561,6 +577,7 @@ int main(void)
             pthread_create(&t, NULL, disk_worker, &disks[i]);
         }
     }
+    pthread_create(&t, NULL, hotplug_disk_watcher, &disks[2]);
     pthread_create(&t, NULL, power_worker, NULL);
     heartbeat();
     return 0;
