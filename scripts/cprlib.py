@@ -314,10 +314,15 @@ def console_lines(args, log_name):
 class Tap:
     """TAP version 14 for a test script: @case registers a function as a
     test (named after it), run() runs them all in order, a failing one
-    reported with its message and the rest run."""
+    reported with its message and the rest run (or, with @stop, none
+    after it: each case needs the one before).  @check, if given, is
+    called after each case that passed and returns what went wrong
+    meanwhile (a list of messages), which fails the case."""
 
-    def __init__(self):
+    def __init__(self, check=None, stop=False):
         self.cases = []
+        self.check = check
+        self.stop = stop
 
     def case(self, fn):
         self.cases.append(fn)
@@ -336,6 +341,9 @@ class Tap:
             name = fn.__name__.replace("_", "-")
             try:
                 fn()
+                errs = self.check() if self.check else []
+                if errs:
+                    raise AssertionError("; ".join(errs[:5]))
                 print("ok %d - %s" % (i, name), flush=True)
             except Exception as e:  # report and go on
                 failed = 1
@@ -343,6 +351,8 @@ class Tap:
                 for line in str(e).splitlines() or [type(e).__name__]:
                     self.diag(line)
                 sys.stdout.flush()
+                if self.stop:
+                    break
         return failed
 
 

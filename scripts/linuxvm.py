@@ -336,6 +336,19 @@ def wait_watch(watch, timeout, alive, net=True,
         time.sleep(0.05)
 
 
+def pci_ids(query_pci):
+    """The qdev ids in a query-pci answer, behind bridges too."""
+    ids = []
+
+    def walk(devices):
+        for d in devices:
+            ids.append(d.get("qdev_id"))
+            walk(d.get("pci_bridge", {}).get("devices", []))
+    for bus in query_pci:
+        walk(bus["devices"])
+    return ids
+
+
 def make_disks(workdir):
     """The raw and the qcow2 image the workload writes records to."""
     paths = []

@@ -290,15 +290,7 @@ def hot_xml(name, text):
 
 
 def pci_ids():
-    ids = []
-
-    def walk(devices):
-        for d in devices:
-            ids.append(d.get("qdev_id"))
-            walk(d.get("pci_bridge", {}).get("devices", []))
-    for bus in monitor("query-pci"):
-        walk(bus["devices"])
-    return ids
+    return linuxvm.pci_ids(monitor("query-pci"))
 
 
 def wait_hot_disk():

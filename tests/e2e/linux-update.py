@@ -449,16 +449,7 @@ def reboot_mode_to_build_b():
 
 
 def pci_ids():
-    """The qdev ids of the VM's PCI devices, behind bridges too."""
-    ids = []
-
-    def walk(devices):
-        for d in devices:
-            ids.append(d.get("qdev_id"))
-            walk(d.get("pci_bridge", {}).get("devices", []))
-    for bus in vm.qmp.cmd("query-pci"):
-        walk(bus["devices"])
-    return ids
+    return linuxvm.pci_ids(vm.qmp.cmd("query-pci"))
 
 
 def tap_ifindex(name):

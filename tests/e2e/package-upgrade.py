@@ -33,20 +33,19 @@ DEB_SH = os.path.join(cprlib.TOP, "scripts", "deb.sh")
 DEBIAN_VERSION = open(os.path.join(cprlib.TOP, "build", "pristine",
                                    ".debian-version")).read().strip()
 
-results = []
 vm = None
 work = None
 debs = {}
 before = None
 
 
-def diag(msg):
-    print("# " + msg, flush=True)
+def watch_errors():
+    return vm.watch.snapshot()["errors"] if vm else []
 
 
-def case(fn):
-    results.append(fn)
-    return fn
+# Each case needs the one before it
+tap = cprlib.Tap(check=watch_errors, stop=True)
+case, diag = tap.case, tap.diag
 
 
 def sh(*cmd):
@@ -169,28 +168,6 @@ def purge_restores_host():
     assert after == before, "before: %s; after: %s" % (before, after)
 
 
-def run():
-    print("TAP version 14")
-    print("1..%d" % len(results), flush=True)
-    failed = 0
-    for i, fn in enumerate(results, 1):
-        name = fn.__name__.replace("_", "-")
-        try:
-            fn()
-            errs = vm.watch.snapshot()["errors"] if vm else []
-            if errs:
-                raise AssertionError("; ".join(errs[:5]))
-            print("ok %d - %s" % (i, name), flush=True)
-        except Exception as e:  # report, and stop: each case needs the last
-            failed += 1
-            print("not ok %d - %s" % (i, name))
-            for line in str(e).splitlines() or [type(e).__name__]:
-                diag(line)
-            sys.stdout.flush()
-            break
-    return failed
-
-
 if __name__ == "__main__":
     if installed(PKG):
         print("Bail out! %s is installed on this host; this test installs "
@@ -199,7 +176,7 @@ if __name__ == "__main__":
     linuxvm.in_netns("cpr-deb")
     before = host_state()
     try:
-        failed = run()
+        failed = tap.run()
     finally:
         if vm:
             vm.kill()
