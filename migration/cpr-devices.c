@@ -24,6 +24,7 @@
 #include "hw/boards.h"
 #include "io/channel-buffer.h"
 #include "sysemu/cpus.h"
+#include "sysemu/kvm.h"
 #include "sysemu/reset.h"
 #include "sysemu/runstate.h"
 #include "migration/qemu-file.h"
@@ -265,6 +266,14 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
     memory_region_transaction_begin_batched();
     ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
     memory_region_transaction_commit_batched();
+    /*
+     * A process that took a VM over has KVM's memory map held until now
+     * (kvm_hold_memory_map()): the CPUs' registers may point into guest
+     * memory (kvmclock, PV EOI, async page faults)
+     */
+    if (kvm_enabled()) {
+        kvm_release_memory_map();
+    }
     if (ret < 0) {
         cpr_devices_half_loaded = true;
         error_setg(errp, "cannot load device state (%s); see the error log "

@@ -40,6 +40,7 @@
 #include "exec/ram_addr.h"
 #include "migration/blocker.h"
 #include "migration/cpr.h"
+#include "sysemu/kvm.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
 #include "cpr-internal.h"
@@ -397,8 +398,15 @@ static void cpr_fork_connect(void *opaque)
     error_free(err);
     if (first) {
         trace_cpr_fork_child_waiting(cpr_fork_channel);
-        /* Buffers for the state to come, and for a fork of this child */
+        /*
+         * Buffers for the state to come, and for a fork of this child;
+         * KVM's memory slots for the map as it is (the state changes
+         * only a few)
+         */
         cpr_devices_prepare_save();
+        if (kvm_enabled()) {
+            kvm_release_memory_slots();
+        }
         cpr_fork_retry = timer_new_us(QEMU_CLOCK_REALTIME, cpr_fork_connect,
                                       NULL);
         if (cpr_fork_watch_dir()) {

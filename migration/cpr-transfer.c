@@ -40,6 +40,7 @@
 #include "qemu/timer.h"
 #include "block/block.h"
 #include "migration/cpr.h"
+#include "sysemu/kvm.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
 #include "cpr-internal.h"
@@ -341,6 +342,10 @@ static void cpr_transfer_started(void)
         return;
     }
     cpr_devices_prepare_load();
+    /* KVM's memory slots before the VM stops: the state changes a few */
+    if (kvm_enabled()) {
+        kvm_release_memory_slots();
+    }
     if (!cpr_channel_send(cpr_transfer_in, CPR_MSG_READY, NULL, 0, NULL, 0,
                           &err)) {
         error_prepend(&err, "the old QEMU: ");

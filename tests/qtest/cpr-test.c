@@ -3565,6 +3565,84 @@ static void test_fork(void)
     vm_kill(vm);
 }
 
+/*
+ * The KVM memory slots a process made before its VM ran, as its trace
+ * log (kvm_set_user_memory, cpr_load_done) at @log shows: each is made
+ * once, none is changed or deleted
+ */
+static void check_slots_made_once(const char *log)
+{
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash,
+                                                       g_str_equal, g_free,
+                                                       NULL);
+    bool loaded = false;
+
+    g_assert(g_file_get_contents(log, &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    for (int i = 0; lines[i] && !loaded; i++) {
+        const char *slot = strstr(lines[i], "kvm_set_user_memory Slot#");
+
+        loaded = strstr(lines[i], "cpr_load_done") != NULL;
+        if (slot) {
+            slot += strlen("kvm_set_user_memory ");
+            g_assert(!strstr(slot, " size=0x0 "));
+            g_assert(g_hash_table_add(seen,
+                                      g_strndup(slot, strcspn(slot, " "))));
+        }
+    }
+    g_assert(loaded);
+    /* Low RAM, the rest of RAM, the BIOS at least */
+    g_assert_cmpuint(g_hash_table_size(seen), >=, 3);
+}
+
+/*
+ * Under KVM, a process that takes a VM over (a fork child started after
+ * the fork, the new binary of an update) gives KVM the memory map the
+ * VM's state sets up, once: each change of a KVM memory slot waits for
+ * an SRCU grace period in the kernel, some for milliseconds.
+ */
+static void test_kvm_slots_once(void)
+{
+    g_autofree char *machine = memfd_machine();
+    const char *const trace[] = {
+        "-d", "trace:kvm_set_user_memory,trace:cpr_load_done",
+        "-D", "@DIR@/trace.log", NULL
+    };
+    CprVm *vm = vm_start_args(machine, -1, trace, CONSOLE_FILE);
+    g_autofree char *path = g_build_filename(vm->dir, "fork.sock", NULL);
+    g_autofree char *incoming = g_strdup_printf("cpr-fork:unix:%s", path);
+    g_autofree char *log = g_build_filename(vm->dir, "trace.log", NULL);
+    g_autofree char *child_log = g_build_filename(vm->dir, "child.log",
+                                                  NULL);
+    const char *const child_args[] = {
+        "-incoming", incoming, "-d",
+        "trace:kvm_set_user_memory,trace:cpr_load_done", "-D", child_log,
+        NULL
+    };
+    g_autofree uint64_t *point = NULL;
+    CprVm *child;
+
+    /* The new binary of an update: it truncates the log at its start */
+    vm_wait_passes(vm, 2);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    check_slots_made_once(log);
+    vm_wait_passes(vm, 2);
+
+    /* A fork child started after the fork */
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-fork', 'arguments':"
+                        " {'channel': %s}}", incoming + strlen("cpr-fork:")));
+    point = vm_counters(vm);
+    child = vm_start_args(machine, -1, child_args, CONSOLE_FILE);
+    check_slots_made_once(child_log);
+    check_moving(child, point);
+    vm_kill(child);
+    unlink(path);
+    vm_kill(vm);
+}
+
 /* cpr-fork refused: RAM not in memfds, a bad channel; nothing changes */
 static void test_fork_refused(void)
 {
@@ -4072,6 +4150,25 @@ static void add_test(const char *name, void (*fn)(void))
     }
 }
 
+/* A case that tests what only one accelerator @accel does, if listed */
+static void add_test_accel(const char *name, void (*fn)(void),
+                           const char *accel)
+{
+    g_auto(GStrv) accels = g_strsplit(getenv("CPR_TEST_ACCEL") ?: "tcg",
+                                      ",", -1);
+    CprTestCase *tc;
+    g_autofree char *path = NULL;
+
+    if (!g_strv_contains((const char *const *)accels, accel)) {
+        return;
+    }
+    tc = g_new0(CprTestCase, 1);
+    tc->accel = g_strdup(accel);
+    tc->fn = fn;
+    path = g_strdup_printf("/cpr/%s/%s", accel, name);
+    g_test_add_data_func(path, tc, run_case);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -4123,6 +4220,7 @@ int main(int argc, char **argv)
     add_test("fork/children", test_fork);
     add_test("fork/refused", test_fork_refused);
     add_test("fork/waiting", test_fork_waiting);
+    add_test_accel("fork/kvm-slots-once", test_kvm_slots_once, "kvm");
     add_test("checkpoint/round-trip", test_checkpoint);
     add_test("checkpoint/refused", test_checkpoint_refused);
     add_test("checkpoint/during-cprsave", test_checkpoint_during_cprsave);
