@@ -13,12 +13,19 @@ anonymous update is the first one of a fresh VM (after it, RAM is in
 memfds).  The peak of extra memory is the memfd copy of every touched
 page, freed again once the VM runs in the new binary.
 
+Then the pause with guest RAM on 2 MiB huge pages, in a memfd
+(hugetlb=on: the update needs as many free huge pages again for a
+moment) and in a file on hugetlbfs (share=on), next to memfd RAM on
+4 KiB pages, with 1 vCPU (needs root: vm.nr_hugepages, mount).
+
 Environment: CPR_BENCH_SIZES (GiB, default "1 16"), CPR_BENCH_CPUS
 (default "1 4"), CPR_BENCH_RUNS (default 3), CPR_ACCEL (default tcg).
 """
 
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -27,10 +34,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 import cprlib  # noqa: E402
 
 
-def one_update(gib, cpus, machine, accel):
+def one_update(gib, cpus, machine, accel, extra=()):
     """(pause, time from the cprsave request to STOP) in seconds"""
     vm = cprlib.Vm(gib * 1024, machine=machine, accel=accel,
-                   extra=["-smp", str(cpus)])
+                   extra=["-smp", str(cpus)] + list(extra))
     try:
         vm.wait_passes(1)           # every page of RAM touched once
         since = len(vm.qmp.events)
@@ -47,6 +54,56 @@ def one_update(gib, cpus, machine, accel):
 def row(values):
     return "%.1f ms (%.1f-%.1f)" % (statistics.median(values) * 1e3,
                                     min(values) * 1e3, max(values) * 1e3)
+
+
+def huge_pages(n=None):
+    """vm.nr_hugepages (2 MiB pages), set to @n first if given"""
+    path = "/proc/sys/vm/nr_hugepages"
+    if n is not None:
+        with open(path, "w") as f:
+            f.write("%d\n" % n)
+    with open(path) as f:
+        return int(f.read())
+
+
+def huge_rows(gib, accel, runs):
+    """Pauses with guest RAM on 2 MiB huge pages, a memfd (hugetlb=on)
+    and a file on hugetlbfs, next to memfd RAM on 4 KiB pages"""
+    pages = gib * 512
+    before = huge_pages()
+    mnt = cprlib.tempfile.mkdtemp(prefix="cpr-huge-")
+    # The memfd case: the new binary maps a block of its own first
+    if huge_pages(before + 2 * pages + 16) < before + 2 * pages + 16:
+        huge_pages(before)
+        os.rmdir(mnt)
+        print("huge pages: cannot reserve %d MiB of them" % (4 * pages))
+        return
+    subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none",
+                    mnt], check=True)
+    machine = "q35,memfd-alloc=on,memory-backend=mem"
+    kinds = (
+        ["-object", "memory-backend-memfd,id=mem,size=%dG,hugetlb=on,"
+         "hugetlbsize=2M" % gib],
+        ["-object", "memory-backend-file,id=mem,size=%dG,mem-path=%s,"
+         "share=on" % (gib, os.path.join(mnt, "ram"))],
+    )
+    try:
+        plain, huge = [], ([], [])
+        for _ in range(runs):
+            plain.append(one_update(gib, 1, "q35,memfd-alloc=on", accel)[0])
+            for k, extra in enumerate(kinds):
+                huge[k].append(one_update(gib, 1, machine, accel, extra)[0])
+                if os.path.exists(os.path.join(mnt, "ram")):
+                    os.unlink(os.path.join(mnt, "ram"))
+    finally:
+        subprocess.run(["umount", mnt], check=False)
+        os.rmdir(mnt)
+        huge_pages(before)
+    print("| %d GiB | 1 | %s | %s (%.2fx) | %s (%.2fx) |"
+          % (gib, row(plain), row(huge[0]),
+             statistics.median(huge[0]) / statistics.median(plain),
+             row(huge[1]),
+             statistics.median(huge[1]) / statistics.median(plain)))
 
 
 def main():
@@ -83,6 +140,25 @@ def main():
     print()
     for t in targets:
         print(t)
+
+    print()
+    print("Guest RAM on 2 MiB huge pages, accel %s, %d updates each "
+          "(cprsave restart + cprload)" % (accel, runs))
+    print()
+    print("| guest RAM | vCPUs | pause, memfd RAM (4 KiB pages) "
+          "| pause, memfd on huge pages (hugetlb=on) "
+          "| pause, file on hugetlbfs (share=on) |")
+    print("|---|---|---|---|---|")
+    with open("/proc/meminfo") as f:
+        avail_gib = int(re.search(r"^MemAvailable:\s+(\d+)", f.read(),
+                                  re.M).group(1)) / (1 << 20)
+    for gib in sizes:
+        # The memfd case holds twice the guest's RAM in huge pages
+        if 2 * gib + 2 <= avail_gib:
+            huge_rows(gib, accel, runs)
+        else:
+            print("| %d GiB | 1 | not measured: twice the guest's RAM in "
+                  "huge pages is more than this host has free | | |" % gib)
 
 
 if __name__ == "__main__":

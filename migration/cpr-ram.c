@@ -428,7 +428,15 @@ static int cpr_ram_huge_need(RAMBlock *rb, void *opaque)
     GHashTable *need = opaque;
     size_t size = qemu_ram_pagesize(rb);
     gpointer key = GSIZE_TO_POINTER(size);
+    struct stat st;
 
+    /*
+     * A file with a name (on hugetlbfs) is opened again by the new
+     * binary, whose mapping shares the pages the file has
+     */
+    if (rb->fd >= 0 && fstat(rb->fd, &st) == 0 && st.st_nlink > 0) {
+        return 0;
+    }
     if (qemu_ram_is_migratable(rb) && size > qemu_real_host_page_size()) {
         g_hash_table_insert(need, key, GSIZE_TO_POINTER(
             GPOINTER_TO_SIZE(g_hash_table_lookup(need, key)) +

@@ -2229,6 +2229,102 @@ static void test_reboot_file_backend(void)
     rm_dir(dir);
 }
 
+/* HugePages_Free of /proc/meminfo */
+static long huge_pages_free(void)
+{
+    g_autofree char *text = NULL;
+    const char *p;
+
+    g_assert(g_file_get_contents("/proc/meminfo", &text, NULL, NULL));
+    p = strstr(text, "HugePages_Free:");
+    g_assert(p);
+    return atol(p + strlen("HugePages_Free:"));
+}
+
+/*
+ * Guest RAM in a file on hugetlbfs (memory-backend-file, share=on): the
+ * new binary of an update maps the same file, so the update needs no
+ * free huge page and the guest keeps its pages.  Through reboot mode the
+ * pages go into the state file (hugetlbfs does not outlive the host's
+ * kernel) and come back into the new file of a fresh QEMU.
+ */
+static void test_hugetlbfs_file(void)
+{
+    long guest = GUEST_RAM_MB / 2, before_test = huge_pages(-1), free0;
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *mnt = g_build_filename(dir, "huge", NULL);
+    g_autofree char *ram = g_build_filename(mnt, "ram", NULL);
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree char *obj = g_strdup_printf(
+        "memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on",
+        GUEST_RAM_MB, ram);
+    const char *const args[] = {
+        "-object", obj, "-machine", "memory-backend=mem", NULL
+    };
+    g_autofree uint64_t *before = NULL, *after = NULL;
+    CprVm *vm;
+
+    /* The guest's pages, and no more */
+    g_assert_cmpint(huge_pages(before_test + guest), ==, before_test + guest);
+    g_assert(mkdir(mnt, 0700) == 0);
+    g_assert(mount("none", mnt, "hugetlbfs", 0, "pagesize=2M") == 0);
+    free0 = huge_pages_free();
+    vm = vm_start_args("q35,memfd-alloc=on", -1, args, CONSOLE_FILE);
+    vm_wait_passes(vm, 2);
+    /* The guest wrote every page of its RAM: all on huge pages */
+    g_assert_cmpint(huge_pages_free(), ==, free0 - guest);
+    before = vm_counters(vm);
+    vm_cprsave_restart(vm);
+    vm_cprload(vm, vm->state_path);
+    after = check_kept(vm, before);
+    g_assert_cmpint(huge_pages_free(), ==, free0 - guest);
+
+    vm_cprsave_reboot(vm, file);
+    g_free(before);
+    before = vm_counters(vm);
+    check_consistent(before);
+    g_assert_cmpuint(allocated(file), >, 16 * MiB);
+    vm_quit(vm);
+    /* What a reboot does to hugetlbfs */
+    g_assert(unlink(ram) == 0);
+    g_assert_cmpint(huge_pages_free(), ==, free0);
+    drop_caches();
+    vm = vm_start_defer("q35,memfd-alloc=on", args);
+    vm_cprload(vm, file);
+    g_free(after);
+    after = vm_counters(vm);
+    check_not_behind(before, after);
+    check_consistent(after);
+    check_moving(vm, after);
+    g_assert_cmpint(huge_pages_free(), ==, free0 - guest);
+    vm_kill(vm);
+    g_assert(umount(mnt) == 0);
+    g_assert(rmdir(mnt) == 0);
+    rm_dir(dir);
+    huge_pages(before_test);
+}
+
+/*
+ * Guest RAM on huge pages in a memfd (hugetlb=on) through reboot mode:
+ * into the state file and back into the huge pages of a fresh QEMU
+ */
+static void test_reboot_hugepages(void)
+{
+    long guest = GUEST_RAM_MB / 2, before_test = huge_pages(-1);
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *obj = g_strdup_printf(
+        "memory-backend-memfd,id=mem,size=%dM,hugetlb=on,hugetlbsize=2M",
+        GUEST_RAM_MB);
+    const char *const args[] = {
+        "-object", obj, "-machine", "memory-backend=mem", NULL
+    };
+
+    g_assert_cmpint(huge_pages(before_test + guest), ==, before_test + guest);
+    reboot_backend_round_trip(dir, args, false);
+    rm_dir(dir);
+    huge_pages(before_test);
+}
+
 /*
  * Bad files are refused with their reason and leave the fresh QEMU
  * ready for the right one, whatever stage the load failed at.
@@ -4227,6 +4323,8 @@ int main(int argc, char **argv)
     add_test("reboot/round-trip", test_reboot_round_trip);
     add_test("reboot/cont", test_reboot_cont);
     add_test("reboot/file-backend", test_reboot_file_backend);
+    add_test("reboot/hugepages", test_reboot_hugepages);
+    add_test("restart/hugetlbfs-file", test_hugetlbfs_file);
     add_test("reboot/private-memfd", test_reboot_private_memfd);
     add_test("reboot/bad-files", test_reboot_bad_files);
     add_test("reboot/disk-full", test_reboot_disk_full);
