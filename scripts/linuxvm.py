@@ -30,6 +30,7 @@ NET_REC = 64
 SECTOR = 512
 REC_MAGIC = 0x4345524450524351
 DISK_MB = 16
+SMP = 4                 # vCPUs of the Linux test guest
 
 
 def in_netns(name):
@@ -64,6 +65,10 @@ class Watch:
         self.poweroff = False
         self.power_log = []     # "P" and "K" lines after the power button
         self.partial = {}           # port -> line cut by a connection's end
+        self.cpu_hb = {}        # CPU -> last sequence number of its heartbeat
+        self.cpu_hb_time = {}   # CPU -> host time it arrived
+        self.cpu_gaps = []      # (host time, gap in s) between CPU heartbeats
+        self.expect_cpus = None     # vCPUs the VM has, if known
 
     def error(self, msg):
         with self.lock:
@@ -89,10 +94,23 @@ class Watch:
                 if self.hb_time is not None:
                     self.gaps.append((now, now - self.hb_time))
                 self.hb, self.hb_time = seq, now
+        elif line.startswith("C "):
+            cpu, seq = (int(x) for x in line[2:].split())
+            with self.lock:
+                last = self.cpu_hb.get(cpu)
+                if last is not None and seq != last + 1:
+                    self.errors.append("CPU %d heartbeat %d after %d" %
+                                       (cpu, seq, last))
+                if cpu in self.cpu_hb_time:
+                    self.cpu_gaps.append((now, now - self.cpu_hb_time[cpu]))
+                self.cpu_hb[cpu], self.cpu_hb_time[cpu] = seq, now
         elif line.startswith("S "):
             st = self.parse_status(line)
             with self.lock:
                 old = self.status
+                if self.expect_cpus and st["cpus"] != self.expect_cpus:
+                    self.errors.append("guest has %d CPUs online, the VM %d" %
+                                       (st["cpus"], self.expect_cpus))
                 if old and st["up"] <= old["up"]:
                     self.errors.append("guest uptime went from %d to %d ms" %
                                        (old["up"], st["up"]))
@@ -139,16 +157,19 @@ class Watch:
             k = [l for l in self.power_log if l.startswith("K ")]
         return "".join("\n    " + l for l in p + k[-lines:])
 
-    def max_gap(self, since, until=None):
+    def max_gap(self, since, until=None, cpus=False):
+        """The largest gap between two heartbeats (with @cpus, between
+        two of one CPU's heartbeats, which come every 10 ms) that ended
+        after @since and began before @until."""
         with self.lock:
-            return max([g for t, g in self.gaps
+            return max([g for t, g in (self.cpu_gaps if cpus else self.gaps)
                         if t >= since and (until is None or t - g <= until)],
                        default=0.0)
 
     def snapshot(self):
         with self.lock:
             return dict(self.status, hb=self.hb, net_host=self.net,
-                        errors=list(self.errors))
+                        cpu_hb=dict(self.cpu_hb), errors=list(self.errors))
 
 
 def _read_lines(f, handler, watch, what):
@@ -315,15 +336,18 @@ def attach_pty(watch, path):
 
 def wait_watch(watch, timeout, alive, net=True,
                parts=("mem", "vda", "vdb")):
-    """Wait until the guest's heartbeat, pty status line, memory and disk
-    counters and (with @net) the host's count of TCP records all move past
-    where they are now.  Returns the new snapshot."""
+    """Wait until the guest's heartbeat, every CPU's heartbeat, pty status
+    line, memory and disk counters and (with @net) the host's count of TCP
+    records all move past where they are now.  Returns the new snapshot."""
     base = watch.snapshot()
     base_pty = watch.pty_status.get("seq", -1)
     deadline = time.monotonic() + timeout
     while True:
         cur = watch.snapshot()
-        if (cur["hb"] > base["hb"] + 1100 and
+        cpus = range(cur.get("cpus", 0))
+        if (cur["hb"] > base["hb"] + 1100 and cpus and
+                all(cur["cpu_hb"].get(c, -1) > base["cpu_hb"].get(c, -1) + 50
+                    for c in cpus) and
                 all(cur.get(p, 0) > base.get(p, 0) for p in parts) and
                 (not net or cur["net_host"] > base["net_host"]) and
                 watch.pty_status.get("seq", -1) > base_pty):
@@ -371,12 +395,13 @@ def kernel_cmdline(guest_mem_mb, peer):
     return append
 
 
-def plain_args(mem_mb, serial_path, qmp_path):
+def plain_args(mem_mb, serial_path, qmp_path, smp=SMP):
     """QEMU on the Linux test guest alone, under TCG: no disks, no
     network, its heartbeat on a unix-socket serial port (the snapshot
     test and benchmark)."""
     return [cprlib.QEMU, "-machine", "q35", "-accel", "tcg",
-            "-m", str(mem_mb), "-display", "none", "-nodefaults",
+            "-m", str(mem_mb), "-smp", str(smp), "-display", "none",
+            "-nodefaults",
             "-rtc", "clock=vm",
             "-kernel", os.path.join(GUEST_DIR, "vmlinuz"),
             "-initrd", os.path.join(GUEST_DIR, "initrd.img"),
@@ -395,7 +420,7 @@ class LinuxVm:
     def __init__(self, binary=cprlib.QEMU, mem_mb=1024, accel="tcg",
                  guest_mem_mb=64, extra=(), tap="cprtap0", peer=True,
                  name="vm", workdir=None, watch=None, incoming=None,
-                 machine="q35,memfd-alloc=on"):
+                 machine="q35,memfd-alloc=on", smp=SMP):
         """@peer: the guest streams to the host peer, which this VM runs
         (on @tap) unless it is the destination of a migration
         (@incoming); @workdir, @watch: the disks and the watchers of
@@ -407,6 +432,7 @@ class LinuxVm:
         self.state = os.path.join(self.dir, "vm.cpr")
         self.tap = tap
         self.watch = watch or Watch()
+        self.watch.expect_cpus = smp
         self.raw = os.path.join(self.dir, "disk.raw")
         self.qcow2 = os.path.join(self.dir, "disk.qcow2")
         if not workdir:
@@ -415,7 +441,7 @@ class LinuxVm:
         self.lsock = None
         self.args = [
             binary, "-machine", machine, "-accel", accel,
-            "-m", str(mem_mb), "-display", "none",
+            "-m", str(mem_mb), "-smp", str(smp), "-display", "none",
             "-kernel", os.path.join(GUEST_DIR, "vmlinuz"),
             "-initrd", os.path.join(GUEST_DIR, "initrd.img"),
             "-append", append,

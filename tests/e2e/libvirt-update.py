@@ -117,7 +117,7 @@ def domain_xml():
     return """<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>1024</memory>
-  <vcpu>2</vcpu>
+  <vcpu>{smp}</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{g}/vmlinuz</kernel>
@@ -160,6 +160,7 @@ def domain_xml():
 {ports}  </devices>
 </domain>
 """.format(name=DOMAIN, g=g, w=work, tap=TAP, qemu=cprlib.QEMU,
+           smp=linuxvm.SMP,
            # Root ports for the disks and NIC (libvirt puts each in one)
            # and free ones for the devices attached later
            ports="    <controller type='pci' model='pcie-root-port'/>\n" * 6,
@@ -193,6 +194,7 @@ def start_domain():
     virsh("define", os.path.join(work, "domain.xml"))
     virsh("start", "--paused", DOMAIN)
     watch = linuxvm.Watch()
+    watch.expect_cpus = linuxvm.SMP
     linuxvm.start_peer(watch, TAP)
     linuxvm.attach_serial(watch, os.path.join(work, "serial0.sock"))
     pty = None

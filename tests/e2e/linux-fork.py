@@ -38,6 +38,7 @@ class Beats(linuxvm.Watch):
         super().__init__()
         self.cond = threading.Condition(self.lock)
         self.seen = []
+        self.cpu_seen = {}      # CPU -> its heartbeats since mark()
         self.last = time.monotonic()
         self.vda = 0            # disk records, from the last status line
 
@@ -53,27 +54,40 @@ class Beats(linuxvm.Watch):
                 self.seen.append(seq)
                 self.hb = seq
                 self.cond.notify_all()
+        elif line.startswith("C "):
+            cpu, seq = (int(x) for x in line[2:].split())
+            with self.cond:
+                self.cpu_seen.setdefault(cpu, []).append(seq)
         elif not line.startswith("S "):
             super().on_serial(line)
 
     def mark(self):
         with self.cond:
             self.seen = []
+            self.cpu_seen = {}
 
     # A reset cuts the line the guest was writing: the next line starts
     # with its beginning
     cut_lines = False
 
     def error(self, msg):
-        if not (self.cut_lines and ": bad line b'H " in msg):
+        if not (self.cut_lines and ": bad line b'" in msg):
             super().error(msg)
 
     def check_in_order(self, what):
-        """Every heartbeat since mark() one after the other."""
+        """Every heartbeat since mark() one after the other, and every
+        CPU's too, from each of the guest's CPUs."""
         with self.cond:
             seen = list(self.seen)
+            cpus = {c: list(s) for c, s in self.cpu_seen.items()}
         for a, b in zip(seen, seen[1:]):
             assert b == a + 1, "%s: heartbeat %d after %d" % (what, b, a)
+        assert sorted(cpus) == list(range(linuxvm.SMP)), \
+            "%s: heartbeats from CPUs %s" % (what, sorted(cpus))
+        for c, s in cpus.items():
+            for a, b in zip(s, s[1:]):
+                assert b == a + 1, "%s: CPU %d heartbeat %d after %d" % \
+                    (what, c, b, a)
 
     def first_after_mark(self, n=1, timeout=60):
         """The first heartbeat since mark(), once @n have come."""

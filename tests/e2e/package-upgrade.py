@@ -124,7 +124,7 @@ def install_a():
 @case
 def boot_from_installed_path():
     global vm
-    vm = linuxvm.LinuxVm(binary=BIN, machine="q35", extra=["-smp", "2"])
+    vm = linuxvm.LinuxVm(binary=BIN, machine="q35")
     vm.start()
     check_running(vm.pid, "qemu-cpr")
 

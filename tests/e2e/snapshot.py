@@ -300,6 +300,7 @@ class Heartbeat:
         self.candidate = None   # a heartbeat that may be a restart
         self.restarts = []      # where the sequence went back to
         self.errors = []
+        self.cpus = set()       # CPUs whose own heartbeat ("C") came
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         deadline = time.monotonic() + 30
         while True:
@@ -322,9 +323,12 @@ class Heartbeat:
             *lines, buf = buf.split(b"\n")
             for line in lines:
                 m = re.fullmatch(rb"H (\d+)\r?", line)
+                c = re.fullmatch(rb"C (\d+) \d+\r?", line)
                 with self.lock:
                     if m:
                         self.on_heartbeat(int(m.group(1)))
+                    elif c:
+                        self.cpus.add(int(c.group(1)))
                     elif line.startswith(b"E "):
                         self.errors.append(line.decode(errors="replace"))
 
@@ -403,13 +407,17 @@ def linux():
             worst = max(worst, first - base)
         elapsed = time.monotonic() - t0
         qmp.cmd("cpr-snapshot-drop")
+        with hb.lock:
+            hb.cpus.clear()
         hb.wait(lambda s: s > base + 2000, timeout=120)
         info = qmp.cmd("query-status")
         diag("linux: %d restores in %.1f s, heartbeat restarted at the "
-             "snapshot point + %d at most; afterwards %d heartbeats, "
-             "guest errors %s" % (LINUX_RESTORES, elapsed, worst,
-                                  hb.seq() - base, hb.errors))
+             "snapshot point + %d at most; afterwards %d heartbeats, and "
+             "the heartbeats of CPUs %s; guest errors %s" %
+             (LINUX_RESTORES, elapsed, worst, hb.seq() - base,
+              sorted(hb.cpus), hb.errors))
         return (restarts == LINUX_RESTORES and not hb.errors and
+                hb.cpus == set(range(linuxvm.SMP)) and
                 info["status"] == "running",
                 "a Linux guest restored %d times restarts from the "
                 "snapshot each time and keeps working" % LINUX_RESTORES)

@@ -5,9 +5,11 @@
  *
  *  - heartbeat: "H <seq>" on /dev/ttyS0 every millisecond, and once a second
  *    a status line "S <seq> up=<ms> rtc=<RTC seconds> mem=<passes>
- *    net=<records> vda=<records> vdb=<records> vdc=<records> err=<errors>"
- *    on ttyS0, and
- *    on ttyS1 and ttyS2 where the VM has them;
+ *    net=<records> vda=<records> vdb=<records> vdc=<records> err=<errors>
+ *    cpus=<online CPUs>" on ttyS0, and on ttyS1 and ttyS2 where the VM has
+ *    them;
+ *  - a heartbeat on every CPU: "C <cpu> <seq>" on ttyS0 every 10 ms from a
+ *    thread bound to that CPU;
  *  - memory: fills a region with a pattern that depends on the pass and
  *    verifies it before the next pass;
  *  - network: one TCP connection to the host peer carrying numbered 64-byte
@@ -55,6 +57,8 @@
 
 /* Written by one thread, read by the heartbeat: no stale copies. */
 static volatile uint64_t mem_passes, net_records, errors;
+/* Set when the guest powers off: the busy threads stop */
+static volatile int powering_off;
 static volatile uint64_t disk_records[3];   /* likewise */
 static char last_error[160];
 static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -152,6 +156,43 @@ static void timespec_add_ns(struct timespec *ts, long ns)
     }
 }
 
+#define CPU_BEAT_NS (10 * 1000 * 1000)
+
+/* One per CPU, bound to it, at real-time priority below the heartbeat's */
+static void *cpu_heartbeat(void *opaque)
+{
+    int cpu = (int)(uintptr_t)opaque;
+    struct sched_param sp = { .sched_priority = 40 };
+    struct timespec next;
+    cpu_set_t set;
+    uint64_t seq = 0;
+    char line[64];
+    int n;
+
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) {
+        fail("cannot bind a thread to CPU %d", cpu);
+        return NULL;
+    }
+    pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    while (!powering_off) {
+        if (sched_getcpu() != cpu) {
+            fail("CPU %d heartbeat ran on CPU %d", cpu, sched_getcpu());
+        }
+        n = snprintf(line, sizeof(line), "C %d %llu\n", cpu,
+                     (unsigned long long)seq++);
+        write_all(tty0, line, n);
+        timespec_add_ns(&next, CPU_BEAT_NS);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next,
+                               NULL) == EINTR) {
+            continue;
+        }
+    }
+    return NULL;
+}
+
 /* Runs on the main thread at real-time priority. */
 static void heartbeat(void)
 {
@@ -171,7 +212,7 @@ static void heartbeat(void)
             pthread_mutex_lock(&err_lock);
             n = snprintf(line, sizeof(line),
                          "S %llu up=%llu rtc=%llu mem=%llu net=%llu "
-                         "vda=%llu vdb=%llu vdc=%llu err=%llu\n",
+                         "vda=%llu vdb=%llu vdc=%llu err=%llu cpus=%ld\n",
                          (unsigned long long)seq,
                          (unsigned long long)now_ms(CLOCK_BOOTTIME),
                          (unsigned long long)rtc_seconds(),
@@ -180,7 +221,8 @@ static void heartbeat(void)
                          (unsigned long long)disk_records[0],
                          (unsigned long long)disk_records[1],
                          (unsigned long long)disk_records[2],
-                         (unsigned long long)errors);
+                         (unsigned long long)errors,
+                         sysconf(_SC_NPROCESSORS_ONLN));
             if (errors && last_error[0]) {
                 n += snprintf(line + n, sizeof(line) - n, "E %s\n",
                               last_error);
@@ -216,7 +258,7 @@ static void *memory_worker(void *opaque)
         fail("mem: mmap: %s", strerror(errno));
         return NULL;
     }
-    for (pass = 1;; pass++) {
+    for (pass = 1; !powering_off; pass++) {
         tag = pass << 40;
         for (i = 0; i < words; i++) {
             buf[i] = tag | i;
@@ -264,7 +306,7 @@ static void *net_worker(void *opaque)
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     clock_gettime(CLOCK_MONOTONIC, &next);
-    for (;;) {
+    while (!powering_off) {
         memset(rec, (int)(seq & 0xff), sizeof(rec));
         memcpy(rec, &seq, sizeof(seq));
         if (send(fd, rec, sizeof(rec), MSG_NOSIGNAL) != sizeof(rec)) {
@@ -535,6 +577,7 @@ static void *power_worker(void *opaque)
     }
     while (read(fd, &ev, sizeof(ev)) == sizeof(ev)) {
         if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value) {
+            cpu_set_t cpu0;
             pthread_t t;
 
             write_all(tty0, "P poweroff\n", 11);
@@ -546,6 +589,16 @@ static void *power_worker(void *opaque)
             write_all(tty0, "P disks idle\n", 13);
             sync();
             write_all(tty0, "P synced\n", 9);
+            /*
+             * The kernel powers off on CPU 0: be there already, and let
+             * the busy threads stop (with four CPUs under TCG, a power-off
+             * behind them sometimes never finished)
+             */
+            powering_off = 1;
+            CPU_ZERO(&cpu0);
+            CPU_SET(0, &cpu0);
+            sched_setaffinity(0, sizeof(cpu0), &cpu0);
+            write_all(tty0, "P on CPU 0\n", 11);
             reboot(LINUX_REBOOT_CMD_POWER_OFF);
             write_all(tty0, "P reboot() returned\n", 20);
         }
@@ -579,6 +632,9 @@ int main(void)
     }
     pthread_create(&t, NULL, hotplug_disk_watcher, &disks[2]);
     pthread_create(&t, NULL, power_worker, NULL);
+    for (i = 0; i < sysconf(_SC_NPROCESSORS_ONLN); i++) {
+        pthread_create(&t, NULL, cpu_heartbeat, (void *)(uintptr_t)i);
+    }
     heartbeat();
     return 0;
 }
