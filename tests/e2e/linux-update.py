@@ -283,9 +283,15 @@ def soak_with(move, n, what):
     diag("RssAnon KiB first/last/max: %d/%d/%d; VmRSS KiB first/last: %d/%d"
          % (anon[0], anon[-1], max(anon), rss[0], rss[-1]))
     assert len(set(fds)) == 1, "open fd count changed: %s" % fds
-    # The heap settles after a few updates; after that it must stay flat.
-    settled = anon[min(5, n - 1)]
-    assert max(anon[min(5, n - 1):]) - settled < 4096, \
+    # The heap settles after a few updates; after that it only wobbles
+    # (the malloc arenas of the vCPU threads: 4 MiB up and down with four
+    # vCPUs), and must not grow: no update above the band of the first
+    # third, and the last third no higher than the first.
+    start = min(5, n - 1)
+    k = max(1, (n - start) // 3)
+    first, last = anon[start:start + k], anon[-k:]
+    assert (max(anon[start:]) - max(first) < 4096 and
+            statistics.median(last) - statistics.median(first) < 2048), \
         "RssAnon grows: %s" % anon
 
 
