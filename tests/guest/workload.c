@@ -6,14 +6,15 @@
  *  - heartbeat: "H <seq>" on /dev/ttyS0 every millisecond, and once a second
  *    a status line "S <seq> up=<ms> rtc=<RTC seconds> mem=<passes>
  *    net=<records> vda=<records> vdb=<records> vdc=<records> err=<errors>
- *    cpus=<online CPUs>" on ttyS0, and on ttyS1 and ttyS2 where the VM has
- *    them;
+ *    cpus=<online CPUs> net2=<records>" on ttyS0, and on ttyS1 and ttyS2
+ *    where the VM has them;
  *  - a heartbeat on every CPU: "C <cpu> <seq>" on ttyS0 every 10 ms from a
  *    thread bound to that CPU;
  *  - memory: fills a region with a pattern that depends on the pass and
  *    verifies it before the next pass;
  *  - network: one TCP connection to the host peer carrying numbered 64-byte
- *    records;
+ *    records; another to a second peer over a NIC the host hot-plugs
+ *    (eth1), from when it appears;
  *  - disks: numbered 512-byte records written round-robin to each virtio
  *    disk with O_DIRECT, read back at once, and older records re-read;
  *    /dev/vdc, if the host hot-plugs a third disk, from when it appears;
@@ -21,7 +22,8 @@
  *    "virsh shutdown" works.
  *
  * Parameters come from the kernel command line: cpr.mem=<MiB>,
- * cpr.peer=<ipv4>:<port>.  Errors are printed as "E <text>" lines.
+ * cpr.peer=<ipv4>:<port>, cpr.peer2=<ipv4>:<port> and cpr.ip2=<ipv4>/<prefix>
+ * (eth1's).  Errors are printed as "E <text>" lines.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -56,9 +58,26 @@
 #define NET_REC 64
 
 /* Written by one thread, read by the heartbeat: no stale copies. */
-static volatile uint64_t mem_passes, net_records, errors;
+static volatile uint64_t mem_passes, errors;
 /* Set when the guest powers off: the busy threads stop */
 static volatile int powering_off;
+
+/*
+ * A TCP stream of numbered records to a peer: over eth0, or over a NIC the
+ * host hot-plugs (@ifname), configured with @ip once it appears.  The
+ * stream of a hot-plugged NIC ends quietly when the host takes the NIC
+ * away, and starts again (its numbers going on) if one comes back.
+ */
+struct net_stream {
+    const char *name;
+    char *peer;                 /* <ipv4>:<port> */
+    const char *ifname;
+    char *ip;                   /* <ipv4>/<prefix> */
+    volatile uint64_t records;
+};
+
+static struct net_stream net0 = { .name = "net" };
+static struct net_stream net1 = { .name = "net2", .ifname = "eth1" };
 static volatile uint64_t disk_records[3];   /* likewise */
 static char last_error[160];
 static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -212,17 +231,19 @@ static void heartbeat(void)
             pthread_mutex_lock(&err_lock);
             n = snprintf(line, sizeof(line),
                          "S %llu up=%llu rtc=%llu mem=%llu net=%llu "
-                         "vda=%llu vdb=%llu vdc=%llu err=%llu cpus=%ld\n",
+                         "vda=%llu vdb=%llu vdc=%llu err=%llu cpus=%ld "
+                         "net2=%llu\n",
                          (unsigned long long)seq,
                          (unsigned long long)now_ms(CLOCK_BOOTTIME),
                          (unsigned long long)rtc_seconds(),
                          (unsigned long long)mem_passes,
-                         (unsigned long long)net_records,
+                         (unsigned long long)net0.records,
                          (unsigned long long)disk_records[0],
                          (unsigned long long)disk_records[1],
                          (unsigned long long)disk_records[2],
                          (unsigned long long)errors,
-                         sysconf(_SC_NPROCESSORS_ONLN));
+                         sysconf(_SC_NPROCESSORS_ONLN),
+                         (unsigned long long)net1.records);
             if (errors && last_error[0]) {
                 n += snprintf(line + n, sizeof(line) - n, "E %s\n",
                               last_error);
@@ -276,48 +297,79 @@ static void *memory_worker(void *opaque)
     return NULL;
 }
 
+static int net_connect(struct net_stream *ns, struct sockaddr_in *sa)
+{
+    char path[64], cmd[160];
+    int fd;
+
+    snprintf(path, sizeof(path), "/sys/class/net/%s", ns->ifname ?: "lo");
+    while (access(path, F_OK) < 0) {
+        usleep(100 * 1000);
+    }
+    if (ns->ifname) {
+        snprintf(cmd, sizeof(cmd), "ip addr add %s dev %s 2>/dev/null; "
+                 "ip link set %s up", ns->ip, ns->ifname, ns->ifname);
+        if (system(cmd) != 0) {
+            fail("%s: cannot configure %s", ns->name, ns->ifname);
+        }
+    }
+    /* The peer may come up after the guest: retry until it answers. */
+    for (;;) {
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(fd, (struct sockaddr *)sa, sizeof(*sa)) == 0) {
+            return fd;
+        }
+        close(fd);
+        sleep(1);
+        if (access(path, F_OK) < 0) {
+            return -1;          /* the NIC went away */
+        }
+    }
+}
+
 static void *net_worker(void *opaque)
 {
-    const char *peer = opaque;
+    struct net_stream *ns = opaque;
     char host[64], rec[NET_REC];
     struct sockaddr_in sa = { .sin_family = AF_INET };
     struct timespec next;
     uint64_t seq = 0;
-    const char *colon = strchr(peer, ':');
+    const char *colon = strchr(ns->peer, ':');
     int one = 1, fd = -1;
 
-    if (!colon || colon - peer >= (long)sizeof(host)) {
-        fail("net: bad cpr.peer %s", peer);
+    if (!colon || colon - ns->peer >= (long)sizeof(host)) {
+        fail("%s: bad peer %s", ns->name, ns->peer);
         return NULL;
     }
-    memcpy(host, peer, colon - peer);
-    host[colon - peer] = 0;
+    memcpy(host, ns->peer, colon - ns->peer);
+    host[colon - ns->peer] = 0;
     sa.sin_port = htons(atoi(colon + 1));
     inet_pton(AF_INET, host, &sa.sin_addr);
 
-    /* The peer may come up after the guest: retry until the first connect. */
-    for (;;) {
-        fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-            break;
+    while (!powering_off) {
+        fd = net_connect(ns, &sa);
+        if (fd < 0) {
+            continue;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        clock_gettime(CLOCK_MONOTONIC, &next);
+        while (!powering_off) {
+            memset(rec, (int)(seq & 0xff), sizeof(rec));
+            memcpy(rec, &seq, sizeof(seq));
+            if (send(fd, rec, sizeof(rec), MSG_NOSIGNAL) != sizeof(rec)) {
+                if (!ns->ifname) {
+                    fail("%s: send record %llu: %s", ns->name,
+                         (unsigned long long)seq, strerror(errno));
+                    close(fd);
+                    return NULL;
+                }
+                break;
+            }
+            ns->records = ++seq;
+            timespec_add_ns(&next, 2000000);
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
         }
         close(fd);
-        sleep(1);
-    }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    clock_gettime(CLOCK_MONOTONIC, &next);
-    while (!powering_off) {
-        memset(rec, (int)(seq & 0xff), sizeof(rec));
-        memcpy(rec, &seq, sizeof(seq));
-        if (send(fd, rec, sizeof(rec), MSG_NOSIGNAL) != sizeof(rec)) {
-            fail("net: send record %llu: %s", (unsigned long long)seq,
-                 strerror(errno));
-            close(fd);
-            return NULL;
-        }
-        net_records = ++seq;
-        timespec_add_ns(&next, 2000000);
-        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
     }
     return NULL;
 }
@@ -609,7 +661,7 @@ static void *power_worker(void *opaque)
 int main(void)
 {
     char *mem = cmdline_param("cpr.mem");
-    char *peer = cmdline_param("cpr.peer");
+
     pthread_t t;
     int i;
 
@@ -622,8 +674,14 @@ int main(void)
     write_all(tty0, "W workload started\n", 19);
     pthread_create(&t, NULL, memory_worker,
                    (void *)(uintptr_t)((mem ? atoi(mem) : 64) << 20));
-    if (peer) {
-        pthread_create(&t, NULL, net_worker, peer);
+    net0.peer = cmdline_param("cpr.peer");
+    if (net0.peer) {
+        pthread_create(&t, NULL, net_worker, &net0);
+    }
+    net1.peer = cmdline_param("cpr.peer2");
+    net1.ip = cmdline_param("cpr.ip2");
+    if (net1.peer && net1.ip) {
+        pthread_create(&t, NULL, net_worker, &net1);
     }
     for (i = 0; i < 2; i++) {
         if (access(disks[i].path, F_OK) == 0) {
