@@ -26,6 +26,10 @@ QEMU_IMG = os.path.join(TOP, "build", "qemu-img")
 PEER_IP = "10.0.2.1"
 GUEST_IP = "10.0.2.15"
 PEER_PORT = 5000
+# The second stream: over a NIC hot-plugged into the guest (its eth1)
+PEER2_IP = "10.0.3.1"
+GUEST2_IP = "10.0.3.15"
+PEER2_PORT = 5001
 NET_REC = 64
 SECTOR = 512
 REC_MAGIC = 0x4345524450524351
@@ -62,6 +66,8 @@ class Watch:
         self.pty_status = {}    # last "S" line from ttyS1, parsed
         self.net = 0            # TCP records received in order
         self.net_conns = 0
+        self.net2 = 0           # the same, over the hot-plugged NIC
+        self.net2_conns = 0
         self.poweroff = False
         self.power_log = []     # "P" and "K" lines after the power button
         self.partial = {}           # port -> line cut by a connection's end
@@ -169,7 +175,8 @@ class Watch:
     def snapshot(self):
         with self.lock:
             return dict(self.status, hb=self.hb, net_host=self.net,
-                        cpu_hb=dict(self.cpu_hb), errors=list(self.errors))
+                        net2_host=self.net2, cpu_hb=dict(self.cpu_hb),
+                        errors=list(self.errors))
 
 
 def _read_lines(f, handler, watch, what):
@@ -200,17 +207,21 @@ def _read_lines(f, handler, watch, what):
                 watch.error("%s: bad line %r" % (what, line))
 
 
-def _net_peer(lsock, watch):
+def _net_peer(lsock, watch, key):
+    """Count the records of the guest's stream @key ("net", "net2") in
+    watch.<key>; the stream over a hot-plugged NIC may end (the NIC goes)
+    and start again."""
     while True:
         try:
             conn, _ = lsock.accept()
         except OSError:
             return
         with watch.lock:
-            watch.net_conns += 1
-            if watch.net_conns > 1:
+            conns = getattr(watch, key + "_conns") + 1
+            setattr(watch, key + "_conns", conns)
+            if conns > 1 and key == "net":
                 watch.errors.append("guest opened TCP connection %d" %
-                                    watch.net_conns)
+                                    conns)
         buf = b""
         while True:
             try:
@@ -218,7 +229,7 @@ def _net_peer(lsock, watch):
             except OSError:
                 data = b""
             if not data:
-                if not watch.poweroff:
+                if not watch.poweroff and key == "net":
                     watch.error("guest TCP connection closed after %d "
                                 "records" % watch.net)
                 break
@@ -227,10 +238,11 @@ def _net_peer(lsock, watch):
             with watch.lock:
                 for i in range(n):
                     seq = struct.unpack_from("<Q", buf, i * NET_REC)[0]
-                    if seq != watch.net:
-                        watch.errors.append("TCP record %d, expected %d" %
-                                            (seq, watch.net))
-                    watch.net = seq + 1
+                    if seq != getattr(watch, key):
+                        watch.errors.append("%s: TCP record %d, expected %d"
+                                            % (key, seq,
+                                               getattr(watch, key)))
+                    setattr(watch, key, seq + 1)
             buf = buf[n * NET_REC:]
         conn.close()
 
@@ -268,19 +280,21 @@ def check_disk(path, fmt, written, slack=5000, in_use=False):
     return problems
 
 
-def start_peer(watch, tap):
+def start_peer(watch, tap, second=False):
     """Give the host end of @tap the peer address and accept the guest's
-    TCP stream there.  Returns the listening socket."""
+    TCP stream there (with @second, the stream over the NIC the host
+    hot-plugs).  Returns the listening socket."""
+    ip, port = (PEER2_IP, PEER2_PORT) if second else (PEER_IP, PEER_PORT)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "addr", "add", "%s/24" % PEER_IP, "dev", tap],
+    subprocess.run(["ip", "addr", "add", "%s/24" % ip, "dev", tap],
                    check=True)
     subprocess.run(["ip", "link", "set", tap, "up"], check=True)
     lsock = socket.socket()
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind((PEER_IP, PEER_PORT))
+    lsock.bind((ip, port))
     lsock.listen(1)
-    threading.Thread(target=_net_peer, args=(lsock, watch),
-                     daemon=True).start()
+    threading.Thread(target=_net_peer, daemon=True,
+                     args=(lsock, watch, "net2" if second else "net")).start()
     return lsock
 
 
@@ -392,6 +406,8 @@ def kernel_cmdline(guest_mem_mb, peer):
               (guest_mem_mb, GUEST_IP))
     if peer:
         append += " cpr.peer=%s:%d" % (PEER_IP, PEER_PORT)
+        append += " cpr.peer2=%s:%d cpr.ip2=%s/24" % (PEER2_IP, PEER2_PORT,
+                                                      GUEST2_IP)
     return append
 
 

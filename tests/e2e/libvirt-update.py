@@ -296,8 +296,11 @@ def pci_ids():
 
 
 def wait_hot_disk():
+    """Until the attached disk's records and the TCP stream over the
+    attached NIC go on"""
     return linuxvm.wait_watch(watch, 120, alive=lambda: True,
-                              parts=("mem", "vda", "vdb", "vdc"))
+                              parts=("mem", "vda", "vdb", "vdc", "net2",
+                                     "net2_host"))
 
 
 def update_with_cprload(pid):
@@ -336,9 +339,11 @@ def hotplug_through_virsh():
 </interface>""" % HOT_TAP)
     virsh("attach-device", DOMAIN, disk, "--live")
     virsh("attach-device", DOMAIN, nic, "--live")
+    linuxvm.start_peer(watch, HOT_TAP, second=True)
     hot_disk = img
     st = wait_hot_disk()
-    diag("the guest writes to the attached disk: %d records" % st["vdc"])
+    diag("the guest writes to the attached disk: %d records, and sends "
+         "over the attached NIC: %d records" % (st["vdc"], st["net2_host"]))
     ifindex = open("/sys/class/net/%s/ifindex" % HOT_TAP).read()
     for _ in range(2):
         st = update_with_cprload(pid)
@@ -348,7 +353,10 @@ def hotplug_through_virsh():
         assert "virtio-disk2" in ids and "net1" in ids, "devices: %s" % ids
         assert open("/sys/class/net/%s/ifindex" % HOT_TAP).read() == \
             ifindex, "the tap of the attached NIC was not kept"
-    diag("after 2 updates: %d records on the attached disk" % st["vdc"])
+    assert watch.net2_conns == 1, "the stream over the attached NIC was " \
+        "reopened"
+    diag("after 2 updates: %d records on the attached disk, %d over the "
+         "attached NIC, one connection" % (st["vdc"], st["net2_host"]))
     assert not errors(), "; ".join(errors()[:5])
 
 

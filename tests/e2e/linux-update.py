@@ -288,7 +288,7 @@ def soak_with(move, n, what):
     # vCPUs), and must not grow: no update above the band of the first
     # third, and the last third no higher than the first.
     start = min(5, n - 1)
-    k = max(1, (n - start) // 3)
+    k = max(3, (n - start) // 3)
     first, last = anon[start:start + k], anon[-k:]
     assert (max(anon[start:]) - max(first) < 4096 and
             statistics.median(last) - statistics.median(first) < 2048), \
@@ -480,9 +480,12 @@ def getfd(fd, name):
     assert resp and "return" in resp, "getfd: %s" % resp
 
 
-def wait_hot_disk(timeout=60):
+def wait_hot_disk(timeout=60, nic=False):
+    """Until the hot-plugged disk's records go on, and with @nic the TCP
+    stream over the hot-plugged NIC"""
     return linuxvm.wait_watch(vm.watch, timeout, vm.alive,
-                              parts=("mem", "vda", "vdb", "vdc"))
+                              parts=("mem", "vda", "vdb", "vdc") +
+                              (("net2", "net2_host") if nic else ()))
 
 
 @case
@@ -514,15 +517,23 @@ def hotplug_disk_and_nic():
     vm.qmp.cmd("device_add", driver="virtio-net-pci", id="hotnic",
                netdev="hotnet", bus="rp2")
     ifindex = tap_ifindex(HOT_TAP)
-    st = wait_hot_disk()
-    diag("the guest writes to the hot-plugged disk: %d records" % st["vdc"])
+    lsock = linuxvm.start_peer(vm.watch, HOT_TAP, second=True)
+    st = wait_hot_disk(nic=True)
+    diag("the guest writes to the hot-plugged disk: %d records, and sends "
+         "over the hot-plugged NIC: %d records" % (st["vdc"],
+                                                   st["net2_host"]))
     vm.hot_disk = img
     for move in (vm.update, vm.transfer, vm.relay):
         move()
         ids = pci_ids()
         assert "hotdisk" in ids and "hotnic" in ids, "devices: %s" % ids
         assert tap_ifindex(HOT_TAP) == ifindex, "the tap was not kept"
-        st = wait_hot_disk()
+        st = wait_hot_disk(nic=True)
+    assert vm.watch.net2_conns == 1, "the stream over the hot-plugged NIC " \
+        "was reopened"
+    diag("after an update, a transfer and a relay: %d records on the "
+         "hot-plugged disk, %d over the hot-plugged NIC, one connection" %
+         (st["vdc"], st["net2_host"]))
     vm.qmp.cmd("device_del", id="hotnic")
     deadline = time.monotonic() + 60
     while "hotnic" in pci_ids():
@@ -530,12 +541,14 @@ def hotplug_disk_and_nic():
             "NIC go"
         time.sleep(0.1)
     vm.qmp.cmd("netdev_del", id="hotnet")
+    lsock.close()
     assert tap_ifindex(HOT_TAP) is None, "the tap outlived its netdev"
     vm.update()
     ids = pci_ids()
     assert "hotdisk" in ids and "hotnic" not in ids, "devices: %s" % ids
     st = wait_hot_disk()
     diag("after 4 updates: %d records on the hot-plugged disk" % st["vdc"])
+    assert not vm.watch.snapshot()["errors"], vm.watch.snapshot()["errors"]
 
 
 @case
