@@ -29,6 +29,7 @@ class Qmp:
         self.path = path
         self.proc = proc
         self.events = []
+        self.event_data = []    # (name, data) of each event, in order
         self.sock = None
         self.buf = b""
         deadline = time.monotonic() + timeout
@@ -78,6 +79,7 @@ class Qmp:
                 ts = resp["timestamp"]
                 self.events.append((resp["event"],
                                     ts["seconds"] + ts["microseconds"] / 1e6))
+                self.event_data.append((resp["event"], resp.get("data", {})))
                 continue
             if "error" in resp:
                 raise QmpError("%s: %s" % (name, resp["error"]["desc"]))
@@ -112,6 +114,7 @@ class Qmp:
                 ts = resp["timestamp"]
                 self.events.append((resp["event"],
                                     ts["seconds"] + ts["microseconds"] / 1e6))
+                self.event_data.append((resp["event"], resp.get("data", {})))
 
     def close(self):
         if self.sock:

@@ -295,33 +295,33 @@ def pci_ids():
     return linuxvm.pci_ids(monitor("query-pci"))
 
 
-def wait_hot_disk():
-    """Until the attached disk's records and the TCP stream over the
-    attached NIC go on"""
+def wait_hot_disk(nic=True):
+    """Until the attached disk's records and (with @nic) the TCP stream
+    over the attached NIC go on"""
     return linuxvm.wait_watch(watch, 120, alive=lambda: True,
-                              parts=("mem", "vda", "vdb", "vdc", "net2",
-                                     "net2_host"))
+                              parts=("mem", "vda", "vdb", "vdc") +
+                              (("net2", "net2_host") if nic else ()))
 
 
-def update_with_cprload(pid):
+def update_with_cprload(pid, nic=True):
     state = os.path.join(work, "vm.cpr")
     t0 = time.monotonic()
     before = watch.snapshot()
     monitor("cprsave", file=state, mode="restart")
     monitor("cprload", file=state)
     check_updated(pid, before, t0)
-    return wait_hot_disk()
+    return wait_hot_disk(nic)
 
 
 @case
 def hotplug_through_virsh():
     """virsh attach-device --live of a qcow2 disk and of a NIC (libvirt
     creates the tap and passes it to QEMU), two updates: the guest
-    writes records to the attached disk all along, and what libvirt lists
-    (domblklist, domiflist) is what the updated QEMU has.  (No
-    detach-device: in a process that took a VM over, an unplugged PCI
-    device is never finalized, so DEVICE_DELETED never comes and libvirt
-    keeps listing it; see the closing note of this change.)"""
+    writes records to the attached disk and streams TCP records over the
+    NIC all along, and what libvirt lists (domblklist, domiflist) is what
+    the updated QEMU has.  Then virsh detach-device of the NIC in the
+    updated QEMU (libvirt waits for DEVICE_DELETED) and one more
+    update."""
     global hot_disk
     pid = qemu_pid()
     img = os.path.join(work, "hot.qcow2")
@@ -357,6 +357,26 @@ def hotplug_through_virsh():
         "reopened"
     diag("after 2 updates: %d records on the attached disk, %d over the "
          "attached NIC, one connection" % (st["vdc"], st["net2_host"]))
+    # The attached NIC by its MAC address (the domain has another NIC)
+    rows = [line.split() for line in virsh("domiflist", DOMAIN).splitlines()]
+    mac = [r[-1] for r in rows if r and r[0] == HOT_TAP][0]
+    nic = hot_xml("hot-nic-mac.xml", """<interface type='ethernet'>
+  <mac address='%s'/>
+  <target dev='%s' managed='yes'/>
+  <model type='virtio'/>
+</interface>""" % (mac, HOT_TAP))
+    virsh("detach-device", DOMAIN, nic, "--live")
+    deadline = time.monotonic() + 60
+    while HOT_TAP in virsh("domiflist", DOMAIN) or "net1" in pci_ids():
+        assert time.monotonic() < deadline, "the detached NIC is still " \
+            "there: %s" % virsh("domiflist", DOMAIN)
+        time.sleep(0.2)
+    st = update_with_cprload(pid, nic=False)
+    assert "vdc" in virsh("domblklist", DOMAIN)
+    assert HOT_TAP not in virsh("domiflist", DOMAIN)
+    assert "net1" not in pci_ids() and "virtio-disk2" in pci_ids()
+    diag("NIC detached, one more update: %d records on the attached disk" %
+         st["vdc"])
     assert not errors(), "; ".join(errors()[:5])
 
 
