@@ -374,6 +374,14 @@ def wait_watch(watch, timeout, alive, net=True,
         time.sleep(0.05)
 
 
+def wait_hot(watch, timeout, alive, nic):
+    """wait_watch() until the records on the hot-plugged disk (vdc) go on
+    too, and with @nic the TCP stream over the hot-plugged NIC."""
+    return wait_watch(watch, timeout, alive,
+                      parts=("mem", "vda", "vdb", "vdc") +
+                      (("net2", "net2_host") if nic else ()))
+
+
 def pci_ids(query_pci):
     """The qdev ids in a query-pci answer, behind bridges too."""
     ids = []

@@ -298,9 +298,7 @@ def pci_ids():
 def wait_hot_disk(nic=True):
     """Until the attached disk's records and (with @nic) the TCP stream
     over the attached NIC go on"""
-    return linuxvm.wait_watch(watch, 120, alive=lambda: True,
-                              parts=("mem", "vda", "vdb", "vdc") +
-                              (("net2", "net2_host") if nic else ()))
+    return linuxvm.wait_hot(watch, 120, lambda: True, nic)
 
 
 def update_with_cprload(pid, nic=True):

@@ -483,9 +483,7 @@ def getfd(fd, name):
 def wait_hot_disk(timeout=60, nic=False):
     """Until the hot-plugged disk's records go on, and with @nic the TCP
     stream over the hot-plugged NIC"""
-    return linuxvm.wait_watch(vm.watch, timeout, vm.alive,
-                              parts=("mem", "vda", "vdb", "vdc") +
-                              (("net2", "net2_host") if nic else ()))
+    return linuxvm.wait_hot(vm.watch, timeout, vm.alive, nic)
 
 
 @case

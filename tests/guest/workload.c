@@ -297,15 +297,21 @@ static void *memory_worker(void *opaque)
     return NULL;
 }
 
+/* Until @path exists (a device the host hot-plugs) */
+static void wait_for_path(const char *path)
+{
+    while (access(path, F_OK) < 0) {
+        usleep(100 * 1000);
+    }
+}
+
 static int net_connect(struct net_stream *ns, struct sockaddr_in *sa)
 {
     char path[64], cmd[160];
     int fd;
 
     snprintf(path, sizeof(path), "/sys/class/net/%s", ns->ifname ?: "lo");
-    while (access(path, F_OK) < 0) {
-        usleep(100 * 1000);
-    }
+    wait_for_path(path);
     if (ns->ifname) {
         snprintf(cmd, sizeof(cmd), "ip addr add %s dev %s 2>/dev/null; "
                  "ip link set %s up", ns->ip, ns->ifname, ns->ifname);
@@ -585,9 +591,7 @@ static void *hotplug_disk_watcher(void *opaque)
 {
     struct disk *d = opaque;
 
-    while (access(d->path, F_OK) < 0) {
-        usleep(100 * 1000);
-    }
+    wait_for_path(d->path);
     return disk_worker(d);
 }
 
