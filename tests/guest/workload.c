@@ -48,6 +48,7 @@
 #include <sys/reboot.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/fs.h>
@@ -223,7 +224,7 @@ static void heartbeat(void)
 
     sched_setscheduler(0, SCHED_FIFO, &sp);
     clock_gettime(CLOCK_MONOTONIC, &next);
-    for (;;) {
+    while (!powering_off) {
         n = snprintf(line, sizeof(line), "H %llu\n",
                      (unsigned long long)seq);
         write_all(tty0, line, n);
@@ -264,6 +265,10 @@ static void heartbeat(void)
                                NULL) == EINTR) {
             continue;
         }
+    }
+    /* Powering off: init must not exit */
+    for (;;) {
+        pause();
     }
 }
 
@@ -647,14 +652,17 @@ static void *power_worker(void *opaque)
             write_all(tty0, "P synced\n", 9);
             /*
              * The kernel powers off on CPU 0: be there already, and let
-             * the busy threads stop (with four CPUs under TCG, a power-off
-             * behind them sometimes never finished)
+             * the busy threads and the heartbeat stop (with four CPUs
+             * under TCG, a power-off behind them sometimes never
+             * finished)
              */
             powering_off = 1;
             CPU_ZERO(&cpu0);
             CPU_SET(0, &cpu0);
             sched_setaffinity(0, sizeof(cpu0), &cpu0);
             write_all(tty0, "P on CPU 0\n", 11);
+            /* The kernel's last words must not cut a line of ours */
+            tcdrain(tty0);
             reboot(LINUX_REBOOT_CMD_POWER_OFF);
             write_all(tty0, "P reboot() returned\n", 20);
         }
