@@ -19,35 +19,51 @@
 #include "migration/cpr.h"
 #include "net/tap-cpr.h"
 
-#define TAP_CPR_MAX 1024
-
 static char *tap_cpr_name(const char *netdev)
 {
     return g_strdup_printf("tap:%s", netdev);
+}
+
+int tap_cpr_queue(NetClientState *nc)
+{
+    NetClientState *ncs[TAP_CPR_MAX];
+    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
+                                         TAP_CPR_MAX);
+    int i, queue = 0;
+
+    /* Queues of one netdev share its id, in creation order. */
+    for (i = 0; i < n && ncs[i] != nc; i++) {
+        queue += ncs[i]->info->type == NET_CLIENT_DRIVER_TAP &&
+                 !strcmp(ncs[i]->name, nc->name);
+    }
+    return queue;
+}
+
+int tap_cpr_list(NetClientState **ncs)
+{
+    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
+                                         TAP_CPR_MAX);
+    int i, taps = 0;
+
+    for (i = 0; i < n; i++) {
+        if (ncs[i]->info->type == NET_CLIENT_DRIVER_TAP) {
+            ncs[taps++] = ncs[i];
+        }
+    }
+    return taps;
 }
 
 /* The tap descriptors of every netdev (each queue) cross execve */
 static void tap_cpr_keep(bool keep)
 {
     NetClientState *ncs[TAP_CPR_MAX];
-    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
-                                         TAP_CPR_MAX);
-    int i, j;
+    int n = tap_cpr_list(ncs);
+    int i;
 
     for (i = 0; i < n; i++) {
-        g_autofree char *name = NULL;
-        int queue = 0;
+        g_autofree char *name = tap_cpr_name(ncs[i]->name);
 
-        if (ncs[i]->info->type != NET_CLIENT_DRIVER_TAP) {
-            continue;
-        }
-        /* Queues of one netdev share its id, in creation order. */
-        for (j = 0; j < i; j++) {
-            queue += ncs[j]->info->type == NET_CLIENT_DRIVER_TAP &&
-                     !strcmp(ncs[j]->name, ncs[i]->name);
-        }
-        name = tap_cpr_name(ncs[i]->name);
-        cpr_keep_fd(name, queue, tap_get_fd(ncs[i]), keep);
+        cpr_keep_fd(name, tap_cpr_queue(ncs[i]), tap_get_fd(ncs[i]), keep);
     }
 }
 CPR_KEEPER(tap_cpr_keep)

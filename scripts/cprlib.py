@@ -5,6 +5,7 @@ read the guest's page counters."""
 
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -312,6 +313,31 @@ def console_lines(args, log_name):
             log.write(line + "\n")
             log.flush()
             yield line
+
+
+def relay_l1_tap(args, log_name):
+    """Run the L1 guest with @args until it exits, printing the TAP lines
+    of its console (the rest goes to build/@log_name); 0 if the plan
+    it printed was run and every test passed."""
+    tap = re.compile(r"^(TAP version|1\.\.\d+|ok \d|not ok \d|# )")
+    plan = None
+    oks = 0
+    bad = 0
+    for line in console_lines(args, log_name):
+        if not tap.match(line):
+            continue
+        print(line, flush=True)
+        if line.startswith("1.."):
+            plan = int(line[3:])
+        elif line.startswith("ok "):
+            oks += 1
+        elif line.startswith("not ok "):
+            bad += 1
+    if plan is None or oks + bad != plan:
+        print("# L1 ended after %d of %s tests; see build/%s"
+              % (oks + bad, plan, log_name))
+        return 1
+    return 1 if bad else 0
 
 
 class Tap:

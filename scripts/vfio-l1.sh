@@ -6,19 +6,22 @@
 # inside L1 (tests/e2e/vfio-l1.c).  Rebuilt when any of them changes.
 # The same L1 runs the reboot-mode test (tests/e2e/reboot-l1.py, kernel
 # argument cpr.test=reboot): with the boot-sector guest, a virtio disk
-# with ext4 and kexec from Debian's kexec-tools.
+# with ext4 and kexec from Debian's kexec-tools.  And the vhost-net test
+# (tests/e2e/vhost-update.py, cpr.test=vhost): tun and vhost_net, the L2
+# guest tests/guest/net-guest.c and tests/e2e/vhost-l1.c.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/scripts/guest-lib.sh"
 out=$top/build/guest/vfio-l1
 qemu=$(readlink -f "$top/build/qemu-system-x86_64")
 stamp_check "$out" "$0" "$top/scripts/guest-lib.sh" \
-    "$top"/tests/guest/{l2.h,l2.c,l2.ld,edu-guest.c,nvme-guest.c} \
-    "$top/tests/e2e/vfio-l1.c" "$qemu" "$top/build/guest/cpr-guest.img"
+    "$top"/tests/guest/{l2.h,l2.c,l2.ld,edu-guest.c,nvme-guest.c,net-guest.c} \
+    "$top"/tests/e2e/{vfio-l1.c,vhost-l1.c,l1-lib.c,l1-lib.h} "$qemu" \
+    "$top/build/guest/cpr-guest.img"
 new_root
 mkdir -p "$root"/{usr/bin,usr/share/qemu,mnt}
 install_modules "$root" vfio_iommu_type1 vfio-pci virtio_pci virtio_blk \
-    crc32c_generic ext4
+    crc32c_generic ext4 tun vhost_net
 cp "$top/build/guest/cpr-guest.img" "$root/cpr-guest.img"
 
 # kexec, with the Xen libraries Debian links it with (not on the host)
@@ -52,14 +55,22 @@ done
 cflags=(-m32 -ffreestanding -fno-pic -fno-stack-protector -nostdlib -O2
         -Wall -Werror)
 gcc "${cflags[@]}" -c -o "$work/l2.o" "$top/tests/guest/l2.c"
-for guest in edu-guest nvme-guest; do
+for guest in edu-guest nvme-guest net-guest; do
     gcc "${cflags[@]}" -c -o "$work/$guest.o" "$top/tests/guest/$guest.c"
     ld -m elf_i386 --no-warn-rwx-segments -T "$top/tests/guest/l2.ld" \
         -o "$root/$guest.elf" "$work/l2.o" "$work/$guest.o"
 done
-gcc -static -O2 -Wall -Werror -o "$root/vfio-l1" "$top/tests/e2e/vfio-l1.c"
+for prog in vfio-l1 vhost-l1; do
+    gcc -static -pthread -O2 -Wall -Werror -o "$root/$prog" \
+        "$top/tests/e2e/$prog.c" "$top/tests/e2e/l1-lib.c"
+done
 
 write_init <<'EOF'
+if grep -q cpr.test=vhost /proc/cmdline; then
+    /vhost-l1
+    echo "vhost-l1: exit $?"
+    poweroff -f
+fi
 if ! grep -q cpr.test=reboot /proc/cmdline; then
     /vfio-l1
     echo "vfio-l1: exit $?"

@@ -32,13 +32,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "l1-lib.h"
 
-#define QEMU            "/usr/bin/qemu-system-x86_64"
-#define QMP_PATH        "/tmp/qmp.sock"
-#define STATE           "/tmp/vm.cpr"
-#define CPR_SOCK        "/tmp/cpr.sock"
 #define CAP_IPC_LOCK    14      /* linux/capability.h */
-#define MAILBOX         0x500000
 #define MAILBOX_MAGIC   0x45445547
 #define UPDATES         3
 
@@ -69,69 +65,6 @@ static struct l1_dev edu = { "edu", "1234 11e8" };
 static struct l1_dev nvme = { "nvme", "1b36 0010" };
 static struct l1_dev *passed;   /* the device the running QEMU has */
 static const char *guest_kernel;    /* and the L2 guest it runs */
-static pid_t qemu_pid;
-static int qmp = -1;
-static char qmp_buf[65536];
-static size_t qmp_len;
-static double ev_stop, ev_resume;
-static int test_no, failed;
-
-static void diag(const char *fmt, ...)
-{
-    va_list ap;
-
-    printf("# ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-}
-
-static void result(int ok, const char *name)
-{
-    printf("%sok %d - %s\n", ok ? "" : "not ", ++test_no, name);
-    fflush(stdout);
-    failed |= !ok;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int read_file(const char *path, char *buf, size_t len)
-{
-    int fd = open(path, O_RDONLY);
-    ssize_t n;
-
-    if (fd < 0) {
-        return -1;
-    }
-    n = read(fd, buf, len - 1);
-    close(fd);
-    if (n < 0) {
-        return -1;
-    }
-    buf[n] = 0;
-    return n;
-}
-
-static int write_file(const char *path, const char *s)
-{
-    int fd = open(path, O_WRONLY);
-    ssize_t n;
-
-    if (fd < 0) {
-        return -1;
-    }
-    n = write(fd, s, strlen(s));
-    close(fd);
-    return n == (ssize_t)strlen(s) ? 0 : -1;
-}
 
 /* Find @dev in L1 and bind it to vfio-pci. */
 static int bind_device(struct l1_dev *dev)
@@ -180,39 +113,6 @@ static int bind_device(struct l1_dev *dev)
              strrchr(buf, '/') + 1);
     diag("%s at %s, group %s", dev->name, dev->bdf, dev->group);
     return access(dev->group, F_OK);
-}
-
-/*
- * Run QEMU with @argv, its output into /tmp/qemu.log.  A QEMU that takes
- * the VM over from the running one (@incoming) keeps its QMP socket; with
- * @memlock_kb >= 0 it may lock only that much memory (no CAP_IPC_LOCK).
- */
-static pid_t spawn_qemu(const char **argv, int incoming, long memlock_kb)
-{
-    pid_t pid;
-    int fd;
-
-    if (!incoming) {
-        unlink(QMP_PATH);
-    }
-    pid = fork();
-    if (pid == 0) {
-        fd = open("/tmp/qemu.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        if (memlock_kb >= 0) {
-            struct rlimit rl = { memlock_kb * 1024, memlock_kb * 1024 };
-
-            if (prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) ||
-                setrlimit(RLIMIT_MEMLOCK, &rl)) {
-                _exit(126);
-            }
-        }
-        execv(QEMU, (char **)argv);
-        _exit(127);
-    }
-    return pid;
 }
 
 /*
@@ -268,106 +168,6 @@ static pid_t start_qemu(const char *kernel, struct l1_dev *dev, int memfd)
     return start_qemu_as(kernel, dev, memfd, 0, -1);
 }
 
-/*
- * Read one line from QMP; events are noted (STOP/RESUME times) and skipped
- * by qmp_cmd.
- */
-static char *qmp_line(void)
-{
-    char *nl;
-    ssize_t n;
-
-    while (!(nl = memchr(qmp_buf, '\n', qmp_len))) {
-        if (qmp_len == sizeof(qmp_buf)) {
-            return NULL;
-        }
-        n = read(qmp, qmp_buf + qmp_len, sizeof(qmp_buf) - qmp_len);
-        if (n <= 0) {
-            return NULL;
-        }
-        qmp_len += n;
-    }
-    *nl = 0;
-    {
-        char *line = strdup(qmp_buf);
-
-        qmp_len -= nl + 1 - qmp_buf;
-        memmove(qmp_buf, nl + 1, qmp_len);
-        return line;
-    }
-}
-
-static double event_time(const char *line)
-{
-    const char *s = strstr(line, "\"seconds\":");
-    const char *us = strstr(line, "\"microseconds\":");
-
-    if (!s || !us) {
-        return 0;
-    }
-    return atof(s + 10) + atof(us + 15) / 1e6;
-}
-
-/* Send a command; the reply line (caller frees), NULL if QMP went away. */
-static char *qmp_cmd(const char *fmt, ...)
-{
-    char cmd[1024], *line;
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(cmd, sizeof(cmd) - 1, fmt, ap);
-    va_end(ap);
-    cmd[n++] = '\n';
-    if (write(qmp, cmd, n) != n) {
-        return NULL;
-    }
-    while ((line = qmp_line()) != NULL) {
-        if (!strstr(line, "\"event\"")) {
-            return line;
-        }
-        if (strstr(line, "\"STOP\"")) {
-            ev_stop = event_time(line);
-        } else if (strstr(line, "\"RESUME\"")) {
-            ev_resume = event_time(line);
-        }
-        free(line);
-    }
-    return NULL;
-}
-
-/* Run a command that must succeed. */
-static int qmp_ok(const char *fmt, ...)
-{
-    char cmd[1024], *line;
-    va_list ap;
-    int ok;
-
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    line = qmp_cmd("%s", cmd);
-    ok = line && strstr(line, "\"return\"");
-    if (!ok) {
-        diag("%s -> %s", cmd, line ? line : "(connection lost)");
-    }
-    free(line);
-    return ok;
-}
-
-/* QEMU's stderr, for the record when something went wrong */
-static void show_qemu_log(void)
-{
-    static char buf[4096];
-    char *line;
-
-    if (read_file("/tmp/qemu.log", buf, sizeof(buf)) < 0) {
-        return;
-    }
-    for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-        diag("qemu: %s", line);
-    }
-}
 
 /* Which processes hold a VFIO file, for the record */
 static void show_vfio_holders(void)
@@ -409,38 +209,6 @@ static void show_vfio_holders(void)
     }
 }
 
-static int qmp_connect(void)
-{
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    double deadline = now() + 120;
-    char *greeting;
-
-    strcpy(sa.sun_path, QMP_PATH);
-    for (;;) {
-        qmp = socket(AF_UNIX, SOCK_STREAM, 0);
-        if (connect(qmp, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-            break;
-        }
-        close(qmp);
-        if (now() > deadline || waitpid(qemu_pid, NULL, WNOHANG) != 0) {
-            diag("cannot connect to QMP");
-            show_qemu_log();
-            show_vfio_holders();
-            return -1;
-        }
-        usleep(50000);
-    }
-    qmp_len = 0;
-    greeting = qmp_line();
-    free(greeting);
-    if (!qmp_ok("{\"execute\": \"qmp_capabilities\"}")) {
-        show_qemu_log();
-        show_vfio_holders();
-        return -1;
-    }
-    return 0;
-}
-
 /*
  * After QEMU is gone, L1's kernel may keep the group busy for a while
  * (about 120 ms seen here after a QEMU that went through updates, with no
@@ -463,36 +231,11 @@ static void wait_group_free(void)
     }
 }
 
-static void stop_qemu(void)
+/* stop_qemu(), and wait until the device's group is free again */
+static void stop_vfio_qemu(void)
 {
-    if (qmp >= 0) {
-        close(qmp);
-        qmp = -1;
-    }
-    if (qemu_pid > 0) {
-        kill(qemu_pid, SIGKILL);
-        waitpid(qemu_pid, NULL, 0);
-        qemu_pid = 0;
-        wait_group_free();
-    }
-}
-
-/* The guest's mailbox, @len bytes of it */
-static int read_mem(void *mb, size_t len)
-{
-    int fd, ok;
-
-    if (!qmp_ok("{\"execute\": \"pmemsave\", \"arguments\": {\"val\": %d,"
-                " \"size\": %zu, \"filename\": \"/tmp/mb\"}}",
-                MAILBOX, len)) {
-        return -1;
-    }
-    fd = open("/tmp/mb", O_RDONLY);
-    ok = fd >= 0 && read(fd, mb, len) == (ssize_t)len;
-    if (fd >= 0) {
-        close(fd);
-    }
-    return ok ? 0 : -1;
+    stop_qemu();
+    wait_group_free();
 }
 
 static int read_mailbox(struct mailbox *mb)
@@ -592,27 +335,6 @@ static int bus_master(const struct l1_dev *dev)
  * delivered to the guest after it; @during: some of them were raised
  * while no QEMU ran the VM (after the guest's state was saved).
  */
-static int cprsave(void)
-{
-    ev_stop = ev_resume = 0;
-    if (!qmp_ok("{\"execute\": \"cprsave\", \"arguments\": {\"file\": \""
-                STATE "\", \"mode\": \"restart\"}}")) {
-        show_qemu_log();
-        return -1;
-    }
-    return 0;
-}
-
-static int cprload(void)
-{
-    if (!qmp_ok("{\"execute\": \"cprload\", \"arguments\": {\"file\": \""
-                STATE "\"}}")) {
-        show_qemu_log();
-        return -1;
-    }
-    return 0;
-}
-
 static double update(long *raised, int *during)
 {
     struct mailbox frozen;
@@ -684,75 +406,11 @@ static int charged(pid_t pid, const char *who)
     return 1;
 }
 
-/* Wait up to @timeout s for @pid to exit; its wait status, or -1. */
-static int wait_exit(pid_t pid, double timeout)
-{
-    double deadline = now() + timeout;
-    int status;
-
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-        if (now() > deadline) {
-            return -1;
-        }
-        usleep(10000);
-    }
-    return status;
-}
-
-/*
- * cprsave transfer to a new QEMU started with the running one's
- * arguments (and @memlock_kb, see spawn_qemu()).  0 once the new process
- * runs the VM, answered cprsave on the same QMP connection and the old
- * one exited with 0; 1 if cprsave failed naming @refused, the new process
- * exited with 1 and the old one runs on; -1 otherwise.
- */
+/* transfer_to() a new QEMU started with @memlock_kb, see spawn_qemu() */
 static int transfer(long memlock_kb, const char *refused)
 {
-    pid_t new_pid = start_qemu_as(guest_kernel, passed, 1, 1, memlock_kb);
-    double deadline = now() + 120;
-    struct stat st;
-    char *line;
-    int status, ret = -1;
-
-    while (stat(CPR_SOCK, &st) < 0) {
-        if (now() > deadline || waitpid(new_pid, NULL, WNOHANG) != 0) {
-            diag("the new QEMU does not listen on " CPR_SOCK);
-            show_qemu_log();
-            return -1;
-        }
-        usleep(10000);
-    }
-    ev_stop = ev_resume = 0;
-    line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"mode\": "
-                   "\"transfer\", \"channel\": \"unix:" CPR_SOCK "\"}}");
-    if (!refused && line && strstr(line, "\"return\"")) {
-        status = wait_exit(qemu_pid, 10);
-        if (status == 0) {
-            qemu_pid = new_pid;
-            ret = 0;
-        } else {
-            diag("the old QEMU did not exit with 0 (wait status %d)", status);
-        }
-    } else if (refused && line && strstr(line, refused)) {
-        status = wait_exit(new_pid, 10);
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 1) {
-            ret = 1;
-        } else {
-            diag("the new QEMU did not exit with 1 (wait status %d)", status);
-        }
-    } else {
-        diag("cprsave transfer: %s", line ? line : "(connection lost)");
-    }
-    free(line);
-    if (ret < 0) {
-        show_qemu_log();
-        if (new_pid != qemu_pid) {
-            kill(new_pid, SIGKILL);
-            waitpid(new_pid, NULL, 0);
-        }
-    }
-    unlink(CPR_SOCK);
-    return ret;
+    return transfer_to(start_qemu_as(guest_kernel, passed, 1, 1, memlock_kb),
+                       refused);
 }
 
 static void test_updates(const char *irq)
@@ -856,7 +514,7 @@ static void test_blocked(void)
     struct mailbox mb;
     int ok;
 
-    stop_qemu();
+    stop_vfio_qemu();
     qemu_pid = start_qemu("/edu-guest.elf", &edu, 0);
     ok = qmp_connect() == 0 && wait_rounds(&mb, 2, 600) == 0 &&
          cprsave_refused("", "blocked by 'pc.ram'") &&
@@ -918,7 +576,7 @@ static void test_pause_without_vfio(void)
 {
     int ok;
 
-    stop_qemu();
+    stop_vfio_qemu();
     qemu_pid = start_qemu("/edu-guest.elf", NULL, 1);
     ok = qmp_connect() == 0;
     usleep(2000000);
@@ -1026,7 +684,7 @@ static void test_nvme(void)
     struct nvme_mailbox mb;
     int i, ok;
 
-    stop_qemu();
+    stop_vfio_qemu();
     qemu_pid = start_qemu("/nvme-guest.elf", &nvme, 1);
     ok = qmp_connect() == 0 && nvme_wait(&mb, 50, 1) == 0;
     result(ok, "NVMe DMA, MSI-X on two vectors and masking work before "
@@ -1217,7 +875,7 @@ static int reboot_load(const char *dir)
     if (!ok) {
         show_qemu_log();
     }
-    stop_qemu();
+    stop_vfio_qemu();
     return failed;
 }
 
@@ -1225,6 +883,7 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
+    qmp_connect_failed = show_vfio_holders;
     if (argc == 3 && !strcmp(argv[1], "reboot-save")) {
         return reboot_save(argv[2]);
     }
@@ -1248,6 +907,6 @@ int main(int argc, char **argv)
     test_blocked();
     test_pause_without_vfio();
     test_nvme();
-    stop_qemu();
+    stop_vfio_qemu();
     return failed;
 }

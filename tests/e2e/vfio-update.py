@@ -4,10 +4,10 @@
 scripts/vfio-l1.sh under TCG with an emulated IOMMU, an edu device (MSI)
 and an NVMe controller (MSI-X); the test program inside it
 (tests/e2e/vfio-l1.c) passes each through to an L2 guest with our QEMU,
-live-updates it and prints TAP, which this script relays.  The rest of L1's console goes to build/vfio-l1.console."""
+live-updates it and prints TAP, which this script relays.  The rest of
+L1's console goes to build/vfio-l1.console."""
 
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -18,7 +18,6 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 L1 = os.path.join(TOP, "build", "guest", "vfio-l1")
 QEMU = os.path.join(TOP, "build", "qemu-system-x86_64")
-TAP = re.compile(r"^(TAP version|1\.\.\d+|ok \d|not ok \d|# )")
 
 
 def main():
@@ -31,24 +30,7 @@ def main():
             "-initrd", os.path.join(L1, "initrd.img"),
             "-append", "console=ttyS0 intel_iommu=on loglevel=3",
             "-serial", "stdio"]
-    plan = None
-    oks = 0
-    bad = 0
-    for line in cprlib.console_lines(args, "vfio-l1.console"):
-        if not TAP.match(line):
-            continue
-        print(line, flush=True)
-        if line.startswith("1.."):
-            plan = int(line[3:])
-        elif line.startswith("ok "):
-            oks += 1
-        elif line.startswith("not ok "):
-            bad += 1
-    if plan is None or oks + bad != plan:
-        print("# L1 ended after %d of %s tests; see build/vfio-l1.console"
-              % (oks + bad, plan))
-        return 1
-    return 1 if bad else 0
+    return cprlib.relay_l1_tap(args, "vfio-l1.console")
 
 
 if __name__ == "__main__":
