@@ -67,6 +67,9 @@ static bool vhost_net_cpr_each(bool (*fn)(NetClientState *nc,
     return ok;
 }
 
+/* Devices that gave up their owner for the execve being attempted */
+static GPtrArray *vhost_net_cpr_released;
+
 static bool vhost_net_cpr_keep(NetClientState *nc, VHostNetState *net,
                                int fd, Error **errp)
 {
@@ -79,6 +82,7 @@ static bool vhost_net_cpr_keep(NetClientState *nc, VHostNetState *net,
                          "vhost-net device for the new QEMU", nc->name);
         return false;
     }
+    g_ptr_array_add(vhost_net_cpr_released, net);
     cpr_save_fd(name, tap_cpr_queue(nc), fd);
     return true;
 }
@@ -87,14 +91,14 @@ static bool vhost_net_cpr_own_again(NetClientState *nc, VHostNetState *net,
                                     int fd, Error **errp)
 {
     g_autofree char *name = vhost_net_cpr_name(nc->name);
-    int queue = tap_cpr_queue(nc);
-    int r = 0;
+    int r;
 
-    if (cpr_has_fd(name, queue)) {
-        cpr_delete_fd(name, queue);
-        r = vhost_net_cpr_reown(net);
-        trace_vhost_net_cpr_own_again(nc->name, fd, r);
+    if (!g_ptr_array_remove(vhost_net_cpr_released, net)) {
+        return true;
     }
+    cpr_delete_fd(name, tap_cpr_queue(nc));
+    r = vhost_net_cpr_reown(net);
+    trace_vhost_net_cpr_own_again(nc->name, fd, r);
     if (r < 0) {
         error_setg_errno(errp, -r, "netdev '%s': cannot own its vhost-net "
                          "device again", nc->name);
@@ -110,6 +114,7 @@ static int vhost_net_cpr_notify(NotifierWithReturn *notifier, void *data)
 
     switch (d->event) {
     case CPR_EVENT_EXEC:
+        g_ptr_array_set_size(vhost_net_cpr_released, 0);
         return vhost_net_cpr_each(vhost_net_cpr_keep, d->errp) ? 0 : -1;
     case CPR_EVENT_EXEC_FAILED:
         if (!vhost_net_cpr_each(vhost_net_cpr_own_again, &err)) {
@@ -127,6 +132,7 @@ int vhost_net_cpr_take(NetClientState *nc)
     g_autofree char *name = vhost_net_cpr_name(nc->name);
 
     if (!vhost_net_cpr_registered) {
+        vhost_net_cpr_released = g_ptr_array_new();
         vhost_net_cpr_notifier.notify = vhost_net_cpr_notify;
         cpr_add_notifier(&vhost_net_cpr_notifier);
         vhost_net_cpr_registered = true;

@@ -16,8 +16,8 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
     accels=tcg,kvm
 fi
 
-suites=(cpr_test qemu_unit linux_e2e libvirt_e2e vfio_e2e reboot_e2e snapshot_e2e
-        fork_e2e package_e2e style)
+suites=(cpr_test qemu_unit linux_e2e libvirt_e2e vfio_e2e reboot_e2e vhost_e2e
+        snapshot_e2e fork_e2e package_e2e style)
 n=0
 failed=0
 
@@ -84,6 +84,12 @@ vfio_e2e() {
 # (tests/e2e/reboot-l1.py).
 reboot_e2e() {
     in_session reboot-e2e python3 "$top/tests/e2e/reboot-l1.py"
+}
+
+# vhost-net kept across updates, with a real kernel vhost-net inside an
+# L1 guest (tests/e2e/vhost-update.py).
+vhost_e2e() {
+    in_session vhost-e2e python3 "$top/tests/e2e/vhost-update.py"
 }
 
 # In-process snapshot and restore (fuzzing): QMP, the cpr-trigger device

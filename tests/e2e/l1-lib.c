@@ -312,6 +312,36 @@ int cprload(void)
     return 0;
 }
 
+int cprsave_mode_refused(const char *mode, const char *extra,
+                                const char *expect)
+{
+    char *line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"file\":"
+                         " \"" STATE "\", \"mode\": \"%s\"%s}}", mode, extra);
+    int ok = line && strstr(line, expect);
+
+    if (!ok) {
+        diag("cprsave%s: %s", extra, line ? line : "(connection lost)");
+    }
+    free(line);
+    return ok;
+}
+
+int cprsave_refused(const char *extra, const char *expect)
+{
+    return cprsave_mode_refused("restart", extra, expect);
+}
+
+int make_not_a_program(void)
+{
+    int fd = open(NOT_A_PROGRAM, O_WRONLY | O_CREAT | O_TRUNC, 0700);
+    int ok = fd >= 0 && write(fd, "#!/nonexistent/qemu\n", 20) == 20;
+
+    if (fd >= 0) {
+        close(fd);
+    }
+    return ok;
+}
+
 /* Wait up to @timeout s for @pid to exit; its wait status, or -1. */
 int wait_exit(pid_t pid, double timeout)
 {

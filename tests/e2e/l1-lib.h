@@ -51,6 +51,16 @@ int read_mem(void *mb, size_t len);
 /* cprsave restart to STATE, and cprload of it: 0 if each succeeded */
 int cprsave(void);
 int cprload(void);
+/*
+ * cprsave in @mode (@extra: more arguments) must fail, naming @expect;
+ * 1 if it did.  cprsave_refused(): in mode restart.
+ */
+int cprsave_mode_refused(const char *mode, const char *extra,
+                         const char *expect);
+int cprsave_refused(const char *extra, const char *expect);
+/* A file that the kernel cannot execute (its interpreter is missing) */
+#define NOT_A_PROGRAM   "/tmp/not-a-program"
+int make_not_a_program(void);
 /* Wait up to @timeout s for @pid to exit; its wait status, or -1. */
 int wait_exit(pid_t pid, double timeout);
 int transfer_to(pid_t new_pid, const char *refused);

@@ -467,37 +467,15 @@ static void test_updates(const char *irq)
          UPDATES);
 }
 
-/* cprsave in @mode (@extra: more arguments) must fail, naming @expect. */
-static int cprsave_mode_refused(const char *mode, const char *extra,
-                                const char *expect)
-{
-    char *line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": {\"file\":"
-                         " \"" STATE "\", \"mode\": \"%s\"%s}}", mode, extra);
-    int ok = line && strstr(line, expect);
-
-    if (!ok) {
-        diag("cprsave%s: %s", extra, line ? line : "(connection lost)");
-    }
-    free(line);
-    return ok;
-}
-
-static int cprsave_refused(const char *extra, const char *expect)
-{
-    return cprsave_mode_refused("restart", extra, expect);
-}
-
 static void test_exec_fails(void)
 {
     struct mailbox mb;
-    int fd, ok;
+    int ok;
 
-    fd = open("/tmp/not-a-program", O_WRONLY | O_CREAT | O_TRUNC, 0700);
     /* A script whose interpreter is missing: execve itself fails */
-    ok = fd >= 0 && write(fd, "#!/nonexistent/qemu\n", 20) == 20;
-    close(fd);
-    ok = ok && cprsave_refused(", \"binary\": \"/tmp/not-a-program\"",
-                               "cannot execute");
+    ok = make_not_a_program() &&
+         cprsave_refused(", \"binary\": \"" NOT_A_PROGRAM "\"",
+                         "cannot execute");
     ok = ok && wait_rounds(&mb, 3, 600) == 0 && mailbox_good(&mb, 120);
     result(ok, "a failed execve gives the old process its DMA mappings back");
 

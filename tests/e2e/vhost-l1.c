@@ -192,6 +192,8 @@ static pid_t start_qemu(int memfd, int tap_fd, int vhost_fd, int incoming)
     argv[i++] = netdev;
     argv[i++] = "-device";
     argv[i++] = "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=";
+    argv[i++] = "-trace";
+    argv[i++] = "vhost_net_cpr_*";
     if (incoming) {
         argv[i++] = "-incoming";
         argv[i++] = "cpr:unix:" CPR_SOCK;
@@ -216,21 +218,28 @@ static int open_like_libvirt(int *tap_fd, int *vhost_fd)
 }
 
 /*
- * The kernel's vhost worker of QEMU process @pid ("vhost-PID"), its
- * context switches in @switches: each is a wake-up to move packets.  The
- * worker's pid, or -1 if there is none.
+ * The kernel's vhost worker of QEMU process @pid, named "vhost-TID" after
+ * the thread that made QEMU its owner, and its context switches in
+ * @switches: each is a wake-up to move packets.  The worker's pid, or -1
+ * if there is none.
  */
 static int vhost_worker(pid_t pid, long *switches)
 {
-    char want[32], path[300], buf[2048], *p;
+    char path[300], buf[2048], *p;
     struct dirent *d;
+    struct stat st;
     DIR *proc = opendir("/proc");
     int found = -1;
 
-    snprintf(want, sizeof(want), "vhost-%d\n", (int)pid);
     while (proc && found < 0 && (d = readdir(proc)) != NULL) {
         snprintf(path, sizeof(path), "/proc/%s/comm", d->d_name);
-        if (read_file(path, buf, sizeof(buf)) > 0 && !strcmp(buf, want)) {
+        if (read_file(path, buf, sizeof(buf)) <= 0 ||
+            strncmp(buf, "vhost-", 6)) {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/proc/%d/task/%d", (int)pid,
+                 atoi(buf + 6));
+        if (stat(path, &st) == 0) {
             found = atoi(d->d_name);
         }
     }
@@ -300,6 +309,7 @@ static int stream_goes_on(int conn)
     if (vhost_worker(qemu_pid, &sw0) < 0 || vhost_fds(qemu_pid) != 1) {
         diag("QEMU %d has no vhost worker, or not one /dev/vhost-net "
              "(%d)", (int)qemu_pid, vhost_fds(qemu_pid));
+        show_qemu_log();
         return -1;
     }
     for (;;) {
@@ -350,21 +360,22 @@ static uint64_t stream_bytes(void)
 /* @n restart updates, the stream of @conn going on after each */
 static int updates(int conn, int n, const char *what)
 {
-    double p[UPDATES] = { 0 };
+    char pauses[128] = "";
+    size_t len = 0;
     int i;
 
     for (i = 0; i < n; i++) {
         if (cprsave() < 0 || cprload() < 0) {
             return -1;
         }
-        p[i] = (ev_resume - ev_stop) * 1e3;
-        if (stream_goes_on(conn) < 0) {
+        len += snprintf(pauses + len, sizeof(pauses) - len, " %.1f",
+                        (ev_resume - ev_stop) * 1e3);
+        if (len >= sizeof(pauses) || stream_goes_on(conn) < 0) {
             return -1;
         }
     }
-    diag("pause %s (ms, QMP STOP -> RESUME): %.1f %.1f %.1f; stream at "
-         "%llu bytes", what, p[0], p[1], p[2],
-         (unsigned long long)stream_bytes());
+    diag("pause %s (ms, QMP STOP -> RESUME):%s; stream at %llu bytes",
+         what, pauses, (unsigned long long)stream_bytes());
     return 0;
 }
 
@@ -374,7 +385,7 @@ int main(void)
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
-    printf("TAP version 14\n1..5\n");
+    printf("TAP version 14\n1..6\n");
     if (access("/dev/vhost-net", F_OK) || setup_network() < 0) {
         result(0, "L1 has vhost-net and the guest's network");
         return 1;
@@ -407,6 +418,14 @@ int main(void)
     }
     result(ok, "tap fd= and vhostfd= given by the caller (libvirt): "
            "cprsave restart keeps them, the stream goes on");
+
+    /* The device gave up its owner before execve, and takes it back */
+    ok = ok && make_not_a_program() &&
+         cprsave_refused(", \"binary\": \"" NOT_A_PROGRAM "\"",
+                         "cannot execute") &&
+         stream_goes_on(2) == 0 && updates(2, 1, "after it") == 0;
+    result(ok, "a failed execve gives the old process its vhost-net device "
+           "back; the stream goes on, and the next update works");
     stop_qemu();
     return failed;
 }
