@@ -111,7 +111,7 @@ style() {
     local cp=$build/src/scripts/checkpatch.pl f i=0 bad=0 out
     local files=()
     mapfile -t files < <(grep -E '\.(c|h)$' "$top/scripts/overlay.list"
-                         cd "$top" && ls tests/guest/*.[ch] tests/e2e/*.c)
+                         cd "$top" && ls tests/guest/*.[ch] tests/e2e/*.[ch])
     echo "1..$(( ${#files[@]} + $(ls "$top"/patches/*.patch | wc -l) ))"
     for f in "${files[@]}" "$top"/patches/*.patch; do
         i=$((i + 1))

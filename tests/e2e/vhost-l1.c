@@ -249,8 +249,9 @@ static int vhost_worker(pid_t pid, long *switches)
     *switches = 0;
     if (found > 0) {
         snprintf(path, sizeof(path), "/proc/%d/status", found);
-        if (read_file(path, buf, sizeof(buf)) > 0 &&
-            (p = strstr(buf, "voluntary_ctxt_switches:"))) {
+        p = read_file(path, buf, sizeof(buf)) > 0 ?
+            strstr(buf, "voluntary_ctxt_switches:") : NULL;
+        if (p) {
             *switches = atol(p + 24);
         }
     }
@@ -385,7 +386,7 @@ int main(void)
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
-    printf("TAP version 14\n1..6\n");
+    printf("TAP version 14\n1..7\n");
     if (access("/dev/vhost-net", F_OK) || setup_network() < 0) {
         result(0, "L1 has vhost-net and the guest's network");
         return 1;
@@ -404,7 +405,11 @@ int main(void)
         ok = transfer_to(start_qemu(1, -1, -1, 1), NULL) == 0 &&
              stream_goes_on(1) == 0;
     }
-    result(ok, "cprsave transfer: the same, into new processes");
+    ok = ok && qmp_ok("{\"execute\": \"cprsave\", \"arguments\": "
+                      "{\"mode\": \"restart\", \"relay\": true}}") &&
+         stream_goes_on(1) == 0;
+    result(ok, "cprsave transfer, and restart through a relay: the same, "
+           "into new processes");
 
     /* As libvirt runs it: descriptors passed by number */
     stop_qemu();
@@ -426,6 +431,22 @@ int main(void)
          stream_goes_on(2) == 0 && updates(2, 1, "after it") == 0;
     result(ok, "a failed execve gives the old process its vhost-net device "
            "back; the stream goes on, and the next update works");
+
+    /*
+     * A relay process starts from the command line alone and cannot use
+     * vhostfd=: cprsave fails and the VM runs on here
+     */
+    if (ok) {
+        char *line = qmp_cmd("{\"execute\": \"cprsave\", \"arguments\": "
+                             "{\"mode\": \"restart\", \"relay\": true}}");
+
+        ok = line && strstr(line, "did not start");
+        diag("cprsave relay: %s", line ? line : "(connection lost)");
+        free(line);
+    }
+    ok = ok && stream_goes_on(2) == 0;
+    result(ok, "restart through a relay with vhostfd= fails (the relay "
+           "cannot use the descriptor); the VM runs on, the stream goes on");
     stop_qemu();
     return failed;
 }

@@ -6,8 +6,9 @@
  * It resolves the peer with ARP, connects from a port of its boot, and
  * sends a byte stream whose byte k is k % 251, in segments of SEG bytes,
  * as much as the peer's window allows; lost segments are sent again after
- * RTO (go-back-N).  It answers ARP requests for its own address.  The receiver in L1 checks
- * every byte and sees the same connection go on across updates.
+ * RTO (go-back-N).  It answers ARP requests for its own address.  The
+ * receiver in L1 checks every byte and sees the same connection go on
+ * across updates.
  *
  * Results live in a mailbox at MAILBOX (struct mailbox), read by the test
  * with pmemsave.
@@ -56,6 +57,7 @@ struct mailbox {
 #define ERR_FIN         3       /* the peer closed it */
 #define ERR_BAD_ACK     4       /* an ACK for bytes never sent */
 
+/* Written by the guest, read by the host behind the compiler's back */
 typedef volatile struct mailbox shared_mailbox;
 static shared_mailbox *const mb = (shared_mailbox *)MAILBOX;
 
@@ -75,12 +77,17 @@ struct vring_desc {
     uint16_t flags, next;
 };
 
+/* Rings: the device reads and writes them behind the compiler's back */
+typedef volatile struct vring_desc shared_desc;
+/* (the same) */
+typedef volatile uint16_t shared_u16;
+
 struct vq {
     int index;
     uint16_t size;
-    volatile struct vring_desc *desc;
-    volatile uint16_t *avail;   /* flags, idx, ring[size] */
-    volatile uint16_t *used;    /* flags, idx, then {id, len} pairs */
+    shared_desc *desc;
+    shared_u16 *avail;          /* flags, idx, ring[size] */
+    shared_u16 *used;           /* flags, idx, then {id, len} pairs */
     uint16_t last_used;
 };
 
@@ -193,10 +200,10 @@ static void vq_init(struct vq *q, int index, uint32_t ring)
     outw(io + VIRTIO_QUEUE_SEL, index);
     q->index = index;
     q->size = inw(io + VIRTIO_QUEUE_SIZE);
-    q->desc = (volatile struct vring_desc *)ring;
-    q->avail = (volatile uint16_t *)(ring + 16 * q->size);
+    q->desc = (shared_desc *)ring;
+    q->avail = (shared_u16 *)(ring + 16 * q->size);
     avail_end = ring + 16 * q->size + 6 + 2 * q->size;
-    q->used = (volatile uint16_t *)((avail_end + 4095) & ~4095u);
+    q->used = (shared_u16 *)((avail_end + 4095) & ~4095u);
     zero((void *)ring, (uint32_t)q->used + 6 + 8 * q->size - ring);
     q->avail[0] = 1;            /* VRING_AVAIL_F_NO_INTERRUPT: we poll */
     q->last_used = 0;
@@ -221,13 +228,13 @@ static void vq_kick(struct vq *q)
 /* The next used element's id (and @len), or -1 */
 static int vq_next_used(struct vq *q, uint32_t *len)
 {
-    volatile uint32_t *elem;
+    shared_u32 *elem;
 
     if (q->used[1] == q->last_used) {
         return -1;
     }
     barrier();
-    elem = (volatile uint32_t *)(q->used + 2) + 2 * (q->last_used % q->size);
+    elem = (shared_u32 *)(q->used + 2) + 2 * (q->last_used % q->size);
     q->last_used++;
     *len = elem[1];
     return elem[0];
