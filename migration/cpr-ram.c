@@ -72,13 +72,66 @@ void *cpr_ram_alloc_memfd(RAMBlock *rb, Error **errp)
     return host;
 }
 
-static void cpr_ram_adopt_status(RAMBlock *rb, const char *why)
+static void cpr_ram_adopt_status_of(const char *idstr, const char *why)
 {
     if (!cpr_ram_adopted) {
         cpr_ram_adopted = g_hash_table_new_full(g_str_hash, g_str_equal,
                                                 g_free, g_free);
     }
-    g_hash_table_insert(cpr_ram_adopted, g_strdup(rb->idstr), g_strdup(why));
+    g_hash_table_insert(cpr_ram_adopted, g_strdup(idstr), g_strdup(why));
+}
+
+static void cpr_ram_adopt_status(RAMBlock *rb, const char *why)
+{
+    cpr_ram_adopt_status_of(rb->idstr, why);
+}
+
+/*
+ * Kept memfds that a memory-backend-memfd took when it allocated its
+ * block, before the block had its migration name: name -> descriptor + 1
+ */
+static GHashTable *cpr_ram_taken_early;
+
+int cpr_ram_take_for_backend(const char *name, uint64_t size)
+{
+    g_autofree char *key = g_strdup_printf("ram:%s", name);
+    struct stat st;
+    int fd;
+
+    /* A fork child maps its parent's memory copy-on-write, later */
+    if (!cpr_is_incoming() || cpr_fork_is_child()) {
+        return -1;
+    }
+    fd = cpr_take_fd(key, 0);
+    if (fd < 0) {
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || st.st_size < size) {
+        cpr_ram_adopt_status_of(name, "the kept memory is smaller than the "
+                                "block");
+        close(fd);
+        return -1;
+    }
+    if (!cpr_ram_taken_early) {
+        cpr_ram_taken_early = g_hash_table_new_full(g_str_hash, g_str_equal,
+                                                    g_free, NULL);
+    }
+    g_hash_table_insert(cpr_ram_taken_early, g_strdup(name),
+                        GINT_TO_POINTER(fd + 1));
+    trace_cpr_ram_take_for_backend(name, size, fd);
+    return fd;
+}
+
+/* @rb maps the kept memory @fd: what the first process did to its block */
+static void cpr_ram_adopted_done(RAMBlock *rb, int fd)
+{
+    if (!machine_dump_guest_core(current_machine)) {
+        qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTDUMP);
+    }
+    qemu_madvise(rb->host, rb->max_length, QEMU_MADV_HUGEPAGE);
+    qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTFORK);
+    cpr_ram_adopt_status(rb, "");
+    trace_cpr_ram_adopt(rb->idstr, rb->max_length, fd);
 }
 
 /*
@@ -160,6 +213,14 @@ void cpr_ram_adopt(RAMBlock *rb)
     if (!cpr_is_incoming()) {
         return;
     }
+    /* Its backend took the kept memfd already (the same name) */
+    if (cpr_ram_taken_early && rb->fd >= 0 &&
+        GPOINTER_TO_INT(g_hash_table_lookup(cpr_ram_taken_early,
+                                            rb->idstr)) == rb->fd + 1) {
+        g_hash_table_remove(cpr_ram_taken_early, rb->idstr);
+        cpr_ram_adopted_done(rb, rb->fd);
+        return;
+    }
     name = cpr_ram_fd_name(rb);
     fd = cpr_take_fd(name, 0);
     if (fd < 0) {
@@ -207,13 +268,7 @@ void cpr_ram_adopt(RAMBlock *rb)
         rb->fd = fd;
         rb->flags |= RAM_SHARED;
     }
-    if (!machine_dump_guest_core(current_machine)) {
-        qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTDUMP);
-    }
-    qemu_madvise(rb->host, rb->max_length, QEMU_MADV_HUGEPAGE);
-    qemu_madvise(rb->host, rb->max_length, QEMU_MADV_DONTFORK);
-    cpr_ram_adopt_status(rb, "");
-    trace_cpr_ram_adopt(rb->idstr, rb->max_length, fd);
+    cpr_ram_adopted_done(rb, fd);
     return;
 
 fail:
@@ -432,9 +487,15 @@ static int cpr_ram_huge_need(RAMBlock *rb, void *opaque)
 
     /*
      * A file with a name (on hugetlbfs) is opened again by the new
-     * binary, whose mapping shares the pages the file has
+     * binary, whose mapping shares the pages the file has; a
+     * memory-backend-memfd takes the kept memfd when it allocates
+     * (cpr_ram_take_for_backend, under the name its block then gets)
      */
     if (rb->fd >= 0 && fstat(rb->fd, &st) == 0 && st.st_nlink > 0) {
+        return 0;
+    }
+    if (object_dynamic_cast(rb->mr->owner, "memory-backend-memfd") &&
+        !strcmp(rb->idstr, memory_region_name(rb->mr))) {
         return 0;
     }
     if (qemu_ram_is_migratable(rb) && size > qemu_real_host_page_size()) {
@@ -447,8 +508,9 @@ static int cpr_ram_huge_need(RAMBlock *rb, void *opaque)
 
 /*
  * Restart: the new binary (or the old one, taking the VM back) maps each
- * huge-page block of its own before it maps the kept memfd over it, and
- * exits if the pool cannot reserve those pages: the VM would be lost
+ * huge-page block other than a memfd backend's of its own before it maps
+ * the kept memfd over it, and exits if the pool cannot reserve those
+ * pages: the VM would be lost
  */
 static void cpr_ram_huge_blockers(CprBlockerList ***tail)
 {

@@ -272,6 +272,15 @@ void *cpr_ram_alloc_memfd(RAMBlock *rb, Error **errp);
  */
 void cpr_ram_adopt(RAMBlock *rb);
 
+/*
+ * cpr_ram_take_for_backend: for a memory backend named @name about to
+ * allocate @size bytes in a memfd: the memfd a process before cprsave
+ * restart kept for the block of that name, to map instead of a new one
+ * (its pages, huge pages included, are not allocated twice), or -1.
+ * cpr_ram_adopt() then finds the block done.
+ */
+int cpr_ram_take_for_backend(const char *name, uint64_t size);
+
 /* cpr-snapshot.c: in-memory snapshot and restore (fuzzing) */
 
 /*
