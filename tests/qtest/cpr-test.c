@@ -421,6 +421,8 @@ static CprVm *vm_start(const char *machine, int keep_fd)
 }
 
 static void vm_transfer_cleanup(CprVm *vm);
+static pid_t vm_start_incoming(CprVm *vm, const char *const *extra);
+static void vm_transfer(CprVm *vm, pid_t new_pid);
 
 static void vm_kill(CprVm *vm)
 {
@@ -1701,7 +1703,7 @@ static long huge_pages_free(void)
  * Guest RAM on 2 MiB huge pages (memory-backend-memfd,hugetlb=on): the
  * new binary maps the memfd the old one kept, under the backend's name,
  * instead of allocating a block of its own first, so the update needs no
- * free huge page, and the guest keeps its pages.  The test reserves the
+ * free huge page, and the guest keeps its pages; so does a transfer.  The test reserves the
  * guest's pages, no more, and gives them back.
  */
 static void test_hugepages(void)
@@ -1731,6 +1733,13 @@ static void test_hugepages(void)
     before = vm_counters(vm);
     vm_cprsave_restart(vm);
     vm_cprload(vm, vm->state_path);
+    after = check_kept(vm, before);
+    g_assert_cmpint(huge_pages_free(), ==, free0 - guest);
+
+    /* The same for a transfer's new process, which starts up meanwhile */
+    g_free(before);
+    before = g_steal_pointer(&after);
+    vm_transfer(vm, vm_start_incoming(vm, NULL));
     after = check_kept(vm, before);
     g_assert_cmpint(huge_pages_free(), ==, free0 - guest);
     vm_kill(vm);
