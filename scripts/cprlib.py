@@ -315,6 +315,20 @@ def console_lines(args, log_name):
             yield line
 
 
+def l1_args(machine, append, extra=()):
+    """QEMU's arguments for the L1 guest of scripts/vfio-l1.sh (TCG,
+    2 GiB, its console on stdout): @machine, kernel arguments @append
+    after the console's, @extra arguments"""
+    l1 = os.path.join(TOP, "build", "guest", "vfio-l1")
+    return [os.path.join(TOP, "build", "qemu-system-x86_64"),
+            "-machine", machine, "-accel", "tcg", "-m", "2048",
+            "-display", "none", "-nodefaults", "-no-reboot",
+            "-kernel", os.path.join(l1, "vmlinuz"),
+            "-initrd", os.path.join(l1, "initrd.img"),
+            "-append", "console=ttyS0 loglevel=3 " + append,
+            "-serial", "stdio"] + list(extra)
+
+
 def relay_l1_tap(args, log_name):
     """Run the L1 guest with @args until it exits, printing the TAP lines
     of its console (the rest goes to build/@log_name); 0 if the plan

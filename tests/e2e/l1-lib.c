@@ -211,6 +211,31 @@ int qmp_ok(const char *fmt, ...)
 }
 
 /* QEMU's stderr, for the record when something went wrong */
+int qemu_args(const char **argv, char *machine, int memfd,
+              const char *kernel)
+{
+    int i = 0;
+
+    sprintf(machine, "q35,memfd-alloc=%s", memfd ? "on" : "off");
+    argv[i++] = QEMU;
+    argv[i++] = "-L";
+    argv[i++] = "/usr/share/qemu";
+    argv[i++] = "-machine";
+    argv[i++] = machine;
+    argv[i++] = "-accel";
+    argv[i++] = "tcg";
+    argv[i++] = "-m";
+    argv[i++] = "128";
+    argv[i++] = "-nodefaults";
+    argv[i++] = "-display";
+    argv[i++] = "none";
+    argv[i++] = "-kernel";
+    argv[i++] = kernel;
+    argv[i++] = "-qmp";
+    argv[i++] = "unix:" QMP_PATH ",server=on,wait=off";
+    return i;
+}
+
 void show_qemu_log(void)
 {
     static char buf[16384];

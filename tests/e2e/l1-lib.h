@@ -38,6 +38,14 @@ int write_file(const char *path, const char *s);
  * @memlock_kb >= 0 it may lock only that much memory (no CAP_IPC_LOCK).
  */
 pid_t spawn_qemu(const char **argv, int incoming, long memlock_kb);
+/*
+ * The arguments every QEMU on an L2 guest has, into @argv: TCG, 128 MiB,
+ * q35 with memfd-alloc @memfd (written into @machine, 32 bytes), the
+ * multiboot @kernel and QMP at QMP_PATH; how many
+ */
+#define QEMU_MACHINE_LEN 32
+int qemu_args(const char **argv, char *machine, int memfd,
+              const char *kernel);
 void show_qemu_log(void);
 /* Connect to QMP_PATH of qemu_pid; 0 once commands can be sent */
 int qmp_connect(void);

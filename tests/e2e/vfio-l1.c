@@ -123,9 +123,9 @@ static int bind_device(struct l1_dev *dev)
 static pid_t start_qemu_as(const char *kernel, struct l1_dev *dev, int memfd,
                            int incoming, long memlock_kb)
 {
-    char vfio[96], machine[64];
+    char vfio[96], machine[QEMU_MACHINE_LEN];
     const char *argv[32];
-    int i = 0;
+    int i;
 
     passed = dev;
     guest_kernel = kernel;
@@ -133,24 +133,7 @@ static pid_t start_qemu_as(const char *kernel, struct l1_dev *dev, int memfd,
         snprintf(vfio, sizeof(vfio), "vfio-pci,host=%s,id=%s0", dev->bdf,
                  dev->name);
     }
-    snprintf(machine, sizeof(machine), "q35,memfd-alloc=%s",
-             memfd ? "on" : "off");
-    argv[i++] = QEMU;
-    argv[i++] = "-L";
-    argv[i++] = "/usr/share/qemu";
-    argv[i++] = "-machine";
-    argv[i++] = machine;
-    argv[i++] = "-accel";
-    argv[i++] = "tcg";
-    argv[i++] = "-m";
-    argv[i++] = "128";
-    argv[i++] = "-nodefaults";
-    argv[i++] = "-display";
-    argv[i++] = "none";
-    argv[i++] = "-kernel";
-    argv[i++] = kernel;
-    argv[i++] = "-qmp";
-    argv[i++] = "unix:" QMP_PATH ",server=on,wait=off";
+    i = qemu_args(argv, machine, memfd, kernel);
     if (dev) {
         argv[i++] = "-device";
         argv[i++] = vfio;

@@ -14,22 +14,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "scripts"))
 import cprlib  # noqa: E402
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-L1 = os.path.join(TOP, "build", "guest", "vfio-l1")
-QEMU = os.path.join(TOP, "build", "qemu-system-x86_64")
-
 
 def main():
-    args = [QEMU, "-machine", "q35,kernel-irqchip=split", "-accel", "tcg",
-            "-m", "2048", "-display", "none", "-nodefaults", "-no-reboot",
-            "-device", "intel-iommu,caching-mode=on,intremap=on",
-            "-device", "edu",
-            "-device", "nvme,serial=cprnvme",
-            "-kernel", os.path.join(L1, "vmlinuz"),
-            "-initrd", os.path.join(L1, "initrd.img"),
-            "-append", "console=ttyS0 intel_iommu=on loglevel=3",
-            "-serial", "stdio"]
+    args = cprlib.l1_args("q35,kernel-irqchip=split", "intel_iommu=on", [
+        "-device", "intel-iommu,caching-mode=on,intremap=on",
+        "-device", "edu", "-device", "nvme,serial=cprnvme"])
     return cprlib.relay_l1_tap(args, "vfio-l1.console")
 
 

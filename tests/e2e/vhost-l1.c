@@ -159,9 +159,9 @@ static int setup_network(void)
  */
 static pid_t start_qemu(int memfd, int tap_fd, int vhost_fd, int incoming)
 {
-    char netdev[160], machine[64];
+    char netdev[160], machine[QEMU_MACHINE_LEN];
     const char *argv[32];
-    int i = 0;
+    int i;
 
     if (tap_fd >= 0) {
         snprintf(netdev, sizeof(netdev), "tap,id=net0,fd=%d,vhost=on,"
@@ -170,24 +170,7 @@ static pid_t start_qemu(int memfd, int tap_fd, int vhost_fd, int incoming)
         snprintf(netdev, sizeof(netdev), "tap,id=net0,ifname=" TAP_NAME
                  ",script=no,downscript=no,vhost=on");
     }
-    snprintf(machine, sizeof(machine), "q35,memfd-alloc=%s",
-             memfd ? "on" : "off");
-    argv[i++] = QEMU;
-    argv[i++] = "-L";
-    argv[i++] = "/usr/share/qemu";
-    argv[i++] = "-machine";
-    argv[i++] = machine;
-    argv[i++] = "-accel";
-    argv[i++] = "tcg";
-    argv[i++] = "-m";
-    argv[i++] = "128";
-    argv[i++] = "-nodefaults";
-    argv[i++] = "-display";
-    argv[i++] = "none";
-    argv[i++] = "-kernel";
-    argv[i++] = GUEST_KERNEL;
-    argv[i++] = "-qmp";
-    argv[i++] = "unix:" QMP_PATH ",server=on,wait=off";
+    i = qemu_args(argv, machine, memfd, GUEST_KERNEL);
     argv[i++] = "-netdev";
     argv[i++] = netdev;
     argv[i++] = "-device";
@@ -402,8 +385,10 @@ int main(void)
            "connection, through the new process's vhost worker");
 
     for (i = 0; i < 2 && ok; i++) {
-        ok = transfer_to(start_qemu(1, -1, -1, 1), NULL) == 0 &&
-             stream_goes_on(1) == 0;
+        ok = transfer_to(start_qemu(1, -1, -1, 1), NULL) == 0;
+        diag("pause of transfer %d (ms, QMP STOP -> RESUME): %.1f", i + 1,
+             (ev_resume - ev_stop) * 1e3);
+        ok = ok && stream_goes_on(1) == 0;
     }
     ok = ok && qmp_ok("{\"execute\": \"cprsave\", \"arguments\": "
                       "{\"mode\": \"restart\", \"relay\": true}}") &&

@@ -14,19 +14,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "scripts"))
 import cprlib  # noqa: E402
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-L1 = os.path.join(TOP, "build", "guest", "vfio-l1")
-QEMU = os.path.join(TOP, "build", "qemu-system-x86_64")
-
 
 def main():
-    args = [QEMU, "-machine", "q35", "-accel", "tcg", "-m", "2048",
-            "-display", "none", "-nodefaults", "-no-reboot",
-            "-kernel", os.path.join(L1, "vmlinuz"),
-            "-initrd", os.path.join(L1, "initrd.img"),
-            "-append", "console=ttyS0 loglevel=3 cpr.test=vhost",
-            "-serial", "stdio"]
+    args = cprlib.l1_args("q35", "cpr.test=vhost")
     return cprlib.relay_l1_tap(args, "vhost-l1.console")
 
 

@@ -97,19 +97,6 @@ static uint8_t mac[6], peer_mac[6];
 static uint16_t tx_free[256];
 static int tx_nfree;
 
-static inline void outw(uint16_t port, uint16_t v)
-{
-    asm volatile("outw %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline uint16_t inw(uint16_t port)
-{
-    uint16_t v;
-
-    asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
-    return v;
-}
-
 static inline uint64_t rdtsc(void)
 {
     uint32_t lo, hi;
