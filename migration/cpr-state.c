@@ -253,6 +253,11 @@ bool cpr_is_incoming(void)
     return cpr_incoming_pending;
 }
 
+bool cpr_is_exec_incoming(void)
+{
+    return cpr_incoming_pending && !cpr_transferred;
+}
+
 bool cpr_takes_vm_over(void)
 {
     return cpr_incoming_pending || cpr_incoming_channel || cpr_fork_channel;

@@ -27,8 +27,9 @@ static char *tap_cpr_name(const char *netdev)
 int tap_cpr_queue(NetClientState *nc)
 {
     NetClientState *ncs[TAP_CPR_MAX];
-    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
-                                         TAP_CPR_MAX);
+    int n = MIN(qemu_find_net_clients_except(NULL, ncs,
+                                             NET_CLIENT_DRIVER_NIC,
+                                             TAP_CPR_MAX), TAP_CPR_MAX);
     int i, queue = 0;
 
     /* Queues of one netdev share its id, in creation order. */
@@ -41,8 +42,10 @@ int tap_cpr_queue(NetClientState *nc)
 
 int tap_cpr_list(NetClientState **ncs)
 {
-    int n = qemu_find_net_clients_except(NULL, ncs, NET_CLIENT_DRIVER_NIC,
-                                         TAP_CPR_MAX);
+    /* (it counts the clients it could not store too) */
+    int n = MIN(qemu_find_net_clients_except(NULL, ncs,
+                                             NET_CLIENT_DRIVER_NIC,
+                                             TAP_CPR_MAX), TAP_CPR_MAX);
     int i, taps = 0;
 
     for (i = 0; i < n; i++) {

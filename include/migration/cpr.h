@@ -88,6 +88,14 @@ const char *cpr_relay_error(void);
 bool cpr_is_incoming(void);
 
 /*
+ * cpr_is_exec_incoming: cpr_is_incoming() in a process that cprsave
+ * restart executed (or that took the VM back after it): a descriptor
+ * the command line names by number is not open here unless it was kept,
+ * and then the subsystem that kept it takes it by name.
+ */
+bool cpr_is_exec_incoming(void);
+
+/*
  * cpr_takes_vm_over: this process builds its machine to take a VM over,
  * whose state it has or will receive: after "cprsave restart", with
  * "-incoming cpr:CHANNEL" or with "-incoming cpr-fork:CHANNEL".
