@@ -595,8 +595,20 @@ static void *poweroff_watchdog(void *opaque)
 static void *hotplug_disk_watcher(void *opaque)
 {
     struct disk *d = opaque;
+    int fd, tries = 0;
 
     wait_for_path(d->path);
+    /*
+     * The node shows up before the kernel has the disk live, when
+     * opening it fails with ENXIO (seen with four vCPUs): a moment more
+     */
+    while ((fd = open(d->path, O_RDONLY)) < 0 && errno == ENXIO &&
+           ++tries < 100) {
+        usleep(100 * 1000);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
     return disk_worker(d);
 }
 

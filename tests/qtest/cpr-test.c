@@ -1703,8 +1703,8 @@ static long huge_pages_free(void)
  * Guest RAM on 2 MiB huge pages (memory-backend-memfd,hugetlb=on): the
  * new binary maps the memfd the old one kept, under the backend's name,
  * instead of allocating a block of its own first, so the update needs no
- * free huge page, and the guest keeps its pages; so does a transfer.  The test reserves the
- * guest's pages, no more, and gives them back.
+ * free huge page, and the guest keeps its pages; so does a transfer.
+ * The test reserves the guest's pages, no more, and gives them back.
  */
 static void test_hugepages(void)
 {
