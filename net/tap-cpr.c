@@ -24,22 +24,6 @@ static char *tap_cpr_name(const char *netdev)
     return g_strdup_printf("tap:%s", netdev);
 }
 
-int tap_cpr_queue(NetClientState *nc)
-{
-    NetClientState *ncs[TAP_CPR_MAX];
-    int n = MIN(qemu_find_net_clients_except(NULL, ncs,
-                                             NET_CLIENT_DRIVER_NIC,
-                                             TAP_CPR_MAX), TAP_CPR_MAX);
-    int i, queue = 0;
-
-    /* Queues of one netdev share its id, in creation order. */
-    for (i = 0; i < n && ncs[i] != nc; i++) {
-        queue += ncs[i]->info->type == NET_CLIENT_DRIVER_TAP &&
-                 !strcmp(ncs[i]->name, nc->name);
-    }
-    return queue;
-}
-
 int tap_cpr_list(NetClientState **ncs)
 {
     /* (it counts the clients it could not store too) */
@@ -54,6 +38,19 @@ int tap_cpr_list(NetClientState **ncs)
         }
     }
     return taps;
+}
+
+int tap_cpr_queue(NetClientState *nc)
+{
+    NetClientState *ncs[TAP_CPR_MAX];
+    int n = tap_cpr_list(ncs);
+    int i, queue = 0;
+
+    /* Queues of one netdev share its id, in creation order. */
+    for (i = 0; i < n && ncs[i] != nc; i++) {
+        queue += !strcmp(ncs[i]->name, nc->name);
+    }
+    return queue;
 }
 
 /* The tap descriptors of every netdev (each queue) cross execve */
