@@ -3,6 +3,8 @@
 
 GUEST_IMG := build/guest/cpr-guest.img
 FUZZ_GUEST := build/guest/fuzz-guest.elf
+SYZ_GUEST := build/guest/syz-guest.elf
+SYZ_HOST := build/syz-host
 L2_CFLAGS := -m32 -ffreestanding -fno-pic -fno-stack-protector -nostdlib \
              -O2 -Wall -Werror
 QEMU      := build/qemu-system-x86_64
@@ -23,7 +25,7 @@ build: deps
 build-b: build
 	bash scripts/build.sh b
 
-guest: deps $(GUEST_IMG) $(FUZZ_GUEST)
+guest: deps $(GUEST_IMG) $(FUZZ_GUEST) $(SYZ_GUEST) $(SYZ_HOST)
 
 linux-guest: deps
 	bash scripts/linux-guest.sh
@@ -47,6 +49,19 @@ $(FUZZ_GUEST): tests/guest/fuzz-guest.c tests/guest/l2.c tests/guest/l2.h \
 	$(CC) $(L2_CFLAGS) -c -o $(@D)/fuzz-guest.o tests/guest/fuzz-guest.c
 	ld -m elf_i386 --no-warn-rwx-segments -T tests/guest/l2.ld -o $@ \
 	    $(@D)/l2.o $(@D)/fuzz-guest.o
+
+# syzkaller's snapshot mode: the guest executor and the host side
+$(SYZ_GUEST): tests/guest/syz-guest.c tests/guest/syz-abi.h tests/guest/l2.c \
+              tests/guest/l2.h tests/guest/l2.ld | deps
+	@mkdir -p $(@D)
+	$(CC) $(L2_CFLAGS) -c -o $(@D)/syz-l2.o tests/guest/l2.c
+	$(CC) $(L2_CFLAGS) -c -o $(@D)/syz-guest.o tests/guest/syz-guest.c
+	ld -m elf_i386 --no-warn-rwx-segments -T tests/guest/l2.ld -o $@ \
+	    $(@D)/syz-l2.o $(@D)/syz-guest.o
+
+$(SYZ_HOST): tests/e2e/syz-host.c tests/guest/syz-abi.h | deps
+	@mkdir -p $(@D)
+	$(CC) -O2 -Wall -Werror -Itests/guest -o $@ tests/e2e/syz-host.c
 
 # The Debian package of build/obj's QEMU, in build/ (scripts/deb.sh)
 deb: build

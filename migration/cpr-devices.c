@@ -17,6 +17,7 @@
 
 #include "qemu/osdep.h"
 #include "exec/memory.h"
+#include "qemu/bswap.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
@@ -151,13 +152,24 @@ void cpr_devices_prepare_load(void)
 
 GByteArray *cpr_save_devices(Error **errp)
 {
-    QIOChannelBuffer *bioc = g_steal_pointer(&cpr_save_bioc) ?:
-                             qio_channel_buffer_new(CPR_DEVICES_BUF);
+    return cpr_save_devices_some(NULL, NULL, true, errp);
+}
+
+GByteArray *cpr_save_devices_some(bool (*want)(void *opaque, void *arg),
+                                  void *arg, bool sync_cpus, Error **errp)
+{
+    /* A stream with CPUs is the VM's, a few devices' fit in a small one */
+    QIOChannelBuffer *bioc = (sync_cpus ? g_steal_pointer(&cpr_save_bioc)
+                                        : NULL) ?:
+        qio_channel_buffer_new(sync_cpus ? CPR_DEVICES_BUF : 4 * KiB);
     QEMUFile *f = qemu_file_new_output(QIO_CHANNEL(bioc));
     GByteArray *b = NULL;
     int ret;
 
-    ret = qemu_save_device_state(f);
+    if (sync_cpus) {
+        cpu_synchronize_all_states();
+    }
+    ret = qemu_save_device_state_some(f, want, arg);
     qemu_fflush(f);
     if (!ret) {
         ret = qemu_file_get_error(f);
@@ -199,13 +211,61 @@ bool cpr_restoring(void)
     return cpr_restoring_now;
 }
 
+/*
+ * Load the sections of the device state stream @data, within a memory
+ * transaction that the caller made; false if the stream is not one or a
+ * device refused its state.
+ */
+static bool cpr_devices_header_ok(const uint8_t *data, size_t len,
+                                  Error **errp)
+{
+    if (len < 8 || ldl_be_p(data) != QEMU_VM_FILE_MAGIC ||
+        ldl_be_p(data + 4) != QEMU_VM_FILE_VERSION) {
+        error_setg(errp, "the device state has no valid header");
+        return false;
+    }
+    return true;
+}
+
+static int cpr_load_sections(const uint8_t *data, size_t len, Error **errp)
+{
+    QEMUFile *f;
+    int ret;
+
+    if (!cpr_devices_header_ok(data, len, errp)) {
+        return -EINVAL;
+    }
+    f = cpr_buffer_input(data + 8, len - 8);
+    ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
+    if (ret < 0) {
+        cpr_devices_half_loaded = true;
+        error_setg(errp, "cannot load device state (%s); see the error "
+                   "log for the device that refused it", strerror(-ret));
+    }
+    cpr_buffer_input_close(f);
+    return ret;
+}
+
 bool cpr_restore_machine(const uint8_t *data, size_t len,
                          CprRestoreRamFn *ram, void *opaque,
-                         CprRestoreTimes *t, Error **errp)
+                         CprExclude *exclude, CprRestoreTimes *t,
+                         Error **errp)
 {
     MachineClass *mc = MACHINE_GET_CLASS(current_machine);
-    int64_t t1, t2, t3, t4, t5;
+    g_autoptr(GByteArray) kept = NULL;
+    int64_t t0 = get_clock(), t1, t2, t3, t4, t5;
     bool ok;
+
+    /*
+     * The devices whose state goes on: saved now, loaded after the rest,
+     * into the machine fresh from reset, as an incoming migration would.
+     */
+    if (cpr_exclude_has_devices(exclude)) {
+        kept = cpr_exclude_save_kept(exclude, errp);
+        if (!kept) {
+            return false;
+        }
+    }
 
     /*
      * Devices load their state as if into a machine fresh from reset (as
@@ -231,6 +291,9 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
     t->pages = ram(opaque, false);
     t3 = get_clock();
     ok = cpr_load_devices(data, len, &t->cpu_ns, errp);
+    if (ok && kept) {
+        ok = cpr_load_sections(kept->data, kept->len, errp) >= 0;
+    }
     t4 = get_clock();
     t->pages += ram(opaque, true);
     cpr_restoring_now = false;
@@ -238,7 +301,7 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
     memory_region_transaction_commit();
     t->reset_ns = t2 - t1;
     t->ram_ns = (t3 - t2) + (t5 - t4);
-    t->devices_ns = (t2 - t1) + (t4 - t3) - t->cpu_ns + (get_clock() - t5);
+    t->devices_ns = (t2 - t0) + (t4 - t3) - t->cpu_ns + (get_clock() - t5);
     return ok;
 }
 
@@ -246,14 +309,10 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp)
 {
     int64_t t;
-    QEMUFile *f = cpr_buffer_input(data, len);
     int ret;
 
-    if (qemu_get_be32(f) != QEMU_VM_FILE_MAGIC ||
-        qemu_get_be32(f) != QEMU_VM_FILE_VERSION) {
-        error_setg(errp, "the device state has no valid header");
-        ret = -EINVAL;
-        goto out;
+    if (!cpr_devices_header_ok(data, len, errp)) {
+        return false;
     }
     cpu_synchronize_all_pre_loadvm();
     /*
@@ -264,7 +323,7 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
      * set up (AHCI's FIS buffer, virtio's rings).
      */
     memory_region_transaction_begin_batched();
-    ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
+    ret = cpr_load_sections(data, len, errp);
     memory_region_transaction_commit_batched();
     /*
      * A process that took a VM over has KVM's memory map held until now
@@ -275,19 +334,14 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
         kvm_release_memory_map();
     }
     if (ret < 0) {
-        cpr_devices_half_loaded = true;
-        error_setg(errp, "cannot load device state (%s); see the error log "
-                   "for the device that refused it", strerror(-ret));
-        goto out;
+        return false;
     }
     t = get_clock();
     cpu_synchronize_all_post_init();
     if (cpu_ns) {
         *cpu_ns = get_clock() - t;
     }
-out:
-    cpr_buffer_input_close(f);
-    return ret >= 0;
+    return true;
 }
 
 /*

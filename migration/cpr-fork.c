@@ -509,7 +509,7 @@ void qmp_cpr_fork_reset(bool has_empty_disks, strList *empty_disks,
     if (!cpr_restore_machine(cpr_fork_point->data +
                              cpr_fork_point->devices_offset,
                              cpr_fork_point->devices_len,
-                             cpr_fork_reset_ram, NULL, &t, errp)) {
+                             cpr_fork_reset_ram, NULL, NULL, &t, errp)) {
         error_prepend(errp, "cannot load the fork point again: ");
         return;
     }

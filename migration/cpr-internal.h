@@ -107,11 +107,39 @@ bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
                       const uint8_t *data, size_t len);
 
 /*
+ * cpr-exclude.c: what the restores of a snapshot leave as it is: named
+ * memory backends, named devices (and those on their buses: their RAM
+ * blocks and their state), shared RAM with @ignore_shared
+ */
+typedef struct CprExclude CprExclude;
+CprExclude *cpr_exclude_new(strList *ids, bool ignore_shared, Error **errp);
+void cpr_exclude_free(CprExclude *x);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprExclude, cpr_exclude_free)
+/* The ids it was made from */
+strList *cpr_exclude_ids(CprExclude *x);
+bool cpr_exclude_has_block(CprExclude *x, RAMBlock *rb);
+bool cpr_exclude_has_devices(CprExclude *x);
+/* For cpr_save_devices_some(): sections kept / sections saved */
+bool cpr_exclude_keeps(void *opaque, void *x);
+bool cpr_exclude_saves(void *opaque, void *x);
+/* At a restore: the kept devices' state as it is now */
+GByteArray *cpr_exclude_save_kept(CprExclude *x, Error **errp);
+/* The named devices are all still there; the sections to leave out */
+bool cpr_exclude_check(CprExclude *x, Error **errp);
+
+/*
  * The stream, or NULL with errp set / load it from @data; @cpu_ns, if
  * not NULL, gets the time spent putting the CPUs' state back into the
  * accelerator.
  */
 GByteArray *cpr_save_devices(Error **errp);
+/*
+ * The stream of the sections whose opaque @want accepts; with
+ * @sync_cpus, the CPUs' state is read from the accelerator first (for a
+ * stream with CPUs in it).
+ */
+GByteArray *cpr_save_devices_some(bool (*want)(void *opaque, void *arg),
+                                  void *arg, bool sync_cpus, Error **errp);
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp);
 /*
@@ -134,9 +162,11 @@ typedef struct CprRestoreTimes {
     int64_t cpu_ns;
     int64_t devices_ns;         /* the rest */
 } CprRestoreTimes;
+/* @exclude (or NULL): devices whose state goes on as it is */
 bool cpr_restore_machine(const uint8_t *data, size_t len,
                          CprRestoreRamFn *ram, void *opaque,
-                         CprRestoreTimes *t, Error **errp);
+                         CprExclude *exclude, CprRestoreTimes *t,
+                         Error **errp);
 /* The name of the section of a device state stream that holds byte @at */
 char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at);
 

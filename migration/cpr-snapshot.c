@@ -61,9 +61,12 @@ typedef struct CprSnapBlock {
 } CprSnapBlock;
 
 typedef struct CprSnapshot {
+    char *name;                 /* savevm's, or NULL */
+    int64_t date_us;            /* when it was taken, wall clock */
+    int64_t vm_clock_ns;        /* the guest's clock then */
     GArray *blocks;             /* CprSnapBlock */
     GByteArray *devices;        /* device and CPU state stream */
-    strList *excluded;          /* memory backends left alone */
+    CprExclude *exclude;        /* what restores leave alone */
     uint64_t restores;
     uint64_t last_pages;        /* pages copied back by the last restore */
     int64_t last_ram_ns;        /* its time on guest RAM */
@@ -95,7 +98,8 @@ static void cpr_snapshot_free(CprSnapshot *s)
     if (s->devices) {
         g_byte_array_unref(s->devices);
     }
-    qapi_free_strList(s->excluded);
+    cpr_exclude_free(s->exclude);
+    g_free(s->name);
     g_free(s);
 }
 
@@ -104,42 +108,14 @@ bool cpr_snapshot_exists(void)
     return cpr_snap != NULL;
 }
 
+const char *cpr_snapshot_name(void)
+{
+    return cpr_snap ? cpr_snap->name : NULL;
+}
+
 uint64_t cpr_snapshot_restores(void)
 {
     return cpr_snap ? cpr_snap->restores : 0;
-}
-
-/* The RAM blocks of the memory backends named in @ids */
-static GPtrArray *cpr_snapshot_excluded_blocks(strList *ids, Error **errp)
-{
-    g_autoptr(GPtrArray) rbs = g_ptr_array_new();
-    strList *e;
-
-    for (e = ids; e; e = e->next) {
-        Object *obj = object_resolve_path_component(object_get_objects_root(),
-                                                    e->value);
-        HostMemoryBackend *be;
-        MemoryRegion *mr;
-
-        if (!obj || !object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
-            error_setg(errp, "'%s' is not a memory backend", e->value);
-            return NULL;
-        }
-        be = MEMORY_BACKEND(obj);
-        mr = host_memory_backend_get_memory(be);
-        if (!host_memory_backend_is_mapped(be) || !mr->ram_block) {
-            error_setg(errp, "memory backend '%s' is not in use", e->value);
-            return NULL;
-        }
-        if (!be->share) {
-            error_setg(errp, "memory backend '%s' is not shared (share=on): "
-                       "the host could not pass inputs through it",
-                       e->value);
-            return NULL;
-        }
-        g_ptr_array_add(rbs, mr->ram_block);
-    }
-    return g_steal_pointer(&rbs);
 }
 
 /* Forget what was dirtied so far in @rb: the snapshot is its new base. */
@@ -197,10 +173,11 @@ static bool cpr_snapshot_devices_ok(Error **errp)
     return false;
 }
 
-bool cpr_snapshot_take(strList *exclude, Error **errp)
+bool cpr_snapshot_take(const char *name, strList *exclude,
+                       bool ignore_shared, Error **errp)
 {
     ERRP_GUARD();
-    g_autoptr(GPtrArray) excluded = NULL;
+    g_autoptr(CprExclude) x = NULL;
     bool running = runstate_is_running();
     CprSnapshot *s;
     RAMBlock *rb;
@@ -208,8 +185,8 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
     if (!cpr_snapshot_allowed(errp)) {
         return false;
     }
-    excluded = cpr_snapshot_excluded_blocks(exclude, errp);
-    if (!excluded || !cpr_snapshot_devices_ok(errp)) {
+    x = cpr_exclude_new(exclude, ignore_shared, errp);
+    if (!x || !cpr_snapshot_devices_ok(errp)) {
         return false;
     }
     /*
@@ -219,11 +196,12 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
     cpr_snapshot_drop();
 
     s = g_new0(CprSnapshot, 1);
-    s->excluded = QAPI_CLONE(strList, exclude);
+    s->name = g_strdup(name);
+    s->exclude = g_steal_pointer(&x);
     s->blocks = g_array_new(false, true, sizeof(CprSnapBlock));
     g_array_set_clear_func(s->blocks, cpr_snap_block_clear);
     error_setg(&s->blocker, "a CPR snapshot exists; drop it with "
-               "cpr-snapshot-drop first");
+               "cpr-snapshot-drop (or delvm) first");
     if (migrate_add_blocker(s->blocker, errp) < 0) {
         error_free(s->blocker);
         s->blocker = NULL;
@@ -241,7 +219,7 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
         RAMBLOCK_FOREACH(rb) {
             CprSnapBlock b = { .rb = rb };
 
-            if (g_ptr_array_find(excluded, rb, NULL)) {
+            if (cpr_exclude_has_block(s->exclude, rb)) {
                 continue;
             }
             b.idstr = g_strdup(rb->idstr);
@@ -260,7 +238,10 @@ bool cpr_snapshot_take(strList *exclude, Error **errp)
         }
     }
     if (!*errp) {
-        s->devices = cpr_save_devices(errp);
+        s->devices = cpr_save_devices_some(cpr_exclude_saves, s->exclude,
+                                           true, errp);
+        s->date_us = g_get_real_time();
+        s->vm_clock_ns = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL);
     }
     if (*errp) {
         memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION);
@@ -387,7 +368,10 @@ static bool cpr_snapshot_verify(CprSnapshot *s, Error **errp)
         }
     }
 
-    now = cpr_save_devices(errp);
+    if (!cpr_exclude_check(s->exclude, errp)) {
+        return false;
+    }
+    now = cpr_save_devices_some(cpr_exclude_saves, s->exclude, true, errp);
     if (!now) {
         return false;
     }
@@ -443,7 +427,7 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
         vm_stop(RUN_STATE_RESTORE_VM);
     }
     ok = cpr_restore_machine(s->devices->data, s->devices->len,
-                             cpr_snapshot_ram, s, &t, errp);
+                             cpr_snapshot_ram, s, s->exclude, &t, errp);
     if (ok && verify) {
         ok = cpr_snapshot_verify(s, errp);
     }
@@ -490,7 +474,13 @@ CprSnapshotInfo *cpr_snapshot_info(void)
         info->ram_bytes += g_array_index(s->blocks, CprSnapBlock, i).length;
     }
     info->device_bytes = s->devices->len;
-    info->excluded = QAPI_CLONE(strList, s->excluded);
+    info->has_name = s->name != NULL;
+    info->name = g_strdup(s->name);
+    info->date_sec = s->date_us / G_USEC_PER_SEC;
+    info->date_nsec = (s->date_us % G_USEC_PER_SEC) * 1000;
+    info->vm_clock_sec = s->vm_clock_ns / NANOSECONDS_PER_SECOND;
+    info->vm_clock_nsec = s->vm_clock_ns % NANOSECONDS_PER_SECOND;
+    info->excluded = cpr_exclude_ids(s->exclude);
     info->restores = s->restores;
     info->last_restore_pages = s->last_pages;
     info->last_restore_ram_ns = s->last_ram_ns;
@@ -502,7 +492,7 @@ CprSnapshotInfo *cpr_snapshot_info(void)
 
 void qmp_cpr_snapshot(bool has_exclude, strList *exclude, Error **errp)
 {
-    cpr_snapshot_take(exclude, errp);
+    cpr_snapshot_take(NULL, exclude, false, errp);
 }
 
 void qmp_cpr_restore(bool has_verify, bool verify, Error **errp)

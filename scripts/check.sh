@@ -17,7 +17,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
 fi
 
 suites=(cpr_test qemu_unit linux_e2e libvirt_e2e vfio_e2e reboot_e2e vhost_e2e
-        snapshot_e2e fork_e2e package_e2e style)
+        snapshot_e2e syzkaller_e2e fork_e2e package_e2e style)
 n=0
 failed=0
 
@@ -97,6 +97,14 @@ vhost_e2e() {
 snapshot_e2e() {
     CPR_TEST_ACCEL=$accels in_session snapshot-e2e python3 \
         "$top/tests/e2e/snapshot.py"
+}
+
+# syzkaller's snapshot mode, unmodified, with -machine cpr-snapshot=on:
+# build/syz-host drives the guest executor through HMP savevm/loadvm,
+# the ivshmem doorbell and shared memory (tests/e2e/syzkaller.py).
+syzkaller_e2e() {
+    CPR_TEST_ACCEL=$accels in_session syzkaller-e2e python3 \
+        "$top/tests/e2e/syzkaller.py"
 }
 
 # The Debian package (scripts/deb.sh): installed over Debian's

@@ -292,11 +292,14 @@ int cpr_ram_take_for_backend(const char *name, uint64_t size);
 /* cpr-snapshot.c: in-memory snapshot and restore (fuzzing) */
 
 /*
- * cpr_snapshot_take: snapshot the VM (RAM except the memory backends
- * named in @exclude, device and CPU state) and track RAM writes from
- * then on; replaces the snapshot there was, unless it is refused.
+ * cpr_snapshot_take: snapshot the VM (RAM, device and CPU state) and
+ * track RAM writes from then on; replaces the snapshot there was, unless
+ * it is refused.  @name: savevm's, or NULL.  Restores leave the memory
+ * backends and devices named in @exclude as they are, and with
+ * @ignore_shared all shared RAM.
  */
-bool cpr_snapshot_take(strList *exclude, Error **errp);
+bool cpr_snapshot_take(const char *name, strList *exclude,
+                       bool ignore_shared, Error **errp);
 
 /*
  * cpr_snapshot_restore: put the VM back into the snapshot's state; it
@@ -310,8 +313,22 @@ void cpr_snapshot_drop(void);
 
 bool cpr_snapshot_exists(void);
 
+/* cpr_snapshot_name: the name savevm gave the snapshot, or NULL */
+const char *cpr_snapshot_name(void);
+
 /* cpr_snapshot_restores: restores done from the snapshot so far */
 uint64_t cpr_snapshot_restores(void);
+
+/*
+ * cpr-savevm.c: with -machine cpr-snapshot=on, savevm, loadvm, delvm and
+ * info snapshots (and the snapshot-save/-load/-delete jobs) use the CPR
+ * snapshot instead of disk images
+ */
+bool cpr_savevm_enabled(void);
+bool cpr_savevm_save(const char *name, bool overwrite, Error **errp);
+bool cpr_savevm_load(const char *name, Error **errp);
+bool cpr_savevm_delete(const char *name, Error **errp);
+void cpr_savevm_info(Monitor *mon);
 
 /*
  * cpr_restoring: a restore in this process (a snapshot restore, a fork

@@ -213,7 +213,8 @@ def bad_requests():
         vm.qmp.cmd("cpr-snapshot-drop")
         ok &= refused(vm, "cpr-restore", "there is no CPR snapshot")
         ok &= refused(vm, "cpr-snapshot-drop", "there is no CPR snapshot")
-        ok &= refused(vm, "cpr-snapshot", "'nope' is not a memory backend",
+        ok &= refused(vm, "cpr-snapshot",
+                      "'nope' is neither a memory backend nor a device",
                       exclude=["nope"])
         ok &= refused(vm, "cpr-snapshot", "'priv' is not shared",
                       exclude=["priv"])

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""syzkaller's snapshot mode, unmodified, on -machine cpr-snapshot=on:
+savevm, loadvm, delvm and info snapshots on the in-memory CPR snapshot,
+x-ignore-shared, and a device excluded from restores.  Prints TAP.
+
+The fuzzing flow is build/syz-host (tests/e2e/syz-host.c), which starts
+QEMU with syzkaller's snapshot arguments and drives our guest executor
+(tests/guest/syz-guest.c) over the ivshmem doorbell and shared memory
+through HMP, as syzkaller does.
+
+CPR_TEST_ACCEL (tcg,kvm) picks the accelerators of the flow; syzkaller's
+own -cpu (host) is used under KVM, -cpu max under TCG."""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "..", "scripts"))
+import cprlib  # noqa: E402
+
+TOP = cprlib.TOP
+ACCELS = os.environ.get("CPR_TEST_ACCEL", "tcg").split(",")
+SYZ_HOST = os.path.join(TOP, "build", "syz-host")
+SYZ_GUEST = os.path.join(TOP, "build", "guest", "syz-guest.elf")
+INPUTS = int(os.environ.get("CPR_SYZ_INPUTS", "2000"))
+SUMMARY = re.compile(r"syz-host: inputs=(\d+) seconds=([\d.]+) "
+                     r"rate=([\d.]+) loadvm-median-ms=([\d.]+) "
+                     r"input-median-ms=([\d.]+) failed=(\d+)")
+
+tap = cprlib.Tap()
+diag = tap.diag
+
+
+def syz_host(accel, machine, inputs, opts=(), mem=1024, extra=()):
+    """Run syz-host; its exit code, its summary (a dict) and output."""
+    qemu = [cprlib.QEMU, "-machine", machine, "-accel", accel, "-m",
+            str(mem), "-display", "none", "-nodefaults", "-kernel",
+            SYZ_GUEST] + list(extra)
+    cpu = [] if accel == "kvm" else ["-c", "max"]
+    p = subprocess.run([SYZ_HOST, "-n", str(inputs)] + cpu + list(opts) +
+                       ["--"] + qemu, capture_output=True, text=True,
+                       timeout=900)
+    m = SUMMARY.search(p.stdout)
+    summary = None
+    if m:
+        summary = dict(zip(("inputs", "seconds", "rate", "loadvm_ms",
+                            "input_ms", "failed"),
+                           (int(m[1]), float(m[2]), float(m[3]),
+                            float(m[4]), float(m[5]), int(m[6]))))
+    return p.returncode, summary, p.stdout + p.stderr
+
+
+def flow(accel):
+    rc, s, out = syz_host(accel, "q35,cpr-snapshot=on", INPUTS)
+    diag("%s: %s" % (accel, s))
+    if rc or not s or s["inputs"] != INPUTS or s["failed"]:
+        raise AssertionError("syz-host failed (%d): %s" % (rc, out[-2000:]))
+    if "present in memory (cpr-snapshot=on)" not in out:
+        raise AssertionError("info snapshots did not show the in-memory "
+                             "snapshot: " + out[-2000:])
+
+
+def flow_case(accel):
+    def fn():
+        """syzkaller's sequence, unmodified (its QEMU arguments, HMP
+        savevm syz once and loadvm syz before every input), with
+        -machine cpr-snapshot=on appended: each input runs in the
+        snapshot's guest (RAM as at the snapshot, the input before's
+        writes gone) and its output is right; the input memory, shared,
+        is left alone with x-ignore-shared."""
+        flow(accel)
+    fn.__name__ = "syzkaller-flow-" + accel
+    return fn
+
+
+for _accel in ACCELS:
+    tap.case(flow_case(_accel))
+
+
+@tap.case
+def one_device_kept():
+    """ivshmem-doorbell alone, its own shared memory carrying input and
+    output, excluded with cpr-snapshot-exclude: its state goes on across
+    loadvm (each input finds IntrMask as the input before left it).
+    Without the exclusion the device comes back as at the snapshot, which
+    the same check catches."""
+    rc, s, out = syz_host("tcg", "q35,cpr-snapshot=on,cpr-snapshot-exclude="
+                          "snapshot-doorbell", 1000, ("-1", "-k"))
+    diag("kept: %s" % s)
+    if rc or not s or s["failed"] or s["inputs"] != 1000:
+        raise AssertionError("with the device excluded (%d): %s" %
+                             (rc, out[-2000:]))
+    rc, s, out = syz_host("tcg", "q35,cpr-snapshot=on", 20, ("-1", "-k"))
+    diag("not excluded: %s" % s)
+    if rc != 1 or not s or s["failed"] < 19 or \
+            "intrmask 0x5a5a" not in out:
+        raise AssertionError("without the exclusion the device's state "
+                             "should come back (%d): %s" % (rc, out[-2000:]))
+
+
+@tap.case
+def stock_without_opt_in():
+    """Without cpr-snapshot=on, savevm and loadvm are stock: the snapshot
+    goes to the qcow2 image (info snapshots lists it on the disks), and
+    the same flow works."""
+    with tempfile.TemporaryDirectory(prefix="cpr-syz-") as d:
+        disk = os.path.join(d, "disk.qcow2")
+        subprocess.run([os.path.join(os.path.dirname(cprlib.QEMU),
+                                     "qemu-img"), "create", "-q", "-f",
+                        "qcow2", disk, "64M"], check=True)
+        rc, s, out = syz_host("tcg", "q35", 3, mem=128,
+                              extra=["-drive", "if=none,id=d0,file=" + disk])
+    diag("stock: %s" % s)
+    if rc or not s or s["failed"] or "present on all disks" not in out:
+        raise AssertionError("stock savevm/loadvm (%d): %s" %
+                             (rc, out[-2000:]))
+
+
+def hmp(vm, line):
+    return vm.qmp.cmd("human-monitor-command", **{"command-line": line})
+
+
+def expect(vm, line, want):
+    """HMP @line's output must contain @want ("" for: be empty)."""
+    out = hmp(vm, line)
+    if (want == "" and out) or want not in out:
+        raise AssertionError("%s: %r, wanted %r" % (line, out, want))
+    return out
+
+
+@tap.case
+def hmp_commands():
+    """savevm, loadvm, delvm and info snapshots as a user types them:
+    one snapshot in memory, replaced under its own name, another name
+    refused; loadvm of an unknown name refused (the VM stopped, as stock
+    leaves it, and cont resumes it); delvm of an unknown name is no error, as stock; savevm
+    without a name makes one up; a cpr-snapshot without a name blocks
+    savevm until dropped; query-cpr names the snapshot."""
+    vm = cprlib.Vm(128, machine="q35,cpr-snapshot=on")
+    try:
+        expect(vm, "info snapshots", "There is no snapshot available.")
+        expect(vm, "savevm a", "")
+        expect(vm, "info snapshots", "in memory (cpr-snapshot=on)")
+        expect(vm, "info snapshots", "1         a ")
+        info = vm.qmp.cmd("query-cpr")["snapshot"]
+        if info.get("name") != "a" or not info["date-sec"]:
+            raise AssertionError("query-cpr: %s" % info)
+        expect(vm, "savevm b", "the in-memory snapshot 'a' exists")
+        expect(vm, "loadvm a", "")
+        expect(vm, "savevm a", "")
+        if vm.qmp.cmd("query-cpr")["snapshot"]["restores"] != 0:
+            raise AssertionError("savevm a did not replace a")
+        expect(vm, "loadvm b", "there is no snapshot 'b' in memory")
+        if vm.status() != "restore-vm":
+            raise AssertionError("after a refused loadvm: %s" % vm.status())
+        vm.qmp.cmd("cont")
+        expect(vm, "loadvm a", "")
+        if vm.status() != "running" or \
+                vm.qmp.cmd("query-cpr")["snapshot"]["restores"] != 1:
+            raise AssertionError("loadvm a: %s" % vm.status())
+        expect(vm, "delvm b", "")
+        if "snapshot" not in vm.qmp.cmd("query-cpr"):
+            raise AssertionError("delvm b dropped a")
+        expect(vm, "delvm a", "")
+        if "snapshot" in vm.qmp.cmd("query-cpr"):
+            raise AssertionError("delvm a left the snapshot")
+        expect(vm, "savevm", "")
+        name = vm.qmp.cmd("query-cpr")["snapshot"].get("name", "")
+        if not re.match(r"vm-\d{14}$", name):
+            raise AssertionError("savevm without a name: %r" % name)
+        expect(vm, "delvm " + name, "")
+        vm.qmp.cmd("cpr-snapshot")
+        expect(vm, "savevm c", "a snapshot taken by cpr-snapshot exists")
+        vm.qmp.cmd("cpr-snapshot-drop")
+        expect(vm, "savevm c", "")
+        vm.wait_passes(1)
+    finally:
+        vm.kill()
+
+
+@tap.case
+def excluded_device():
+    """A device named in cpr-snapshot-exclude (usb-kbd, on an xHCI
+    controller) is left out: loadvm and cpr-restore's verify (which saves
+    the device state again) pass; once it is unplugged,
+    loadvm is refused, naming it, and the VM goes on when continued; an
+    exclusion naming nothing is refused by savevm, the VM running on."""
+    vm = cprlib.Vm(128, machine="q35,cpr-snapshot=on,"
+                   "cpr-snapshot-exclude=kbd:nosuch",
+                   extra=["-device", "qemu-xhci,id=xhci",
+                          "-device", "usb-kbd,id=kbd"])
+    try:
+        expect(vm, "savevm s", "'nosuch' is neither a memory backend nor "
+               "a device")
+        if vm.status() != "running" or \
+                "snapshot" in vm.qmp.cmd("query-cpr"):
+            raise AssertionError("a refused savevm changed the VM")
+        vm.qmp.cmd("qom-set", path="/machine", property="cpr-snapshot-"
+                   "exclude", value="kbd")
+        expect(vm, "savevm s", "")
+        vm.qmp.cmd("stop")
+        vm.qmp.cmd("cpr-restore", verify=True)
+        vm.qmp.cmd("cont")
+        expect(vm, "loadvm s", "")
+        if vm.qmp.cmd("query-cpr")["snapshot"]["excluded"] != ["kbd"]:
+            raise AssertionError("query-cpr: excluded not as given")
+        vm.qmp.cmd("device_del", id="kbd")
+        vm.qmp.wait_event("DEVICE_DELETED")
+        expect(vm, "loadvm s", "device 'kbd', whose state the snapshot "
+               "keeps, is gone")
+        vm.qmp.cmd("cont")
+        vm.wait_passes(1)
+        expect(vm, "delvm s", "")
+    finally:
+        vm.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(tap.run())
