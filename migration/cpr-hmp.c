@@ -98,6 +98,9 @@ void hmp_info_cpr(Monitor *mon, const QDict *qdict)
         return;
     }
     s = info->snapshot;
+    if (s->has_name) {
+        monitor_printf(mon, "snapshot '%s' (savevm)\n", s->name);
+    }
     monitor_printf(mon, "snapshot: %" PRIu64 " bytes of RAM, %" PRIu64
                    " bytes of device state, excluded:", s->ram_bytes,
                    s->device_bytes);

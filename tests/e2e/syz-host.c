@@ -61,7 +61,7 @@
 #include "syz-abi.h"
 
 #define MAX_ARGS        256
-#define INPUT_LEN       4000
+#define INPUT_LEN       1000            /* words */
 
 static char dir[] = "/tmp/syz-host-XXXXXX";
 static pid_t qemu_pid;
@@ -425,7 +425,7 @@ int main(int argc, char **argv)
         in->pages = pages;
         in->len = INPUT_LEN;
         for (k = 0; k < INPUT_LEN; k++) {
-            in->data[k] = (uint8_t)(i * 31 + k);
+            in->data[k] = i * 31 + k;
             sum += in->data[k];
         }
         memset((void *)out, 0, sizeof(*out));

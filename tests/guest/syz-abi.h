@@ -36,14 +36,14 @@ struct syz_header {
 };
 
 /*
- * An input: what the guest must do, and the bytes it sums.  At Handshake,
+ * An input: what the guest must do, and the words it sums.  At Handshake,
  * @pages is how many MiB of guest RAM the guest fills before Ready.
  */
 struct syz_input {
     uint32_t seq;
     uint32_t pages;             /* guest RAM pages to write */
-    uint32_t len;               /* bytes of data */
-    uint8_t data[];
+    uint32_t len;               /* words of data */
+    uint32_t data[];
 };
 
 struct syz_output {
