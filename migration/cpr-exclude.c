@@ -29,6 +29,8 @@
 #include "qapi/qapi-builtin-visit.h"
 #include "exec/memory.h"
 #include "exec/ramblock.h"
+#include "hw/core/cpu.h"
+#include "hw/pci/pci.h"
 #include "hw/qdev-core.h"
 #include "hw/sysbus.h"
 #include "qom/object.h"
@@ -46,7 +48,9 @@ struct CprExclude {
      */
     GPtrArray *device_paths;
     GPtrArray *device_ids;      /* their names as given */
-    GHashTable *kept;           /* those and the devices on their buses */
+    GArray *intx;               /* their INTx levels at the snapshot */
+    /* those, the devices and buses below them (their sections' opaques) */
+    GHashTable *kept;
 };
 
 static int cpr_exclude_add_device(DeviceState *dev, void *opaque)
@@ -55,11 +59,35 @@ static int cpr_exclude_add_device(DeviceState *dev, void *opaque)
     return 0;
 }
 
+static int cpr_exclude_add_bus(BusState *bus, void *opaque)
+{
+    g_hash_table_add(opaque, bus);
+    return 0;
+}
+
+/*
+ * The INTx lines a PCI device raises as its bus counts them.  The bus's
+ * count comes back from the snapshot, the device's lines do not: they
+ * must be as they were at the snapshot.
+ */
+static uint32_t cpr_exclude_intx(DeviceState *dev)
+{
+    PCIDevice *d = (PCIDevice *)object_dynamic_cast(OBJECT(dev),
+                                                    TYPE_PCI_DEVICE);
+
+    if (!d || (pci_get_word(d->config + PCI_COMMAND) &
+               PCI_COMMAND_INTX_DISABLE)) {
+        return 0;
+    }
+    return d->irq_state;
+}
+
 /*
  * Every device the named devices stand for, as the machine has them
  * now: each itself and those below it; false if one is gone.
  */
-static bool cpr_exclude_collect(CprExclude *x, Error **errp)
+static bool cpr_exclude_collect(CprExclude *x, bool check_intx,
+                                Error **errp)
 {
     guint i;
 
@@ -75,9 +103,20 @@ static bool cpr_exclude_collect(CprExclude *x, Error **errp)
                        (char *)g_ptr_array_index(x->device_ids, i));
             return false;
         }
+        if (check_intx &&
+            cpr_exclude_intx(dev) != g_array_index(x->intx, uint32_t, i)) {
+            error_setg(errp, "device '%s', whose state the snapshot keeps, "
+                       "has raised or lowered its INTx interrupt since the "
+                       "snapshot; its state and the snapshot's interrupt "
+                       "routing do not go together",
+                       (char *)g_ptr_array_index(x->device_ids, i));
+            error_append_hint(errp, "Give it MSI or MSI-X, or take a new "
+                              "snapshot.\n");
+            return false;
+        }
         g_hash_table_add(x->kept, dev);
-        qdev_walk_children(dev, cpr_exclude_add_device, NULL, NULL, NULL,
-                           x->kept);
+        qdev_walk_children(dev, cpr_exclude_add_device, cpr_exclude_add_bus,
+                           NULL, NULL, x->kept);
     }
     return true;
 }
@@ -123,11 +162,13 @@ CprExclude *cpr_exclude_new(strList *ids, bool ignore_shared, Error **errp)
     x->backends = g_ptr_array_new();
     x->device_paths = g_ptr_array_new_with_free_func(g_free);
     x->device_ids = g_ptr_array_new_with_free_func(g_free);
+    x->intx = g_array_new(false, false, sizeof(uint32_t));
     x->kept = g_hash_table_new(NULL, NULL);
     for (e = ids; e; e = e->next) {
         Object *obj = object_resolve_path_component(object_get_objects_root(),
                                                     e->value);
         DeviceState *dev;
+        uint32_t intx;
 
         if (obj && object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
             RAMBlock *rb = cpr_exclude_backend(obj, e->value, errp);
@@ -148,11 +189,18 @@ CprExclude *cpr_exclude_new(strList *ids, bool ignore_shared, Error **errp)
             error_setg(errp, "device '%s' is not realized", e->value);
             return NULL;
         }
+        if (object_dynamic_cast(OBJECT(dev), TYPE_CPU)) {
+            error_setg(errp, "'%s' is a CPU, whose state every restore "
+                       "puts back", e->value);
+            return NULL;
+        }
         g_ptr_array_add(x->device_paths,
                         object_get_canonical_path(OBJECT(dev)));
         g_ptr_array_add(x->device_ids, g_strdup(e->value));
+        intx = cpr_exclude_intx(dev);
+        g_array_append_val(x->intx, intx);
     }
-    if (!cpr_exclude_collect(x, errp)) {
+    if (!cpr_exclude_collect(x, false, errp)) {
         return NULL;
     }
     return g_steal_pointer(&x);
@@ -165,6 +213,7 @@ void cpr_exclude_free(CprExclude *x)
         g_ptr_array_free(x->backends, true);
         g_ptr_array_free(x->device_paths, true);
         g_ptr_array_free(x->device_ids, true);
+        g_array_free(x->intx, true);
         g_hash_table_destroy(x->kept);
         g_free(x);
     }
@@ -206,9 +255,14 @@ bool cpr_exclude_saves(void *opaque, void *arg)
     return !cpr_exclude_keeps(opaque, arg);
 }
 
+bool cpr_exclude_ignores_shared(CprExclude *x)
+{
+    return x->ignore_shared;
+}
+
 GByteArray *cpr_exclude_save_kept(CprExclude *x, Error **errp)
 {
-    if (!cpr_exclude_collect(x, errp)) {
+    if (!cpr_exclude_collect(x, true, errp)) {
         return NULL;
     }
     return cpr_save_devices_some(cpr_exclude_keeps, x, false, errp);
@@ -216,5 +270,5 @@ GByteArray *cpr_exclude_save_kept(CprExclude *x, Error **errp)
 
 bool cpr_exclude_check(CprExclude *x, Error **errp)
 {
-    return cpr_exclude_collect(x, errp);
+    return cpr_exclude_collect(x, false, errp);
 }

@@ -107,10 +107,11 @@ void hmp_info_cpr(Monitor *mon, const QDict *qdict)
     for (e = s->excluded; e; e = e->next) {
         monitor_printf(mon, " %s", e->value);
     }
-    monitor_printf(mon, "%s\nrestores: %" PRIu64 ", the last one %" PRIu64
+    monitor_printf(mon, "%s%s\nrestores: %" PRIu64 ", the last one %" PRIu64
                    " pages in %" PRIu64 " us (RAM %" PRIu64 " us, CPU %"
                    PRIu64 " us, devices %" PRIu64 " us)\n",
-                   s->excluded ? "" : " none", s->restores,
+                   s->excluded || s->ignore_shared ? "" : " none",
+                   s->ignore_shared ? " shared RAM" : "", s->restores,
                    s->last_restore_pages, s->last_restore_ns / 1000,
                    s->last_restore_ram_ns / 1000,
                    s->last_restore_cpu_ns / 1000,

@@ -119,6 +119,7 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprExclude, cpr_exclude_free)
 strList *cpr_exclude_ids(CprExclude *x);
 bool cpr_exclude_has_block(CprExclude *x, RAMBlock *rb);
 bool cpr_exclude_has_devices(CprExclude *x);
+bool cpr_exclude_ignores_shared(CprExclude *x);
 /* For cpr_save_devices_some(): sections kept / sections saved */
 bool cpr_exclude_keeps(void *opaque, void *x);
 bool cpr_exclude_saves(void *opaque, void *x);

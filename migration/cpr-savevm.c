@@ -28,6 +28,7 @@
 #include "block/qapi.h"
 #include "block/snapshot.h"
 #include "hw/boards.h"
+#include "sysemu/block-backend.h"
 #include "migration/cpr.h"
 #include "migration/misc.h"
 #include "monitor/monitor.h"
@@ -58,8 +59,37 @@ static strList *cpr_savevm_exclude(void)
     return list;
 }
 
+/*
+ * Stock loadvm brings disks back with the rest (qcow2's internal
+ * snapshots); the CPR snapshot does not hold them.  A guest writing a
+ * disk after savevm would find its page cache back at the snapshot and
+ * the disk not: refuse disks a device can write.
+ */
+static bool cpr_savevm_disks_ok(Error **errp)
+{
+    BlockBackend *blk = NULL;
+
+    while ((blk = blk_all_next(blk))) {
+        g_autofree char *dev = NULL;
+
+        if (!blk_get_attached_dev(blk) || !blk_is_inserted(blk) ||
+            !blk_is_writable(blk)) {
+            continue;
+        }
+        dev = blk_get_attached_dev_id(blk);
+        error_setg(errp, "the disk of device '%s' is writable, and loadvm "
+                   "of the in-memory snapshot would not bring it back",
+                   dev);
+        error_append_hint(errp, "Make it read-only (readonly=on), or leave "
+                          "cpr-snapshot off for snapshots of disks.\n");
+        return false;
+    }
+    return true;
+}
+
 bool cpr_savevm_save(const char *name, bool overwrite, Error **errp)
 {
+    ERRP_GUARD();
     g_autoptr(strList) exclude = cpr_savevm_exclude();
     g_autofree char *autoname = NULL;
     const char *there = cpr_snapshot_name();
@@ -88,6 +118,9 @@ bool cpr_savevm_save(const char *name, bool overwrite, Error **errp)
             error_setg(errp, "Snapshot '%s' already exists in memory", name);
             return false;
         }
+    }
+    if (!cpr_savevm_disks_ok(errp)) {
+        return false;
     }
     return cpr_snapshot_take(name, exclude, migrate_ignore_shared(), errp);
 }

@@ -481,6 +481,7 @@ CprSnapshotInfo *cpr_snapshot_info(void)
     info->vm_clock_sec = s->vm_clock_ns / NANOSECONDS_PER_SECOND;
     info->vm_clock_nsec = s->vm_clock_ns % NANOSECONDS_PER_SECOND;
     info->excluded = cpr_exclude_ids(s->exclude);
+    info->ignore_shared = cpr_exclude_ignores_shared(s->exclude);
     info->restores = s->restores;
     info->last_restore_pages = s->last_pages;
     info->last_restore_ram_ns = s->last_ram_ns;

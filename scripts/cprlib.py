@@ -127,7 +127,7 @@ class Vm:
     """QEMU running the test guest, in a private temporary directory."""
 
     def __init__(self, mem_mb, machine="q35,memfd-alloc=on", accel="tcg",
-                 extra=(), incoming=None, workdir=None):
+                 extra=(), incoming=None, workdir=None, disk_opts=""):
         self.dir = workdir or tempfile.mkdtemp(prefix="cpr-")
         self.qmp_path = os.path.join(self.dir, "qmp.sock")
         self.serial = os.path.join(self.dir, "serial.log")
@@ -138,7 +138,7 @@ class Vm:
                 dst.write(src.read())
         args = [QEMU, "-machine", machine, "-accel", accel,
                 "-m", str(mem_mb), "-display", "none",
-                "-drive", "file=%s,format=raw" % disk,
+                "-drive", "file=%s,format=raw%s" % (disk, disk_opts),
                 "-serial", "file:" + self.serial,
                 "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
         if incoming:

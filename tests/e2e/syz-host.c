@@ -4,7 +4,7 @@
  * tests/guest/syz-guest.c, for a test or a benchmark.
  *
  *   syz-host [-n INPUTS] [-s SECONDS] [-p PAGES] [-f MB] [-1] [-k]
- *            [-c CPU] -- QEMU-COMMAND...
+ *            [-S] [-w SECONDS] [-c CPU] -- QEMU-COMMAND...
  *
  * As syzkaller does, it makes a memfd for the input/output memory and
  * one for the doorbell device, an eventfd (semaphore) and a unix socket
@@ -33,7 +33,9 @@
  * left it) instead of coming back as at the snapshot; -c: another -cpu
  * (TCG has no "host"); -f: MiB of guest RAM the guest fills before the
  * snapshot; -p: pages each input writes; -n, -s: how many inputs, for
- * how long at most (the first to end).
+ * how long at most (the first to end); -S: no x-ignore-shared (what the
+ * snapshot leaves alone is then only what it is told to exclude); -w:
+ * how long to wait for the executor's answer to an input (30 s).
  *
  * Prints one line "syz-host: inputs=... seconds=... rate=...
  * loadvm-median-ms=... failed=..." and exits 0 if every input gave the
@@ -64,6 +66,7 @@
 #define INPUT_LEN       1000            /* words */
 
 static char dir[] = "/tmp/syz-host-XXXXXX";
+static char sock_path[128], qmp_path[128];
 static pid_t qemu_pid;
 static int qmp = -1;
 static int event_fd;
@@ -76,6 +79,16 @@ static shared_header *hdr;
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2),
                                                       noreturn));
+
+/* The work directory and what is in it, gone */
+static void clean_up(void)
+{
+    if (*sock_path) {
+        unlink(sock_path);
+        unlink(qmp_path);
+        rmdir(dir);
+    }
+}
 
 static void die(const char *fmt, ...)
 {
@@ -90,6 +103,7 @@ static void die(const char *fmt, ...)
         kill(qemu_pid, SIGKILL);
         waitpid(qemu_pid, NULL, 0);
     }
+    clean_up();
     exit(2);
 }
 
@@ -158,10 +172,14 @@ static void ivshmem_send(int conn, int64_t value, int fd)
 static int ivshmem_serve(int listener, int doorbell_fd)
 {
     struct pollfd p = { listener, POLLIN };
+    double deadline = now() + 60;
     int conn;
 
-    if (poll(&p, 1, 60000) != 1) {
-        die("QEMU did not connect to the doorbell socket");
+    while (poll(&p, 1, 100) != 1) {
+        if (now() > deadline || waitpid(qemu_pid, NULL, WNOHANG)) {
+            qemu_pid = 0;
+            die("QEMU did not connect to the doorbell socket");
+        }
     }
     conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     if (conn < 0) {
@@ -179,11 +197,18 @@ static int qmp_reply(char *buf, size_t len)
 {
     static char in[65536];
     static size_t have;
+    static int skipping;        /* the rest of a line too long to keep */
 
     for (;;) {
         char *nl = memchr(in, '\n', have);
         ssize_t n;
 
+        if (nl && skipping) {
+            skipping = 0;
+            have -= nl + 1 - in;
+            memmove(in, nl + 1, have);
+            continue;
+        }
         if (nl) {
             size_t line = nl - in + 1;
             int event = !!memmem(in, line, "\"event\"", 7);
@@ -207,6 +232,7 @@ static int qmp_reply(char *buf, size_t len)
         }
         if (have == sizeof(in)) {
             have = 0;           /* a line too long to matter: dropped */
+            skipping = 1;
         }
         n = read(qmp, in + have, sizeof(in) - have);
         if (n <= 0) {
@@ -248,6 +274,7 @@ static void qmp_connect(const char *path)
 
     while ((qmp = unix_socket(path, 0)) < 0) {
         if (now() > deadline || waitpid(qemu_pid, NULL, WNOHANG)) {
+            qemu_pid = 0;
             die("no QMP socket at %s", path);
         }
         usleep(10000);
@@ -289,22 +316,25 @@ static int cmp_double(const void *a, const void *b)
 static void usage(void)
 {
     fprintf(stderr, "usage: syz-host [-n INPUTS] [-s SECONDS] [-p PAGES] "
-            "[-f MB] [-1] [-k] [-c CPU] -- QEMU-COMMAND...\n");
+            "[-f MB] [-1] [-k] [-S] [-w SECONDS] [-c CPU] -- "
+            "QEMU-COMMAND...\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     const char *args[MAX_ARGS], *cpu = "host,migratable=on,tsc=off";
-    char sock_path[128], qmp_path[128], shm_file[64], buf[8192];
+    char shm_file[64], buf[8192];
     char obj[256], qmp_arg[160], chardev[192];
     long inputs = 1000, pages = 16, fill_mb = 0;
     double seconds = 1e9, t0, *loadvm_s, *run_s;
     int single = 0, keep = 0, opt, nargs = 0, shm_fd, bell_fd, listener;
+    int ignore_shared = 1;
+    double wait_s = 30;
     uint32_t expect_mask = SYZ_MASK_SNAPSHOT, state;
     long i, done = 0, failed = 0;
 
-    while ((opt = getopt(argc, argv, "n:s:p:f:1kc:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:s:p:f:1kc:Sw:")) != -1) {
         switch (opt) {
         case 'n':
             inputs = atol(optarg);
@@ -326,6 +356,12 @@ int main(int argc, char **argv)
             break;
         case 'c':
             cpu = optarg;
+            break;
+        case 'S':
+            ignore_shared = 0;
+            break;
+        case 'w':
+            wait_s = atof(optarg);
             break;
         default:
             usage();
@@ -399,7 +435,9 @@ int main(int argc, char **argv)
     if (state != SYZ_READY) {
         die("the guest answered the handshake with state %u", state);
     }
-    hmp("migrate_set_capability x-ignore-shared on", "", NULL, 0);
+    if (ignore_shared) {
+        hmp("migrate_set_capability x-ignore-shared on", "", NULL, 0);
+    }
     t0 = now();
     hmp("savevm syz", "", NULL, 0);
     printf("# savevm: %.1f ms\n", (now() - t0) * 1e3);
@@ -435,7 +473,7 @@ int main(int argc, char **argv)
         t1 = now();
         hmp("loadvm syz", "", NULL, 0);
         loadvm_s[done] = now() - t1;
-        state = wait_change(SYZ_EXECUTE, 30);
+        state = wait_change(SYZ_EXECUTE, wait_s);
         run_s[done++] = now() - t1;
         if (state != SYZ_EXECUTED || hdr->output_size != sizeof(*out) ||
             out->seq != i || out->sum != sum * (uint32_t)i || out->errors ||
@@ -453,6 +491,9 @@ int main(int argc, char **argv)
         }
     }
     t0 = now() - t0;
+    if (!done) {
+        die("no input ran");
+    }
     qsort(loadvm_s, done, sizeof(double), cmp_double);
     qsort(run_s, done, sizeof(double), cmp_double);
     printf("syz-host: inputs=%ld seconds=%.3f rate=%.1f "
@@ -465,8 +506,6 @@ int main(int argc, char **argv)
         kill(qemu_pid, SIGKILL);
     }
     waitpid(qemu_pid, NULL, 0);
-    unlink(sock_path);
-    unlink(qmp_path);
-    rmdir(dir);
+    clean_up();
     return failed ? 1 : 0;
 }

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "scripts"))
@@ -103,6 +104,27 @@ def one_device_kept():
 
 
 @tap.case
+def device_ram_kept():
+    """Without x-ignore-shared, excluding the doorbell device leaves its
+    own memory (input, state word and output) alone too, as the device's
+    RAM block; not excluded, that memory comes back from the snapshot
+    with each loadvm: the state word reads Ready again, and the executor
+    never sees its input."""
+    machine = "q35,cpr-snapshot=on"
+    rc, s, out = syz_host("tcg", machine + ",cpr-snapshot-exclude="
+                          "snapshot-doorbell", 500, ("-1", "-k", "-S"))
+    diag("kept, no x-ignore-shared: %s" % s)
+    if rc or not s or s["failed"] or s["inputs"] != 500:
+        raise AssertionError("with the device excluded (%d): %s" %
+                             (rc, out[-2000:]))
+    rc, s, out = syz_host("tcg", machine, 5, ("-1", "-S"))
+    diag("not excluded, no x-ignore-shared: %s" % s)
+    if rc != 1 or "input 1: state 2, output seq 0 " not in out:
+        raise AssertionError("the device's memory should have come back "
+                             "(%d): %s" % (rc, out[-2000:]))
+
+
+@tap.case
 def stock_without_opt_in():
     """Without cpr-snapshot=on, savevm and loadvm are stock: the snapshot
     goes to the qcow2 image (info snapshots lists it on the disks), and
@@ -140,7 +162,8 @@ def hmp_commands():
     leaves it, and cont resumes it); delvm of an unknown name is no error, as stock; savevm
     without a name makes one up; a cpr-snapshot without a name blocks
     savevm until dropped; query-cpr names the snapshot."""
-    vm = cprlib.Vm(128, machine="q35,cpr-snapshot=on")
+    vm = cprlib.Vm(128, machine="q35,cpr-snapshot=on",
+                   disk_opts=",if=virtio,readonly=on")
     try:
         expect(vm, "info snapshots", "There is no snapshot available.")
         expect(vm, "savevm a", "")
@@ -178,6 +201,55 @@ def hmp_commands():
         vm.qmp.cmd("cpr-snapshot-drop")
         expect(vm, "savevm c", "")
         vm.wait_passes(1)
+        jobs(vm)
+    finally:
+        vm.kill()
+
+
+def run_job(vm, command, job_id, tag):
+    """Run a snapshot job to its end; its error, or None."""
+    args = {"job-id": job_id, "tag": tag, "devices": []}
+    if command != "snapshot-delete":
+        args["vmstate"] = "none"
+    vm.qmp.cmd(command, **args)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = [j for j in vm.qmp.cmd("query-jobs") if j["id"] == job_id][0]
+        if job["status"] == "concluded":
+            vm.qmp.cmd("job-dismiss", id=job_id)
+            return job.get("error")
+        time.sleep(0.05)
+    raise AssertionError("%s did not end" % command)
+
+
+def jobs(vm):
+    """The QMP jobs snapshot-save, -load and -delete take the same path:
+    no disk needed, the snapshot named by the tag."""
+    vm.qmp.cmd("human-monitor-command", **{"command-line": "delvm c"})
+    err = run_job(vm, "snapshot-save", "s1", "q")
+    info = vm.qmp.cmd("query-cpr").get("snapshot", {})
+    if err or info.get("name") != "q":
+        raise AssertionError("snapshot-save: %s, %s" % (err, info))
+    err = run_job(vm, "snapshot-load", "l1", "q")
+    info = vm.qmp.cmd("query-cpr")["snapshot"]
+    if err or info["restores"] != 1 or vm.status() != "running":
+        raise AssertionError("snapshot-load: %s, %s" % (err, info))
+    err = run_job(vm, "snapshot-delete", "d1", "q")
+    if err or "snapshot" in vm.qmp.cmd("query-cpr"):
+        raise AssertionError("snapshot-delete: %s" % err)
+
+
+@tap.case
+def writable_disk_refused():
+    """savevm is refused while a device has a writable disk (the snapshot
+    would not bring it back, stock loadvm does), the VM running on."""
+    vm = cprlib.Vm(128, machine="q35,cpr-snapshot=on")
+    try:
+        expect(vm, "savevm a", "is writable, and loadvm of the in-memory "
+               "snapshot would not bring it back")
+        if vm.status() != "running" or "snapshot" in vm.qmp.cmd("query-cpr"):
+            raise AssertionError("a refused savevm changed the VM")
+        vm.wait_passes(1)
     finally:
         vm.kill()
 
@@ -186,19 +258,24 @@ def hmp_commands():
 def excluded_device():
     """A device named in cpr-snapshot-exclude (usb-kbd, on an xHCI
     controller) is left out: loadvm and cpr-restore's verify (which saves
-    the device state again) pass; once it is unplugged,
+    the device state again) pass; a CPU is refused; once it is unplugged,
     loadvm is refused, naming it, and the VM goes on when continued; an
     exclusion naming nothing is refused by savevm, the VM running on."""
     vm = cprlib.Vm(128, machine="q35,cpr-snapshot=on,"
                    "cpr-snapshot-exclude=kbd:nosuch",
                    extra=["-device", "qemu-xhci,id=xhci",
-                          "-device", "usb-kbd,id=kbd"])
+                          "-device", "usb-kbd,id=kbd"],
+                   disk_opts=",if=virtio,readonly=on")
     try:
         expect(vm, "savevm s", "'nosuch' is neither a memory backend nor "
                "a device")
         if vm.status() != "running" or \
                 "snapshot" in vm.qmp.cmd("query-cpr"):
             raise AssertionError("a refused savevm changed the VM")
+        vm.qmp.cmd("qom-set", path="/machine", property="cpr-snapshot-"
+                   "exclude", value="/machine/unattached/device[0]")
+        expect(vm, "savevm s", "is a CPU, whose state every restore puts "
+               "back")
         vm.qmp.cmd("qom-set", path="/machine", property="cpr-snapshot-"
                    "exclude", value="kbd")
         expect(vm, "savevm s", "")
