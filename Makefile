@@ -61,7 +61,7 @@ $(SYZ_GUEST): tests/guest/syz-guest.c tests/guest/syz-abi.h tests/guest/l2.c \
 
 $(SYZ_HOST): tests/e2e/syz-host.c tests/guest/syz-abi.h | deps
 	@mkdir -p $(@D)
-	$(CC) -O2 -Wall -Werror -Itests/guest -o $@ tests/e2e/syz-host.c
+	$(CC) -O2 -Wall -Werror -pthread -Itests/guest -o $@ tests/e2e/syz-host.c
 
 # The Debian package of build/obj's QEMU, in build/ (scripts/deb.sh)
 deb: build

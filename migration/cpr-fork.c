@@ -143,10 +143,12 @@ static void cpr_fork_blockers(CprBlockerList ***tail)
     }
 }
 
-void qmp_cpr_fork(const char *channel, Error **errp)
+void qmp_cpr_fork(const char *channel, bool has_exclude, strList *exclude,
+                  Error **errp)
 {
     ERRP_GUARD();
     g_autoptr(GByteArray) state = NULL;
+    g_autoptr(CprExclude) x = NULL;
     bool was_running = runstate_is_running();
     int64_t t0, t1, t2;
 
@@ -156,6 +158,10 @@ void qmp_cpr_fork(const char *channel, Error **errp)
         return;
     }
     if (!cpr_mode_allowed(CPR_MODE_FORK, errp)) {
+        return;
+    }
+    x = cpr_exclude_new(exclude, false, errp);
+    if (!x) {
         return;
     }
     t0 = get_clock();
@@ -179,6 +185,7 @@ void qmp_cpr_fork(const char *channel, Error **errp)
         goto resume;
     }
     ram_block_discard_disable(true);
+    cpr_ram_fork_exclude(g_steal_pointer(&x));
     cpr_fork_state = g_steal_pointer(&state);
     cpr_fork_path = g_strdup(channel + 5);
     trace_cpr_fork_point(channel, t1 - t0, t2 - t1);

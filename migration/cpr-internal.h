@@ -221,6 +221,8 @@ typedef struct CprForkRam {
     GArray *fds;
 } CprForkRam;
 void cpr_ram_fork_fds(CprForkRam *r);
+/* The RAM blocks a fork parent keeps to itself (cpr-fork's exclude) */
+void cpr_ram_fork_exclude(CprExclude *x);
 /* A child forked: its own pages become a layer for its children */
 bool cpr_ram_fork_delta(Error **errp);
 /* The parent maps its own RAM copy-on-write: the memfds keep the fork point */

@@ -336,6 +336,11 @@ static int cpr_ram_check_one(RAMBlock *rb, void *opaque)
     }
     why = cpr_ram_adopted ? g_hash_table_lookup(cpr_ram_adopted, rb->idstr)
                           : NULL;
+    /* A fork parent keeps some to itself; the child has its own shared */
+    if (!why && cpr_fork_is_child() && qemu_ram_is_shared(rb) &&
+        rb->fd >= 0) {
+        return 0;
+    }
     if (!why) {
         error_setg(c->errp, "RAM block '%s' was not kept across exec",
                    rb->idstr);
@@ -565,6 +570,23 @@ CPR_KEEPER(cpr_ram_keep)
 
 /* VM fork (cpr-fork.c) */
 
+/* The blocks a fork parent keeps to itself, children having their own */
+static CprExclude *cpr_ram_fork_excluded;
+
+void cpr_ram_fork_exclude(CprExclude *x)
+{
+    cpr_exclude_free(cpr_ram_fork_excluded);
+    cpr_ram_fork_excluded = x;
+}
+
+/* A block of guest RAM that forks: the children map it copy-on-write */
+static bool cpr_ram_forks(RAMBlock *rb)
+{
+    return qemu_ram_is_migratable(rb) &&
+           !(cpr_ram_fork_excluded &&
+             cpr_exclude_has_block(cpr_ram_fork_excluded, rb));
+}
+
 static int cpr_ram_fork_one(RAMBlock *rb, void *opaque)
 {
     CprForkRam *r = opaque;
@@ -572,7 +594,7 @@ static int cpr_ram_fork_one(RAMBlock *rb, void *opaque)
                      g_hash_table_lookup(cpr_ram_layers, rb->idstr) : NULL;
     int i;
 
-    if (!qemu_ram_is_migratable(rb)) {
+    if (!cpr_ram_forks(rb)) {
         return 0;
     }
     if (layers) {
@@ -789,7 +811,7 @@ static int cpr_ram_private_one(RAMBlock *rb, void *opaque)
     Error **errp = opaque;
     int flags = MAP_PRIVATE | MAP_FIXED;
 
-    if (!qemu_ram_is_migratable(rb) || rb->fd < 0 || *errp) {
+    if (!cpr_ram_forks(rb) || rb->fd < 0 || *errp) {
         return 0;
     }
     if (rb->flags & RAM_NORESERVE) {

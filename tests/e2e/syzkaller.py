@@ -125,6 +125,36 @@ def device_ram_kept():
 
 
 @tap.case
+def fork_workers():
+    """Parallel workers from VM fork: the VM becomes a fork point once
+    the executor waits for inputs (cpr-fork, its doorbell excluded: each
+    VM keeps its own shared memory), two workers run from it at the same
+    time, each with its own memory and doorbell, going back to the fork
+    point with cpr-fork-reset before every input; every output is the
+    right one for that worker's own input.  A fork with an exclusion
+    naming nothing is refused."""
+    rc, s, out = syz_host("tcg", "q35,memfd-alloc=on", 300, ("-F", "2"))
+    diag("2 workers: %s" % s)
+    if rc or not s or s["failed"] or s["inputs"] != 2 * 299 or \
+            out.count("pss-kb worker") != 2:
+        raise AssertionError("fork workers (%d): %s" % (rc, out[-2000:]))
+    vm = cprlib.Vm(64)
+    try:
+        try:
+            vm.qmp.cmd("cpr-fork", channel="unix:%s/f.sock" % vm.dir,
+                       exclude=["nosuch"])
+            raise AssertionError("cpr-fork with a bad exclusion worked")
+        except cprlib.QmpError as e:
+            if "'nosuch' is neither a memory backend nor a device" not in \
+                    str(e):
+                raise
+        if vm.status() != "running":
+            raise AssertionError("a refused fork stopped the VM")
+    finally:
+        vm.kill()
+
+
+@tap.case
 def stock_without_opt_in():
     """Without cpr-snapshot=on, savevm and loadvm are stock: the snapshot
     goes to the qcow2 image (info snapshots lists it on the disks), and
