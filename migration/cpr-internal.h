@@ -129,6 +129,13 @@ GByteArray *cpr_exclude_save_kept(CprExclude *x, Error **errp);
 bool cpr_exclude_check(CprExclude *x, Error **errp);
 
 /*
+ * cpr-snapshot-disks.c: an overlay over each disk a device can write
+ * (the names of their nodes), emptied at each restore
+ */
+GPtrArray *cpr_snapshot_disks_add(Error **errp);
+bool cpr_snapshot_disks_empty(GPtrArray *nodes, Error **errp);
+
+/*
  * The stream, or NULL with errp set / load it from @data; @cpu_ns, if
  * not NULL, gets the time spent putting the CPUs' state back into the
  * accelerator.

@@ -17,7 +17,8 @@
  * loadvm leaves as they are (cpr-exclude.c).
  *
  * There is one snapshot: savevm under its name replaces it, under
- * another name is refused until delvm.
+ * another name is refused until delvm.  Disks that devices can write go
+ * under overlays that each loadvm empties (cpr-snapshot-disks.c).
  */
 
 #include "qemu/osdep.h"
@@ -28,7 +29,6 @@
 #include "block/qapi.h"
 #include "block/snapshot.h"
 #include "hw/boards.h"
-#include "sysemu/block-backend.h"
 #include "migration/cpr.h"
 #include "migration/misc.h"
 #include "monitor/monitor.h"
@@ -57,34 +57,6 @@ static strList *cpr_savevm_exclude(void)
         }
     }
     return list;
-}
-
-/*
- * Stock loadvm brings disks back with the rest (qcow2's internal
- * snapshots); the CPR snapshot does not hold them.  A guest writing a
- * disk after savevm would find its page cache back at the snapshot and
- * the disk not: refuse disks a device can write.
- */
-static bool cpr_savevm_disks_ok(Error **errp)
-{
-    BlockBackend *blk = NULL;
-
-    while ((blk = blk_all_next(blk))) {
-        g_autofree char *dev = NULL;
-
-        if (!blk_get_attached_dev(blk) || !blk_is_inserted(blk) ||
-            !blk_is_writable(blk)) {
-            continue;
-        }
-        dev = blk_get_attached_dev_id(blk);
-        error_setg(errp, "the disk of device '%s' is writable, and loadvm "
-                   "of the in-memory snapshot would not bring it back",
-                   dev);
-        error_append_hint(errp, "Make it read-only (readonly=on), or leave "
-                          "cpr-snapshot off for snapshots of disks.\n");
-        return false;
-    }
-    return true;
 }
 
 bool cpr_savevm_save(const char *name, bool overwrite, Error **errp)
@@ -119,10 +91,8 @@ bool cpr_savevm_save(const char *name, bool overwrite, Error **errp)
             return false;
         }
     }
-    if (!cpr_savevm_disks_ok(errp)) {
-        return false;
-    }
-    return cpr_snapshot_take(name, exclude, migrate_ignore_shared(), errp);
+    return cpr_snapshot_take(name, exclude, migrate_ignore_shared(), true,
+                             errp);
 }
 
 /* The snapshot is the one named @name */

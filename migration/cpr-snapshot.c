@@ -67,6 +67,7 @@ typedef struct CprSnapshot {
     GArray *blocks;             /* CprSnapBlock */
     GByteArray *devices;        /* device and CPU state stream */
     CprExclude *exclude;        /* what restores leave alone */
+    GPtrArray *disks;           /* overlays over writable disks, or NULL */
     uint64_t restores;
     uint64_t last_pages;        /* pages copied back by the last restore */
     int64_t last_ram_ns;        /* its time on guest RAM */
@@ -99,6 +100,9 @@ static void cpr_snapshot_free(CprSnapshot *s)
         g_byte_array_unref(s->devices);
     }
     cpr_exclude_free(s->exclude);
+    if (s->disks) {
+        g_ptr_array_unref(s->disks);
+    }
     g_free(s->name);
     g_free(s);
 }
@@ -174,7 +178,7 @@ static bool cpr_snapshot_devices_ok(Error **errp)
 }
 
 bool cpr_snapshot_take(const char *name, strList *exclude,
-                       bool ignore_shared, Error **errp)
+                       bool ignore_shared, bool disks, Error **errp)
 {
     ERRP_GUARD();
     g_autoptr(CprExclude) x = NULL;
@@ -242,6 +246,9 @@ bool cpr_snapshot_take(const char *name, strList *exclude,
                                            true, errp);
         s->date_us = g_get_real_time();
         s->vm_clock_ns = qemu_clock_get_ns(QEMU_CLOCK_VIRTUAL);
+    }
+    if (!*errp && disks) {
+        s->disks = cpr_snapshot_disks_add(errp);
     }
     if (*errp) {
         memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION);
@@ -426,6 +433,12 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     if (running) {
         vm_stop(RUN_STATE_RESTORE_VM);
     }
+    /* Disks first: if one cannot be brought back, nothing changed */
+    if (!cpr_snapshot_disks_empty(s->disks, errp)) {
+        error_append_hint(errp, "The VM stays paused; the snapshot is "
+                          "kept.\n");
+        return false;
+    }
     ok = cpr_restore_machine(s->devices->data, s->devices->len,
                              cpr_snapshot_ram, s, s->exclude, &t, errp);
     if (ok && verify) {
@@ -493,7 +506,7 @@ CprSnapshotInfo *cpr_snapshot_info(void)
 
 void qmp_cpr_snapshot(bool has_exclude, strList *exclude, Error **errp)
 {
-    cpr_snapshot_take(NULL, exclude, false, errp);
+    cpr_snapshot_take(NULL, exclude, false, false, errp);
 }
 
 void qmp_cpr_restore(bool has_verify, bool verify, Error **errp)

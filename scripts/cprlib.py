@@ -124,10 +124,13 @@ class Qmp:
 
 
 class Vm:
-    """QEMU running the test guest, in a private temporary directory."""
+    """QEMU running the test guest, in a private temporary directory;
+    @disk_opts: more options of its boot disk's -drive; @stdout: where
+    QEMU's standard output goes (a file, or inherited)."""
 
     def __init__(self, mem_mb, machine="q35,memfd-alloc=on", accel="tcg",
-                 extra=(), incoming=None, workdir=None, disk_opts=""):
+                 extra=(), incoming=None, workdir=None, disk_opts="",
+                 stdout=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="cpr-")
         self.qmp_path = os.path.join(self.dir, "qmp.sock")
         self.serial = os.path.join(self.dir, "serial.log")
@@ -144,7 +147,7 @@ class Vm:
         if incoming:
             args += ["-incoming", incoming]
         args += list(extra)
-        self.proc = subprocess.Popen(args)
+        self.proc = subprocess.Popen(args, stdout=stdout)
         self.pid = self.proc.pid
         self.qmp = Qmp(self.qmp_path, self.proc)
 

@@ -144,7 +144,7 @@ static void cpr_trigger_snapshot(CprTriggerState *s)
     }
     /* As the snapshot will have it when restored */
     s->status = CPR_TRIGGER_ST_RESTORED;
-    if (cpr_snapshot_take(NULL, exclude, false, &err)) {
+    if (cpr_snapshot_take(NULL, exclude, false, false, &err)) {
         s->status = CPR_TRIGGER_ST_TAKEN;
     } else {
         error_report_err(err);

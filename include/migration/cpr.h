@@ -296,10 +296,11 @@ int cpr_ram_take_for_backend(const char *name, uint64_t size);
  * track RAM writes from then on; replaces the snapshot there was, unless
  * it is refused.  @name: savevm's, or NULL.  Restores leave the memory
  * backends and devices named in @exclude as they are, and with
- * @ignore_shared all shared RAM.
+ * @ignore_shared all shared RAM.  With @disks, the disks devices can
+ * write go under overlays that each restore empties.
  */
 bool cpr_snapshot_take(const char *name, strList *exclude,
-                       bool ignore_shared, Error **errp);
+                       bool ignore_shared, bool disks, Error **errp);
 
 /*
  * cpr_snapshot_restore: put the VM back into the snapshot's state; it
@@ -315,6 +316,7 @@ bool cpr_snapshot_exists(void);
 
 /* cpr_snapshot_name: the name savevm gave the snapshot, or NULL */
 const char *cpr_snapshot_name(void);
+
 
 /* cpr_snapshot_restores: restores done from the snapshot so far */
 uint64_t cpr_snapshot_restores(void);
