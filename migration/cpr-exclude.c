@@ -270,5 +270,5 @@ GByteArray *cpr_exclude_save_kept(CprExclude *x, Error **errp)
 
 bool cpr_exclude_check(CprExclude *x, Error **errp)
 {
-    return cpr_exclude_collect(x, false, errp);
+    return cpr_exclude_collect(x, true, errp);
 }

@@ -83,8 +83,26 @@ static const VMStateDescription vmstate_cpr_ram_entry_file = {
     },
 };
 
+static bool cpr_ram_entry_is_own(void *opaque)
+{
+    return ((CprRamEntry *)opaque)->own;
+}
+
+/* Fork: a block the parent keeps to itself, each child has its own */
+static const VMStateDescription vmstate_cpr_ram_entry_own = {
+    .name = "cpr-ram-block/own",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = cpr_ram_entry_is_own,
+    .fields = (VMStateField[]) {
+        VMSTATE_BOOL(own, CprRamEntry),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
 static const VMStateDescription *vmstate_cpr_ram_entry_subsections[] = {
     &vmstate_cpr_ram_entry_file,
+    &vmstate_cpr_ram_entry_own,
     NULL
 };
 

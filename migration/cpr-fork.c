@@ -169,6 +169,8 @@ void qmp_cpr_fork(const char *channel, bool has_exclude, strList *exclude,
         return;
     }
     t1 = get_clock();
+    /* Before the state: its RAM table marks the blocks not given */
+    cpr_ram_fork_exclude(g_steal_pointer(&x));
     cpr_set_saving(true);
     state = cpr_file_save(CPR_MODE_FORK, errp);
     cpr_set_saving(false);
@@ -185,7 +187,6 @@ void qmp_cpr_fork(const char *channel, bool has_exclude, strList *exclude,
         goto resume;
     }
     ram_block_discard_disable(true);
-    cpr_ram_fork_exclude(g_steal_pointer(&x));
     cpr_fork_state = g_steal_pointer(&state);
     cpr_fork_path = g_strdup(channel + 5);
     trace_cpr_fork_point(channel, t1 - t0, t2 - t1);
@@ -204,6 +205,7 @@ void qmp_cpr_fork(const char *channel, bool has_exclude, strList *exclude,
     return;
 
 resume:
+    cpr_ram_fork_exclude(NULL);
     if (was_running) {
         vm_start();
     }

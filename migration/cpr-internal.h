@@ -23,6 +23,7 @@ typedef struct CprRamEntry {
     uint64_t max_length;
     uint64_t file_offset;       /* reboot: where its pages are, or 0 */
     bool in_backend;            /* reboot: its pages are in its backend */
+    bool own;                   /* fork: not given, each child has its own */
 } CprRamEntry;
 
 /* The header of a state file (cpr-file.c); vmstate "cpr-file" */
@@ -125,15 +126,25 @@ bool cpr_exclude_keeps(void *opaque, void *x);
 bool cpr_exclude_saves(void *opaque, void *x);
 /* At a restore: the kept devices' state as it is now */
 GByteArray *cpr_exclude_save_kept(CprExclude *x, Error **errp);
-/* The named devices are all still there; the sections to leave out */
+/*
+ * The named devices are all still there, their INTx as at the snapshot;
+ * the sections to leave out
+ */
 bool cpr_exclude_check(CprExclude *x, Error **errp);
 
 /*
- * cpr-snapshot-disks.c: an overlay over each disk a device can write
- * (the names of their nodes), emptied at each restore
+ * cpr-snapshot-disks.c: an overlay over each disk a device can write,
+ * emptied at each restore.  prepare: before the VM stops for the
+ * snapshot, the migration blocker the overlays need (its own: a snapshot
+ * is not blocked by it); add: with the VM stopped, the overlays (NULL
+ * and errp set if none could be made); empty: at a restore.
  */
+bool cpr_snapshot_disks_prepare(Error **errp);
+/* The snapshot was not taken: the blocker goes if no overlay exists */
+void cpr_snapshot_disks_unprepare(void);
+bool cpr_snapshot_disks_blocker_is(Error *err);
 GPtrArray *cpr_snapshot_disks_add(Error **errp);
-bool cpr_snapshot_disks_empty(GPtrArray *nodes, Error **errp);
+bool cpr_snapshot_disks_empty(GPtrArray *disks, Error **errp);
 
 /*
  * The stream, or NULL with errp set / load it from @data; @cpu_ns, if

@@ -275,6 +275,23 @@ fail:
     close(fd);
 }
 
+/* The blocks a fork parent keeps to itself, children having their own */
+static CprExclude *cpr_ram_fork_excluded;
+
+void cpr_ram_fork_exclude(CprExclude *x)
+{
+    cpr_exclude_free(cpr_ram_fork_excluded);
+    cpr_ram_fork_excluded = x;
+}
+
+/* A block of guest RAM that forks: the children map it copy-on-write */
+static bool cpr_ram_forks(RAMBlock *rb)
+{
+    return qemu_ram_is_migratable(rb) &&
+           !(cpr_ram_fork_excluded &&
+             cpr_exclude_has_block(cpr_ram_fork_excluded, rb));
+}
+
 static int cpr_ram_describe_one(RAMBlock *rb, void *opaque)
 {
     GArray *table = opaque;
@@ -287,6 +304,7 @@ static int cpr_ram_describe_one(RAMBlock *rb, void *opaque)
     e.idstr_len = strlen(rb->idstr) + 1;
     e.used_length = rb->used_length;
     e.max_length = rb->max_length;
+    e.own = !cpr_ram_forks(rb);
     g_array_append_val(table, e);
     return 0;
 }
@@ -336,9 +354,14 @@ static int cpr_ram_check_one(RAMBlock *rb, void *opaque)
     }
     why = cpr_ram_adopted ? g_hash_table_lookup(cpr_ram_adopted, rb->idstr)
                           : NULL;
-    /* A fork parent keeps some to itself; the child has its own shared */
-    if (!why && cpr_fork_is_child() && qemu_ram_is_shared(rb) &&
-        rb->fd >= 0) {
+    /* A fork parent keeps some to itself: the child uses its own */
+    if (!why && cpr_fork_is_child() && cpr_ram_find(c->cf, rb->idstr)->own) {
+        if (!qemu_ram_is_shared(rb) || rb->fd < 0) {
+            error_setg(c->errp, "RAM block '%s' is this VM's own (the fork "
+                       "parent excludes it) but not shared memory: the host "
+                       "could not reach it", rb->idstr);
+            return -1;
+        }
         return 0;
     }
     if (!why) {
@@ -569,23 +592,6 @@ static void cpr_ram_keep(bool keep)
 CPR_KEEPER(cpr_ram_keep)
 
 /* VM fork (cpr-fork.c) */
-
-/* The blocks a fork parent keeps to itself, children having their own */
-static CprExclude *cpr_ram_fork_excluded;
-
-void cpr_ram_fork_exclude(CprExclude *x)
-{
-    cpr_exclude_free(cpr_ram_fork_excluded);
-    cpr_ram_fork_excluded = x;
-}
-
-/* A block of guest RAM that forks: the children map it copy-on-write */
-static bool cpr_ram_forks(RAMBlock *rb)
-{
-    return qemu_ram_is_migratable(rb) &&
-           !(cpr_ram_fork_excluded &&
-             cpr_exclude_has_block(cpr_ram_fork_excluded, rb));
-}
 
 static int cpr_ram_fork_one(RAMBlock *rb, void *opaque)
 {

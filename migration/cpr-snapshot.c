@@ -152,7 +152,8 @@ static void cpr_snapshot_find_blocker(Error *err, void *opaque)
 {
     Error **first = opaque;
 
-    if (!*first && (!cpr_snap || err != cpr_snap->blocker)) {
+    if (!*first && (!cpr_snap || err != cpr_snap->blocker) &&
+        !cpr_snapshot_disks_blocker_is(err)) {
         *first = err;
     }
 }
@@ -212,9 +213,14 @@ bool cpr_snapshot_take(const char *name, strList *exclude,
         cpr_snapshot_free(s);
         return false;
     }
+    if (disks && !cpr_snapshot_disks_prepare(errp)) {
+        cpr_snapshot_free(s);
+        return false;
+    }
 
     if (!cpr_stop(RUN_STATE_SAVE_VM, errp)) {
         cpr_snapshot_free(s);
+        cpr_snapshot_disks_unprepare();
         goto out;
     }
     memory_global_dirty_log_start(GLOBAL_DIRTY_MIGRATION);
@@ -253,6 +259,7 @@ bool cpr_snapshot_take(const char *name, strList *exclude,
     if (*errp) {
         memory_global_dirty_log_stop(GLOBAL_DIRTY_MIGRATION);
         cpr_snapshot_free(s);
+        cpr_snapshot_disks_unprepare();
     } else {
         cpr_snap = s;
         trace_cpr_snapshot_take(s->blocks->len, s->devices->len);
@@ -433,8 +440,12 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
     if (running) {
         vm_stop(RUN_STATE_RESTORE_VM);
     }
-    /* Disks first: if one cannot be brought back, nothing changed */
-    if (!cpr_snapshot_disks_empty(s->disks, errp)) {
+    /*
+     * What can refuse the restore, before anything changes: excluded
+     * devices gone or out of step, disks no longer on their overlays
+     */
+    if (!cpr_exclude_check(s->exclude, errp) ||
+        !cpr_snapshot_disks_empty(s->disks, errp)) {
         error_append_hint(errp, "The VM stays paused; the snapshot is "
                           "kept.\n");
         return false;

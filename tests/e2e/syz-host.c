@@ -134,9 +134,12 @@ static void clean_up(void)
 
 static void die(const char *fmt, ...)
 {
+    static pthread_mutex_t dying = PTHREAD_MUTEX_INITIALIZER;
     va_list ap;
     int i;
 
+    /* The first thread to fail ends it all; the others wait for that */
+    pthread_mutex_lock(&dying);
     va_start(ap, fmt);
     fprintf(stderr, "syz-host: ");
     vfprintf(stderr, fmt, ap);
@@ -612,6 +615,8 @@ int main(int argc, char **argv)
     for (; optind < argc; optind++) {
         opt.args[opt.nargs++] = argv[optind];
     }
+    /* A QEMU that went away is an error on its QMP socket, not a signal */
+    signal(SIGPIPE, SIG_IGN);
     if (!mkdtemp(dir)) {
         die("mkdtemp: %s", strerror(errno));
     }

@@ -289,8 +289,10 @@ def read_back(vm, out, pattern):
 def disks_come_back():
     """A writable disk (written through qemu-io, as a guest would): savevm
     puts it under an overlay, each loadvm brings back what it read at the
-    snapshot; what was written after savevm never reaches the image (as
-    with -snapshot), and the overlay's file is not left behind."""
+    snapshot (written since or not), a second savevm too; what was
+    written after savevm never reaches the image (as with -snapshot), the
+    overlays' files are not left behind, and migration and cprsave are
+    blocked for good (the writes live in this process only)."""
     with tempfile.TemporaryDirectory(prefix="cpr-syz-") as d:
         disk = os.path.join(d, "data.img")
         with open(disk, "wb") as f:
@@ -315,9 +317,24 @@ def disks_come_back():
                 read_back(vm, out, 0x22)
                 expect(vm, "loadvm s", "")
                 read_back(vm, out, 0x11)
+            # not written since: the overlay is left as it is
+            expect(vm, "loadvm s", "")
+            read_back(vm, out, 0x11)
+            # a new snapshot over the first: one more overlay
+            qemu_io(vm, out, "write -P 0x44 0 64k")
+            expect(vm, "savevm s", "")
+            qemu_io(vm, out, "write -P 0x55 0 64k")
+            expect(vm, "loadvm s", "")
+            read_back(vm, out, 0x44)
             expect(vm, "delvm s", "")
             qemu_io(vm, out, "write -P 0x33 0 64k")
             read_back(vm, out, 0x33)
+            # the writes live in this process only: nothing may move it
+            reasons = [b["reason"] for b in
+                       vm.qmp.cmd("query-cpr")["blockers"]]
+            if not any("disks are under overlays" in r for r in reasons):
+                raise AssertionError("no blocker for the overlays: %s" %
+                                     reasons)
             vm.wait_passes(1)
         finally:
             vm.kill()
