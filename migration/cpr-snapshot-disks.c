@@ -10,8 +10,9 @@
  * that wrote its disk after the snapshot would find its page cache back
  * at the snapshot and the disk not.  So savevm with
  * -machine cpr-snapshot=on puts a qcow2 overlay over each disk a device
- * can write (blockdev-snapshot-sync, all of them in one transaction),
- * in the temporary directory, and unlinks its file at once: the guest's
+ * can write (its image made in the temporary directory, then
+ * blockdev-snapshot-sync of all of them in one transaction), and
+ * unlinks its file at once: the guest's
  * writes from then on go there, and each restore empties it
  * (bdrv_make_empty) if the guest wrote it, so that the disk reads as at
  * the snapshot again.
@@ -101,7 +102,29 @@ bool cpr_snapshot_disks_blocker_is(Error *err)
     return err && err == cpr_snapshot_disks_blocker;
 }
 
-/* blockdev-snapshot-sync of @blk's disk into @file, as node @node */
+/*
+ * The overlay's image for @bs at @file, as blockdev-snapshot-sync would
+ * make it, without its "Formatting ..." on QEMU's standard output
+ */
+static bool cpr_snapshot_disk_image(BlockDriverState *bs, const char *file,
+                                    Error **errp)
+{
+    ERRP_GUARD();
+    int64_t size = bdrv_getlength(bs);
+    int flags = (bs->open_flags & ~(BDRV_O_SNAPSHOT | BDRV_O_COPY_ON_READ)) |
+                BDRV_O_NO_BACKING;
+
+    if (size < 0) {
+        error_setg_errno(errp, -size, "cannot tell the size of a disk");
+        return false;
+    }
+    bdrv_refresh_filename(bs);
+    bdrv_img_create(file, "qcow2", bs->filename, bs->drv->format_name, NULL,
+                    size, flags, true, errp);
+    return !*errp;
+}
+
+/* blockdev-snapshot-sync of @blk's disk onto the image @file, as @node */
 static TransactionAction *cpr_snapshot_disk_action(BlockBackend *blk,
                                                    const char *file,
                                                    const char *node)
@@ -122,7 +145,7 @@ static TransactionAction *cpr_snapshot_disk_action(BlockBackend *blk,
     s->has_format = true;
     s->format = g_strdup("qcow2");
     s->has_mode = true;
-    s->mode = NEW_IMAGE_MODE_ABSOLUTE_PATHS;
+    s->mode = NEW_IMAGE_MODE_EXISTING;
     act->type = TRANSACTION_ACTION_KIND_BLOCKDEV_SNAPSHOT_SYNC;
     act->u.blockdev_snapshot_sync.data = s;
     return act;
@@ -154,6 +177,9 @@ GPtrArray *cpr_snapshot_disks_add(Error **errp)
         }
         close(fd);
         g_ptr_array_add(files, file);
+        if (!cpr_snapshot_disk_image(blk_bs(blk), file, errp)) {
+            goto out;
+        }
         d->node = g_strdup_printf("cpr-snapshot-disk%u",
                                   cpr_snapshot_disks_made++);
         d->dev = blk_get_attached_dev_id(blk);
