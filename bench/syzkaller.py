@@ -10,8 +10,11 @@ syz, wait on the doorbell's eventfd for the executor's answer) against
 tests/guest/syz-guest.c, a 1 GiB guest that fills all of its RAM before
 the snapshot and writes 16 pages per input.  Stock: the snapshot in a
 qcow2 image, as syzkaller needs it; then the same with
--machine cpr-snapshot=on.  Prints inputs per second (each a loadvm and
-the executor's run) and the median time of the loadvm command itself.
+-machine cpr-snapshot=on, and the previous path of that
+(cpr-restore-plan=off: each loadvm loads the device state stream
+instead of replaying the restore plan).  Prints inputs per second (each
+a loadvm and the executor's run) and the median time of the loadvm
+command itself.
 
 Parallel workers (N = 1 and 2, one per core here): from VM fork (the VM
 becomes a fork point once the executor waits for inputs, N children run
@@ -92,12 +95,17 @@ def main():
                         extra=["-drive", "if=none,id=d0,file=" + disk])
         fast = run(accel, "q35,cpr-snapshot=on", 10 ** 6,
                    ("-s", str(SECONDS)))
+        old = run(accel, "q35,cpr-snapshot=on,cpr-restore-plan=off",
+                  10 ** 6, ("-s", str(SECONDS)))
         print("%-5s %-28s %10.2f %14.3f %8s" %
               (accel, "stock savevm/loadvm (qcow2)", stock["rate"],
                stock["loadvm_ms"], "1.0"))
         print("%-5s %-28s %10.1f %14.3f %8.0f" %
               (accel, "-machine cpr-snapshot=on", fast["rate"],
-               fast["loadvm_ms"], fast["rate"] / stock["rate"]), flush=True)
+               fast["loadvm_ms"], fast["rate"] / stock["rate"]))
+        print("%-5s %-28s %10.1f %14.3f %8.0f" %
+              (accel, "  previous path (no plan)", old["rate"],
+               old["loadvm_ms"], old["rate"] / stock["rate"]), flush=True)
     print()
     print("parallel workers, %d MiB guest, %g s: aggregate inputs/s, Pss "
           "of all QEMUs" % (MEM, SECONDS))

@@ -57,8 +57,7 @@ void cpr_vmstate_save(const VMStateDescription *vmsd, void *opaque,
 /* Device state is a few hundred KiB at most (e1000 is 200) */
 #define CPR_DEVICES_BUF (256 * KiB)
 
-/* A QEMUFile reading @data where it is; cpr_buffer_input_close() ends it */
-static QEMUFile *cpr_buffer_input(const uint8_t *data, size_t len)
+QEMUFile *cpr_buffer_input(const uint8_t *data, size_t len)
 {
     QIOChannelBuffer *bioc = qio_channel_buffer_new(0);
     QEMUFile *f;
@@ -71,7 +70,7 @@ static QEMUFile *cpr_buffer_input(const uint8_t *data, size_t len)
     return f;
 }
 
-static void cpr_buffer_input_close(QEMUFile *f)
+void cpr_buffer_input_close(QEMUFile *f)
 {
     QIOChannelBuffer *bioc = QIO_CHANNEL_BUFFER(qemu_file_get_ioc(f));
 
@@ -246,15 +245,55 @@ static int cpr_load_sections(const uint8_t *data, size_t len, Error **errp)
     return ret;
 }
 
+/*
+ * Load @data's sections: by replaying *@plan if there is one, else from
+ * the stream, recording a plan into *@plan if @plan is not NULL.  A
+ * replay that fails drops the plan and leaves the devices half loaded.
+ */
+static bool cpr_load_planned(const uint8_t *data, size_t len, CprPlan **plan,
+                             Error **errp)
+{
+    bool ok;
+
+    if (plan && *plan && cpr_plan_usable(*plan)) {
+        ok = cpr_plan_replay(*plan, errp);
+        if (!ok) {
+            cpr_devices_half_loaded = true;
+            g_clear_pointer(plan, cpr_plan_free);
+        }
+        return ok;
+    }
+    if (!plan) {
+        return cpr_load_sections(data, len, errp) >= 0;
+    }
+    g_clear_pointer(plan, cpr_plan_free);
+    if (!cpr_devices_header_ok(data, len, errp)) {
+        return false;
+    }
+    *plan = cpr_plan_new();
+    cpr_plan_record_start(*plan, data + 8, len - 8);
+    ok = cpr_load_sections(data, len, errp) >= 0;
+    if (!cpr_plan_record_end(*plan, ok)) {
+        trace_cpr_plan_unusable();
+        g_clear_pointer(plan, cpr_plan_free);
+    }
+    return ok;
+}
+
+static bool cpr_load_devices_planned(const uint8_t *data, size_t len,
+                                     CprPlan **plan, int64_t *cpu_ns,
+                                     Error **errp);
+
 bool cpr_restore_machine(const uint8_t *data, size_t len,
                          CprRestoreRamFn *ram, void *opaque,
-                         CprExclude *exclude, CprRestoreTimes *t,
-                         Error **errp)
+                         CprExclude *exclude, CprPlan **plan,
+                         CprRestoreTimes *t, Error **errp)
 {
     MachineClass *mc = MACHINE_GET_CLASS(current_machine);
     g_autoptr(GByteArray) kept = NULL;
     int64_t t0 = get_clock(), t1, t2, t3, t4, t5;
-    bool ok;
+    Error *err = NULL;
+    bool ok, replay;
 
     /*
      * The devices whose state goes on: saved now, loaded after the rest,
@@ -279,6 +318,9 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
      * again after the load.  One memory transaction for it all: the
      * memory map changes of the reset and the load are applied once.
      */
+    if (!current_machine->cpr_restore_plan) {
+        plan = NULL;
+    }
     memory_region_transaction_begin();
     cpr_restoring_now = true;
     t1 = get_clock();
@@ -290,7 +332,24 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
     t2 = get_clock();
     t->pages = ram(opaque, false);
     t3 = get_clock();
-    ok = cpr_load_devices(data, len, &t->cpu_ns, errp);
+    replay = plan && *plan && cpr_plan_usable(*plan);
+    ok = cpr_load_devices_planned(data, len, plan, &t->cpu_ns, &err);
+    if (!ok && replay) {
+        /* Once more from the stream, into a machine reset again */
+        trace_cpr_plan_replay_failed(error_get_pretty(err));
+        g_clear_pointer(&err, error_free);
+        if (mc->reset) {
+            mc->reset(current_machine, SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+        } else {
+            qemu_devices_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+        }
+        cpr_devices_half_loaded = false;
+        t->pages += ram(opaque, false);
+        ok = cpr_load_devices_planned(data, len, plan, &t->cpu_ns, &err);
+    }
+    if (!ok) {
+        error_propagate(errp, err);
+    }
     if (ok && kept) {
         ok = cpr_load_sections(kept->data, kept->len, errp) >= 0;
     }
@@ -308,8 +367,15 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp)
 {
+    return cpr_load_devices_planned(data, len, NULL, cpu_ns, errp);
+}
+
+static bool cpr_load_devices_planned(const uint8_t *data, size_t len,
+                                     CprPlan **plan, int64_t *cpu_ns,
+                                     Error **errp)
+{
     int64_t t;
-    int ret;
+    bool ok;
 
     if (!cpr_devices_header_ok(data, len, errp)) {
         return false;
@@ -323,7 +389,7 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
      * set up (AHCI's FIS buffer, virtio's rings).
      */
     memory_region_transaction_begin_batched();
-    ret = cpr_load_sections(data, len, errp);
+    ok = cpr_load_planned(data, len, plan, errp);
     memory_region_transaction_commit_batched();
     /*
      * A process that took a VM over has KVM's memory map held until now
@@ -333,7 +399,7 @@ bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
     if (kvm_enabled()) {
         kvm_release_memory_map();
     }
-    if (ret < 0) {
+    if (!ok) {
         return false;
     }
     t = get_clock();

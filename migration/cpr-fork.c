@@ -57,6 +57,8 @@ static VMChangeStateEntry *cpr_fork_vm_state;  /* until it runs again */
 static int cpr_fork_in = -1;
 static char *cpr_fork_channel;
 static CprFile *cpr_fork_point;
+/* What loading its device state did, for cpr-fork-reset */
+static CprPlan *cpr_fork_plan;
 
 bool cpr_fork_is_child(void)
 {
@@ -518,7 +520,8 @@ void qmp_cpr_fork_reset(bool has_empty_disks, strList *empty_disks,
     if (!cpr_restore_machine(cpr_fork_point->data +
                              cpr_fork_point->devices_offset,
                              cpr_fork_point->devices_len,
-                             cpr_fork_reset_ram, NULL, NULL, &t, errp)) {
+                             cpr_fork_reset_ram, NULL, NULL, &cpr_fork_plan,
+                             &t, errp)) {
         error_prepend(errp, "cannot load the fork point again: ");
         return;
     }

@@ -59,7 +59,7 @@ void hmp_cpr_restore(Monitor *mon, const QDict *qdict)
 {
     Error *err = NULL;
 
-    qmp_cpr_restore(false, false, &err);
+    qmp_cpr_restore(false, false, false, false, &err);
     hmp_handle_error(mon, err);
 }
 

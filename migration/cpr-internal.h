@@ -113,6 +113,7 @@ bool cpr_vmstate_load(const VMStateDescription *vmsd, void *opaque,
  * blocks and their state), shared RAM with @ignore_shared
  */
 typedef struct CprExclude CprExclude;
+typedef struct CprPlan CprPlan;
 CprExclude *cpr_exclude_new(strList *ids, bool ignore_shared, Error **errp);
 void cpr_exclude_free(CprExclude *x);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprExclude, cpr_exclude_free)
@@ -181,11 +182,37 @@ typedef struct CprRestoreTimes {
     int64_t cpu_ns;
     int64_t devices_ns;         /* the rest */
 } CprRestoreTimes;
-/* @exclude (or NULL): devices whose state goes on as it is */
+/*
+ * @exclude (or NULL): devices whose state goes on as it is.  @plan (or
+ * NULL): the restore plan of @data; when it holds one that can be used
+ * (and the machine property cpr-restore-plan is on), the devices' state
+ * is put back by replaying it, else from @data, recording a new plan
+ * into it.
+ */
 bool cpr_restore_machine(const uint8_t *data, size_t len,
                          CprRestoreRamFn *ram, void *opaque,
-                         CprExclude *exclude, CprRestoreTimes *t,
-                         Error **errp);
+                         CprExclude *exclude, CprPlan **plan,
+                         CprRestoreTimes *t, Error **errp);
+/*
+ * cpr-restore-plan.c: what loading a device state stream did, to do it
+ * again without the stream.  record_start: record the load of @stream
+ * (after its header) that follows; record_end: stop, and say whether the
+ * plan covers the whole stream and can be used; usable: no device came
+ * or went since; replay: load the devices' state again from the plan.
+ */
+CprPlan *cpr_plan_new(void);
+void cpr_plan_free(CprPlan *p);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprPlan, cpr_plan_free)
+void cpr_plan_record_start(CprPlan *p, const uint8_t *stream, size_t len);
+bool cpr_plan_record_end(CprPlan *p, bool loaded);
+bool cpr_plan_usable(CprPlan *p);
+bool cpr_plan_replay(CprPlan *p, Error **errp);
+CprRestorePlanInfo *cpr_plan_info(CprPlan *p);
+
+/* A QEMUFile reading @data where it is; cpr_buffer_input_close() ends it */
+QEMUFile *cpr_buffer_input(const uint8_t *data, size_t len);
+void cpr_buffer_input_close(QEMUFile *f);
+
 /* The name of the section of a device state stream that holds byte @at */
 char *cpr_devices_section_at(const uint8_t *data, size_t len, size_t at);
 

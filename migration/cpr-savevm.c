@@ -110,7 +110,7 @@ bool cpr_savevm_load(const char *name, Error **errp)
                    "(-machine cpr-snapshot=on)", name ?: "");
         return false;
     }
-    return cpr_snapshot_restore(false, errp);
+    return cpr_snapshot_restore(false, false, errp);
 }
 
 bool cpr_savevm_delete(const char *name, Error **errp)

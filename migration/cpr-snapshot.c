@@ -68,6 +68,7 @@ typedef struct CprSnapshot {
     GByteArray *devices;        /* device and CPU state stream */
     CprExclude *exclude;        /* what restores leave alone */
     GPtrArray *disks;           /* overlays over writable disks, or NULL */
+    CprPlan *plan;              /* of the restores after the first */
     uint64_t restores;
     uint64_t last_pages;        /* pages copied back by the last restore */
     int64_t last_ram_ns;        /* its time on guest RAM */
@@ -100,6 +101,7 @@ static void cpr_snapshot_free(CprSnapshot *s)
         g_byte_array_unref(s->devices);
     }
     cpr_exclude_free(s->exclude);
+    cpr_plan_free(s->plan);
     if (s->disks) {
         g_ptr_array_unref(s->disks);
     }
@@ -419,7 +421,66 @@ static uint64_t cpr_snapshot_ram(void *opaque, bool after_load)
     return cpr_snapshot_restore_ram(opaque);
 }
 
-bool cpr_snapshot_restore(bool verify, Error **errp)
+/*
+ * Restore @s from its device state stream, then by replaying its plan,
+ * and compare the device state each gives
+ */
+static bool cpr_snapshot_compare_paths(CprSnapshot *s, CprRestoreTimes *t,
+                                       Error **errp)
+{
+    g_autoptr(GByteArray) streamed = NULL;
+    g_autoptr(GByteArray) replayed = NULL;
+    g_autofree char *where = NULL;
+    g_autoptr(CprPlan) plan = g_steal_pointer(&s->plan);
+    guint i;
+
+    if (!current_machine->cpr_restore_plan) {
+        error_setg(errp, "restore plans are off (machine property "
+                   "cpr-restore-plan): there is no second path to compare");
+        return false;
+    }
+    /* From the stream: a new plan is recorded if there was none */
+    if (!cpr_restore_machine(s->devices->data, s->devices->len,
+                             cpr_snapshot_ram, s, s->exclude,
+                             plan ? NULL : &plan, t, errp)) {
+        return false;
+    }
+    streamed = cpr_save_devices_some(cpr_exclude_saves, s->exclude, true,
+                                     errp);
+    if (!streamed) {
+        return false;
+    }
+    if (!plan) {
+        error_setg(errp, "no restore plan could be made of this snapshot");
+        return false;
+    }
+    if (!cpr_restore_machine(s->devices->data, s->devices->len,
+                             cpr_snapshot_ram, s, s->exclude, &plan, t,
+                             errp)) {
+        return false;
+    }
+    replayed = cpr_save_devices_some(cpr_exclude_saves, s->exclude, true,
+                                     errp);
+    if (!replayed) {
+        return false;
+    }
+    s->plan = g_steal_pointer(&plan);
+    for (i = 0; i < MIN(streamed->len, replayed->len); i++) {
+        if (streamed->data[i] != replayed->data[i]) {
+            break;
+        }
+    }
+    if (i < streamed->len || i < replayed->len) {
+        where = cpr_devices_section_at(streamed->data, streamed->len, i);
+        error_setg(errp, "the restore plan gives device state other than "
+                   "loading the stream does, at byte %u of %u (%s)", i,
+                   streamed->len, where);
+        return false;
+    }
+    return true;
+}
+
+bool cpr_snapshot_restore(bool verify, bool compare, Error **errp)
 {
     ERRP_GUARD();
     bool running = runstate_is_running();
@@ -450,8 +511,13 @@ bool cpr_snapshot_restore(bool verify, Error **errp)
                           "kept.\n");
         return false;
     }
-    ok = cpr_restore_machine(s->devices->data, s->devices->len,
-                             cpr_snapshot_ram, s, s->exclude, &t, errp);
+    if (compare) {
+        ok = cpr_snapshot_compare_paths(s, &t, errp);
+    } else {
+        ok = cpr_restore_machine(s->devices->data, s->devices->len,
+                                 cpr_snapshot_ram, s, s->exclude, &s->plan,
+                                 &t, errp);
+    }
     if (ok && verify) {
         ok = cpr_snapshot_verify(s, errp);
     }
@@ -512,6 +578,10 @@ CprSnapshotInfo *cpr_snapshot_info(void)
     info->last_restore_cpu_ns = s->last_cpu_ns;
     info->last_restore_devices_ns = s->last_devices_ns;
     info->last_restore_ns = s->last_total_ns;
+    if (s->plan) {
+        info->has_plan = true;
+        info->plan = cpr_plan_info(s->plan);
+    }
     return info;
 }
 
@@ -520,9 +590,11 @@ void qmp_cpr_snapshot(bool has_exclude, strList *exclude, Error **errp)
     cpr_snapshot_take(NULL, exclude, false, false, errp);
 }
 
-void qmp_cpr_restore(bool has_verify, bool verify, Error **errp)
+void qmp_cpr_restore(bool has_verify, bool verify, bool has_compare_paths,
+                     bool compare_paths, Error **errp)
 {
-    cpr_snapshot_restore(has_verify && verify, errp);
+    cpr_snapshot_restore(has_verify && verify,
+                         has_compare_paths && compare_paths, errp);
 }
 
 void qmp_cpr_snapshot_drop(Error **errp)

@@ -125,7 +125,7 @@ static void cpr_trigger_restore(CprTriggerState *s)
 
     if (!cpr_snapshot_exists()) {
         s->status = CPR_TRIGGER_ST_NO_SNAPSHOT;
-    } else if (!cpr_snapshot_restore(false, &err)) {
+    } else if (!cpr_snapshot_restore(false, false, &err)) {
         error_report_err(err);
         s->status = CPR_TRIGGER_ST_FAILED;
     }

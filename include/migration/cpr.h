@@ -305,9 +305,11 @@ bool cpr_snapshot_take(const char *name, strList *exclude,
 /*
  * cpr_snapshot_restore: put the VM back into the snapshot's state; it
  * resumes if it was running.  With @verify, check that saving device
- * and CPU state again gives the snapshot's.
+ * and CPU state again gives the snapshot's; with @compare, restore
+ * through the stream and then the restore plan, and check that both give
+ * the same device and CPU state.
  */
-bool cpr_snapshot_restore(bool verify, Error **errp);
+bool cpr_snapshot_restore(bool verify, bool compare, Error **errp);
 
 /* cpr_snapshot_drop: forget the snapshot, if any */
 void cpr_snapshot_drop(void);

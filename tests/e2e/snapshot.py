@@ -50,6 +50,15 @@ def ram_hash(vm, mem_mb):
     return digest
 
 
+def qmp_error(qmp, name, **args):
+    """The error of a command expected to fail; "" if it did not."""
+    try:
+        qmp.cmd(name, **args)
+    except cprlib.QmpError as e:
+        return str(e)
+    return ""
+
+
 def accel_cases(fn):
     """Run @fn once per accelerator."""
     for accel in ACCELS:
@@ -101,6 +110,70 @@ def host_trigger(accel):
                 min(pages) > (mem << 20) // 4096 // 2,
                 "%s: host-triggered restores bring RAM, devices and CPU "
                 "back to the snapshot" % accel)
+    finally:
+        vm.kill()
+
+
+@accel_cases
+def restore_plan(accel):
+    """The restore plan (cpr-restore-plan.c): cpr-guest with a virtio
+    device (its state loads through a getter that is more than a copy)
+    and a USB keyboard is restored 10 times while paused with
+    compare-paths and verify: restoring from the stream and replaying
+    the plan give the same device and CPU state, equal to the snapshot's,
+    and RAM is the snapshot's.  query-cpr reports the plan.  With the
+    machine property cpr-restore-plan off, compare-paths is refused.
+    Once the keyboard is unplugged, the plan (which points into its
+    state) is not replayed: the restore fails (loading the stream finds
+    no keyboard) and the VM stays paused; a new snapshot restores
+    again."""
+    mem = 256
+    vm = cprlib.Vm(mem, machine="q35", accel=accel,
+                   extra=["-rtc", "clock=vm", "-device", "virtio-rng-pci",
+                          "-device", "qemu-xhci", "-device",
+                          "usb-kbd,id=kbd"])
+    try:
+        vm.wait_passes(2)
+        vm.qmp.cmd("stop")
+        before = ram_hash(vm, mem)
+        vm.qmp.cmd("cpr-snapshot")
+        vm.qmp.cmd("cont")
+        plans = []
+        for i in range(10):
+            vm.wait_passes(1)
+            vm.qmp.cmd("stop")
+            vm.qmp.cmd("cpr-restore", verify=True, **{"compare-paths": True})
+            vm.qmp.cmd("cont")
+            vm.qmp.cmd("cpr-restore")
+            plans.append(vm.qmp.cmd("query-cpr")["snapshot"].get("plan"))
+        vm.qmp.cmd("stop")
+        vm.qmp.cmd("cpr-restore", verify=True)
+        same_ram = ram_hash(vm, mem) == before
+        plan = plans[-1]
+        diag("%s: plan %s" % (accel, plan))
+        vm.qmp.cmd("qom-set", path="/machine", property="cpr-restore-plan",
+                   value=False)
+        off = qmp_error(vm.qmp, "cpr-restore", **{"compare-paths": True})
+        vm.qmp.cmd("qom-set", path="/machine", property="cpr-restore-plan",
+                   value=True)
+        vm.qmp.cmd("cpr-restore")
+        vm.qmp.cmd("device_del", id="kbd")
+        gone = qmp_error(vm.qmp, "cpr-restore")
+        status = vm.status()
+        # A new snapshot of the machine as it is now: a new plan
+        vm.qmp.cmd("cpr-snapshot")
+        vm.qmp.cmd("cpr-restore", verify=True, **{"compare-paths": True})
+        vm.qmp.cmd("cont")
+        vm.wait_passes(1)
+        diag("%s: plans off: %s; keyboard unplugged: %s (VM %s)" %
+             (accel, off, gone, status))
+        return (same_ram and all(p == plan for p in plans) and
+                plan["hooks"] > 0 and plan["copies"] > 0 and
+                plan["getters"] > 0 and "cpr-restore-plan" in off and
+                "cannot load device state" in gone and status == "paused",
+                "%s: restores replaying the plan give the state loading "
+                "the stream gives; an unplugged device stops the plan" %
+                accel)
     finally:
         vm.kill()
 
@@ -380,7 +453,8 @@ def linux():
     """A Linux guest (the live-update test's workload: heartbeat, memory
     fill and verify) restored LINUX_RESTORES times: after each restore its
     heartbeat starts again from the snapshot point, and it keeps
-    working."""
+    working.  Every 200th restore is one with compare-paths (paused):
+    loading the stream and replaying the plan give the same state."""
     work = tempfile.mkdtemp(prefix="cpr-snap-linux-")
     serial = os.path.join(work, "serial.sock")
     qmp_path = os.path.join(work, "qmp.sock")
@@ -397,9 +471,18 @@ def linux():
         worst = 0
         restarts = 0
         t0 = time.monotonic()
+        compared = 0
         for i in range(LINUX_RESTORES):
             hb.wait(lambda s: s > base + 2)
-            qmp.cmd("cpr-restore")
+            if i % 200 == 1:
+                # Both restore paths give the same state (the plan made
+                # at the first restore, replayed by all the others)
+                qmp.cmd("stop")
+                qmp.cmd("cpr-restore", **{"compare-paths": True})
+                qmp.cmd("cont")
+                compared += 1
+            else:
+                qmp.cmd("cpr-restore")
             # The first full heartbeat after the restore: the snapshot's
             # next one, or one shortly after it (a line garbled by the
             # restore is skipped).
@@ -407,6 +490,7 @@ def linux():
             restarts += base <= first <= base + 3
             worst = max(worst, first - base)
         elapsed = time.monotonic() - t0
+        plan = qmp.cmd("query-cpr")["snapshot"].get("plan")
         qmp.cmd("cpr-snapshot-drop")
         with hb.lock:
             hb.cpus.clear()
@@ -414,10 +498,12 @@ def linux():
         info = qmp.cmd("query-status")
         diag("linux: %d restores in %.1f s, heartbeat restarted at the "
              "snapshot point + %d at most; afterwards %d heartbeats, and "
-             "the heartbeats of CPUs %s; guest errors %s" %
+             "the heartbeats of CPUs %s; guest errors %s; both paths "
+             "compared %d times; plan %s" %
              (LINUX_RESTORES, elapsed, worst, hb.seq() - base,
-              sorted(hb.cpus), hb.errors))
+              sorted(hb.cpus), hb.errors, compared, plan))
         return (restarts == LINUX_RESTORES and not hb.errors and
+                plan is not None and compared > 0 and
                 hb.cpus == set(range(linuxvm.SMP)) and
                 info["status"] == "running",
                 "a Linux guest restored %d times restarts from the "
