@@ -28,6 +28,7 @@
 #include "qapi/clone-visitor.h"
 #include "qapi/qapi-builtin-visit.h"
 #include "qapi/qapi-commands-cpr.h"
+#include "qapi/qapi-events-run-state.h"
 #include "qemu/bitops.h"
 #include "qemu/memalign.h"
 #include "qemu/rcu.h"
@@ -44,6 +45,7 @@
 #include "migration/savevm.h"
 #include "migration/misc.h"
 #include "qom/object.h"
+#include "sysemu/cpu-timers.h"
 #include "sysemu/hostmem.h"
 #include "sysemu/kvm.h"
 #include "sysemu/reset.h"
@@ -74,6 +76,7 @@ typedef struct CprSnapshot {
     int64_t last_ram_ns;        /* its time on guest RAM */
     int64_t last_cpu_ns;        /* its time putting CPU state back */
     int64_t last_devices_ns;    /* its time on the rest of the state */
+    int64_t last_reset_ns;      /* ... of which the machine reset */
     int64_t last_total_ns;      /* all its time, stop to resume */
     Error *blocker;
 } CprSnapshot;
@@ -480,27 +483,15 @@ static bool cpr_snapshot_compare_paths(CprSnapshot *s, CprRestoreTimes *t,
     return true;
 }
 
-bool cpr_snapshot_restore(bool verify, bool compare, Error **errp)
+/* Restore @s into a stopped machine (or one stopped for all but us) */
+static bool cpr_snapshot_restore_stopped(CprSnapshot *s, bool verify,
+                                         bool compare, Error **errp)
 {
     ERRP_GUARD();
-    bool running = runstate_is_running();
-    CprSnapshot *s = cpr_snap;
     CprRestoreTimes t = { 0 };
-    int64_t t0;
+    int64_t t0 = get_clock();
     bool ok;
 
-    if (!s) {
-        error_setg(errp, "there is no CPR snapshot to restore; take one "
-                   "with cpr-snapshot first");
-        return false;
-    }
-    if (!cpr_snapshot_allowed(errp) || !cpr_snapshot_blocks_present(s, errp)) {
-        return false;
-    }
-    t0 = get_clock();
-    if (running) {
-        vm_stop(RUN_STATE_RESTORE_VM);
-    }
     /*
      * What can refuse the restore, before anything changes: excluded
      * devices gone or out of step, disks no longer on their overlays
@@ -525,17 +516,91 @@ bool cpr_snapshot_restore(bool verify, bool compare, Error **errp)
         /* Not a machine to run: keep it paused, the snapshot is there. */
         error_append_hint(errp, "The VM stays paused; the snapshot is "
                           "kept.\n");
-    } else if (running) {
-        vm_start();
     }
     s->restores++;
     s->last_pages = t.pages;
     s->last_ram_ns = t.ram_ns;
     s->last_cpu_ns = t.cpu_ns;
     s->last_devices_ns = t.devices_ns;
+    s->last_reset_ns = t.reset_ns;
     s->last_total_ns = get_clock() - t0;
-    trace_cpr_snapshot_restore(t.pages, s->last_ram_ns, s->last_cpu_ns,
-                               s->last_devices_ns, t.reset_ns,
+    return ok;
+}
+
+static CprSnapshot *cpr_snapshot_for_restore(Error **errp)
+{
+    if (!cpr_snap) {
+        error_setg(errp, "there is no CPR snapshot to restore; take one "
+                   "with cpr-snapshot first");
+        return NULL;
+    }
+    if (!cpr_snapshot_allowed(errp) ||
+        !cpr_snapshot_blocks_present(cpr_snap, errp)) {
+        return NULL;
+    }
+    return cpr_snap;
+}
+
+bool cpr_snapshot_restore(bool verify, bool compare, Error **errp)
+{
+    bool running = runstate_is_running();
+    CprSnapshot *s = cpr_snapshot_for_restore(errp);
+    int64_t t0, t1, t2;
+    bool ok;
+
+    if (!s) {
+        return false;
+    }
+    t0 = get_clock();
+    /*
+     * A running VM is paused only within this command: no STOP and
+     * RESUME events for clients to handle thousands of times a second,
+     * unless it stays paused
+     */
+    if (running) {
+        vm_stop_quietly(RUN_STATE_RESTORE_VM);
+    }
+    t1 = get_clock();
+    ok = cpr_snapshot_restore_stopped(s, verify, compare, errp);
+    if (ok && running) {
+        t2 = get_clock();
+        vm_start_quietly();
+        trace_cpr_snapshot_restore_runstate(t1 - t0, get_clock() - t2);
+    } else if (running) {
+        qapi_event_send_stop();
+    }
+    s->last_total_ns = get_clock() - t0;
+    trace_cpr_snapshot_restore(s->last_pages, s->last_ram_ns, s->last_cpu_ns,
+                               s->last_devices_ns, s->last_reset_ns,
+                               s->last_total_ns);
+    return ok;
+}
+
+bool cpr_snapshot_restore_in_vcpu(Error **errp)
+{
+    CprSnapshot *s = cpr_snapshot_for_restore(errp);
+    CPUState *cpu;
+    bool ok;
+
+    CPU_FOREACH(cpu) {
+        if (cpu != current_cpu && !cpu_is_stopped(cpu)) {
+            error_setg(errp, "a restore in a vCPU's thread needs the other "
+                       "vCPUs stopped");
+            return false;
+        }
+    }
+    if (!s) {
+        return false;
+    }
+    /*
+     * The guest's clock stands still meanwhile, as in vm_stop(); nothing
+     * else runs: this thread holds the BQL, and it is the only vCPU
+     */
+    cpu_disable_ticks();
+    ok = cpr_snapshot_restore_stopped(s, false, false, errp);
+    cpu_enable_ticks();
+    trace_cpr_snapshot_restore(s->last_pages, s->last_ram_ns, s->last_cpu_ns,
+                               s->last_devices_ns, s->last_reset_ns,
                                s->last_total_ns);
     return ok;
 }

@@ -39,7 +39,7 @@ class FuzzVm:
         self.set("pages", pages)
         self.set("fill_mb", mem_mb if fill else 0)
         qmp_path = os.path.join(self.dir, "qmp.sock")
-        device = "cpr-trigger,exclude=io"
+        device = "cpr-trigger,id=trigger,exclude=io"
         args = [cprlib.QEMU, "-machine", machine, "-accel", accel,
                 "-m", str(mem_mb), "-display", "none", "-nodefaults",
                 "-rtc", "clock=vm", "-kernel", FUZZ_GUEST,

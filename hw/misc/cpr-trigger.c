@@ -92,6 +92,9 @@ struct CprTriggerState {
     uint32_t pending;           /* command for the main loop */
     CPUState *cpu;              /* the vCPU that wrote it, stopped */
     bool waiting;               /* for the host's go */
+
+    bool in_vcpu;               /* restores in the vCPU's thread if it can */
+    uint64_t restores_in_vcpu;  /* ... done there */
 };
 
 static uint64_t cpr_trigger_read(void *opaque, hwaddr addr, unsigned size)
@@ -208,6 +211,39 @@ static void cpr_trigger_receive(void *opaque, const uint8_t *buf, int size)
     }
 }
 
+/*
+ * Under TCG, with one vCPU and no doorbell to wait on, a restore is done
+ * right here, in the thread of the vCPU that asked for it, which holds
+ * the BQL: no trip to the main loop and back, no pause of the VM.  The
+ * vCPU then leaves the translated code it was running and goes on from
+ * the snapshot's state (the snapshot's COMMAND write, replayed).  A
+ * failed restore asks the main loop to pause the VM, as a failure there
+ * would leave it.
+ */
+static void cpr_trigger_restore_here(CprTriggerState *s, CPUState *cpu)
+{
+#ifdef CONFIG_TCG
+    Error *err = NULL;
+
+    if (!s->in_vcpu || !tcg_enabled() || CPU_NEXT(first_cpu) ||
+        qemu_chr_fe_backend_open(&s->doorbell) || !cpr_snapshot_exists()) {
+        return;
+    }
+    trace_cpr_trigger_command(CPR_TRIGGER_RESTORE);
+    if (cpr_snapshot_restore_in_vcpu(&err)) {
+        s->restores_in_vcpu++;
+        trace_cpr_trigger_restore(s->status);
+        cpu_loop_exit(cpu);
+    }
+    error_report_err(err);
+    s->status = CPR_TRIGGER_ST_FAILED;
+    trace_cpr_trigger_restore(s->status);
+    vm_stop(RUN_STATE_PAUSED);
+    s->replay = true;
+    cpu_loop_exit_restore(cpu, cpu->mem_io_pc);
+#endif
+}
+
 static void cpr_trigger_write(void *opaque, hwaddr addr, uint64_t val,
                               unsigned size)
 {
@@ -234,6 +270,9 @@ static void cpr_trigger_write(void *opaque, hwaddr addr, uint64_t val,
     if (!current_cpu || s->cpu) {
         s->status = CPR_TRIGGER_ST_FAILED;
         return;
+    }
+    if (val == CPR_TRIGGER_RESTORE) {
+        cpr_trigger_restore_here(s, current_cpu);
     }
     trace_cpr_trigger_command(val);
     s->pending = val;
@@ -269,6 +308,8 @@ static void cpr_trigger_realize(PCIDevice *pdev, Error **errp)
     /* A command leaves the write behind (TCG): no re-entrancy here. */
     s->mmio.disable_reentrancy_guard = true;
     pci_register_bar(pdev, 0, PCI_BASE_ADDRESS_SPACE_MEMORY, &s->mmio);
+    object_property_add_uint64_ptr(OBJECT(s), "restores-in-vcpu",
+                                   &s->restores_in_vcpu, OBJ_PROP_FLAG_READ);
     qemu_chr_fe_set_handlers(&s->doorbell, cpr_trigger_can_read,
                              cpr_trigger_receive, NULL, NULL, s, NULL,
                              true);
@@ -306,6 +347,7 @@ static const VMStateDescription vmstate_cpr_trigger = {
 static Property cpr_trigger_properties[] = {
     DEFINE_PROP_STRING("exclude", CprTriggerState, exclude),
     DEFINE_PROP_CHR("chardev", CprTriggerState, doorbell),
+    DEFINE_PROP_BOOL("restore-in-vcpu", CprTriggerState, in_vcpu, true),
     DEFINE_PROP_END_OF_LIST(),
 };
 

@@ -311,6 +311,14 @@ bool cpr_snapshot_take(const char *name, strList *exclude,
  */
 bool cpr_snapshot_restore(bool verify, bool compare, Error **errp);
 
+/*
+ * cpr_snapshot_restore_in_vcpu: the same for a running VM, from the
+ * thread of its only running vCPU (TCG), which holds the BQL: the run
+ * state does not change.  The caller then leaves the translated code
+ * it runs (cpu_loop_exit()): the vCPU goes on from the snapshot's state.
+ */
+bool cpr_snapshot_restore_in_vcpu(Error **errp);
+
 /* cpr_snapshot_drop: forget the snapshot, if any */
 void cpr_snapshot_drop(void);
 

@@ -124,9 +124,10 @@ def restore_plan(accel):
     and RAM is the snapshot's.  query-cpr reports the plan.  With the
     machine property cpr-restore-plan off, compare-paths is refused.
     Once the keyboard is unplugged, the plan (which points into its
-    state) is not replayed: the restore fails (loading the stream finds
-    no keyboard) and the VM stays paused; a new snapshot restores
-    again."""
+    state) is not replayed: the restore of the running VM fails (loading
+    the stream finds no keyboard), the VM is left paused with a STOP
+    event; a new snapshot restores again.  Restores of the running VM
+    send no STOP or RESUME events."""
     mem = 256
     vm = cprlib.Vm(mem, machine="q35", accel=accel,
                    extra=["-rtc", "clock=vm", "-device", "virtio-rng-pci",
@@ -139,6 +140,7 @@ def restore_plan(accel):
         vm.qmp.cmd("cpr-snapshot")
         vm.qmp.cmd("cont")
         plans = []
+        since = len(vm.qmp.events)
         for i in range(10):
             vm.wait_passes(1)
             vm.qmp.cmd("stop")
@@ -146,6 +148,9 @@ def restore_plan(accel):
             vm.qmp.cmd("cont")
             vm.qmp.cmd("cpr-restore")
             plans.append(vm.qmp.cmd("query-cpr")["snapshot"].get("plan"))
+        # Only those of stop and cont: a restore pauses without events
+        events = [e for e, _ in vm.qmp.events[since:]
+                  if e in ("STOP", "RESUME")]
         vm.qmp.cmd("stop")
         vm.qmp.cmd("cpr-restore", verify=True)
         same_ram = ram_hash(vm, mem) == before
@@ -157,20 +162,25 @@ def restore_plan(accel):
         vm.qmp.cmd("qom-set", path="/machine", property="cpr-restore-plan",
                    value=True)
         vm.qmp.cmd("cpr-restore")
+        vm.qmp.cmd("cont")
         vm.qmp.cmd("device_del", id="kbd")
+        since = len(vm.qmp.events)
         gone = qmp_error(vm.qmp, "cpr-restore")
         status = vm.status()
+        # A restore that fails leaves the VM paused, and says so
+        stopped = [e for e, _ in vm.qmp.events[since:] if e == "STOP"]
         # A new snapshot of the machine as it is now: a new plan
         vm.qmp.cmd("cpr-snapshot")
         vm.qmp.cmd("cpr-restore", verify=True, **{"compare-paths": True})
         vm.qmp.cmd("cont")
         vm.wait_passes(1)
-        diag("%s: plans off: %s; keyboard unplugged: %s (VM %s)" %
-             (accel, off, gone, status))
+        diag("%s: plans off: %s; keyboard unplugged: %s (VM %s); events "
+             "%s, then %s" % (accel, off, gone, status, events, stopped))
         return (same_ram and all(p == plan for p in plans) and
                 plan["hooks"] > 0 and plan["copies"] > 0 and
                 plan["getters"] > 0 and "cpr-restore-plan" in off and
-                "cannot load device state" in gone and status == "paused",
+                "cannot load device state" in gone and
+                status in ("paused", "restore-vm") and events == ["STOP", "RESUME"] * 10 and stopped == ["STOP"],
                 "%s: restores replaying the plan give the state loading "
                 "the stream gives; an unplugged device stops the plan" %
                 accel)
@@ -179,13 +189,17 @@ def restore_plan(accel):
 
 
 @accel_cases
-def guest_trigger(accel):
+def guest_trigger(accel, in_vcpu=True):
     """The harness guest snapshots itself and asks for a restore at the
     end of each iteration; each iteration checks that it starts from the
     snapshot (status RESTORED, RAM as at the snapshot).  Its counters live
     in the excluded memory: they go on across restores, and the host
-    changes the number of pages to dirty as it runs."""
-    vm = FuzzVm(accel, pages=16)
+    changes the number of pages to dirty as it runs.  Under TCG (one
+    vCPU, no doorbell) the restores are done in the vCPU's thread, which
+    the device counts; with restore-in-vcpu=off, and under KVM, none
+    are."""
+    extra = [] if in_vcpu else ["-global", "cpr-trigger.restore-in-vcpu=off"]
+    vm = FuzzVm(accel, pages=16, extra=extra)
     try:
         vm.wait(lambda io: io["iterations"] >= 2000, timeout=300)
         vm.set("pages", 300)
@@ -202,10 +216,17 @@ def guest_trigger(accel):
                      before["iterations"] + 2000)
         ran = io["iterations"] - before["iterations"]
         info = vm.snapshot_info()
+        here = vm.qmp.cmd("qom-get", path="/machine/peripheral/trigger",
+                          property="restores-in-vcpu")
         diag("%s: %s; %d iterations and %d restores since %s; last restore "
-             "copied %d pages" %
+             "copied %d pages; %d restores in the vCPU's thread" %
              (accel, io, ran, io["restored"] - before["restored"], before,
-              info["last-restore-pages"]))
+              info["last-restore-pages"], here))
+        if in_vcpu and accel == "tcg":
+            # all but the first few, made before the guest's checks start
+            in_thread = here >= io["restored"] - 2
+        else:
+            in_thread = here == 0
         ok = (io["magic"] == IO_MAGIC and io["errors"] == 0 and
               # each iteration starts restored (one may be in flight)
               abs(io["restored"] - before["restored"] - ran) <= 1 and
@@ -215,12 +236,17 @@ def guest_trigger(accel):
               # the 300 pages, and the harness's stack, data and routine;
               # ROMs rewritten by the reset would add 34 more
               300 < info["last-restore-pages"] < 320 and
-              info["excluded"] == ["io"])
-        return ok, ("%s: guest-triggered snapshot and thousands of restores; "
-                    "the excluded memory keeps what the host writes" % accel)
+              info["excluded"] == ["io"] and in_thread)
+        return ok, ("%s%s: guest-triggered snapshot and thousands of "
+                    "restores; the excluded memory keeps what the host "
+                    "writes" % (accel, "" if in_vcpu else
+                                " (restore-in-vcpu=off)"))
     finally:
         vm.kill()
 
+
+# The restores through the main loop
+results.append(lambda: guest_trigger("tcg", in_vcpu=False))
 
 # KVM's dirty ring instead of its dirty bitmap
 if "kvm" in ACCELS:

@@ -189,7 +189,9 @@ def hmp_commands():
     """savevm, loadvm, delvm and info snapshots as a user types them:
     one snapshot in memory, replaced under its own name, another name
     refused; loadvm of an unknown name refused (the VM stopped, as stock
-    leaves it, and cont resumes it); delvm of an unknown name is no error, as stock; savevm
+    leaves it, with a STOP event, and cont resumes it); a loadvm that
+    restores sends no STOP or RESUME; delvm of an unknown name is no
+    error, as stock; savevm
     without a name makes one up; a cpr-snapshot without a name blocks
     savevm until dropped; query-cpr names the snapshot."""
     vm = cprlib.Vm(128, machine="q35,cpr-snapshot=on",
@@ -207,6 +209,7 @@ def hmp_commands():
         expect(vm, "savevm a", "")
         if vm.qmp.cmd("query-cpr")["snapshot"]["restores"] != 0:
             raise AssertionError("savevm a did not replace a")
+        since = len(vm.qmp.events)
         expect(vm, "loadvm b", "there is no snapshot 'b' in memory")
         if vm.status() != "restore-vm":
             raise AssertionError("after a refused loadvm: %s" % vm.status())
@@ -215,6 +218,11 @@ def hmp_commands():
         if vm.status() != "running" or \
                 vm.qmp.cmd("query-cpr")["snapshot"]["restores"] != 1:
             raise AssertionError("loadvm a: %s" % vm.status())
+        # STOP for the refused loadvm, RESUME for cont; none for loadvm a
+        events = [e for e, _ in vm.qmp.events[since:]
+                  if e in ("STOP", "RESUME")]
+        if events != ["STOP", "RESUME"]:
+            raise AssertionError("events: %s" % events)
         expect(vm, "delvm b", "")
         if "snapshot" not in vm.qmp.cmd("query-cpr"):
             raise AssertionError("delvm b dropped a")
