@@ -60,6 +60,7 @@ struct CprPlan {
     GArray *ops;                /* CprPlanOp, in stream order */
     GByteArray *data;           /* what COPY steps store */
     GByteArray *gets;           /* the parts GET steps read, each + EOF */
+    QEMUFile *gets_file;        /* reading it, rewound at each replay */
     GByteArray *sections;       /* sections loaded whole, each + EOF */
     GPtrArray *section_names;   /* ... their names */
     uint64_t generation;        /* qemu_savevm_handlers_generation() */
@@ -224,6 +225,9 @@ void cpr_plan_free(CprPlan *p)
     if (p) {
         g_array_free(p->ops, true);
         g_byte_array_free(p->data, true);
+        if (p->gets_file) {
+            cpr_buffer_input_close(p->gets_file);
+        }
         g_byte_array_free(p->gets, true);
         g_byte_array_free(p->sections, true);
         g_ptr_array_free(p->section_names, true);
@@ -272,7 +276,7 @@ static int cpr_plan_load_section(CprPlan *p, CprPlanOp *op)
 
 bool cpr_plan_replay(CprPlan *p, Error **errp)
 {
-    QEMUFile *gets = NULL;
+    QEMUFile *gets = p->gets_file;
     uint64_t at = 0;
     const char *what = NULL;
     int ret = 0;
@@ -282,6 +286,9 @@ bool cpr_plan_replay(CprPlan *p, Error **errp)
         error_setg(errp, "the devices changed since the restore plan was "
                    "made");
         return false;
+    }
+    if (gets) {
+        qemu_file_rewind_input(gets);
     }
     for (i = 0; i < p->ops->len && !ret; i++) {
         CprPlanOp *op = &g_array_index(p->ops, CprPlanOp, i);
@@ -300,7 +307,8 @@ bool cpr_plan_replay(CprPlan *p, Error **errp)
             break;
         case CPR_PLAN_GET:
             if (!gets) {
-                gets = cpr_buffer_input(p->gets->data, p->gets->len);
+                gets = p->gets_file = cpr_buffer_input(p->gets->data,
+                                                       p->gets->len);
             }
             ret = op->field->info->get(gets, op->target, op->n, op->field);
             at += op->len;
@@ -323,9 +331,6 @@ bool cpr_plan_replay(CprPlan *p, Error **errp)
             what = "a section loaded from the stream";
             break;
         }
-    }
-    if (gets) {
-        cpr_buffer_input_close(gets);
     }
     if (ret) {
         error_setg(errp, "the restore plan failed at step %u of %u (%s): %s",

@@ -502,12 +502,23 @@ static bool cpr_snapshot_restore_stopped(CprSnapshot *s, bool verify,
                           "kept.\n");
         return false;
     }
+    /*
+     * The reset and the load set each CPU's control registers one by one,
+     * each change flushing its whole TLB (at once, in a vCPU's thread):
+     * flush once at the end instead
+     */
+    if (tcg_enabled()) {
+        tlb_flush_defer();
+    }
     if (compare) {
         ok = cpr_snapshot_compare_paths(s, &t, errp);
     } else {
         ok = cpr_restore_machine(s->devices->data, s->devices->len,
                                  cpr_snapshot_ram, s, s->exclude, &s->plan,
                                  &t, errp);
+    }
+    if (tcg_enabled()) {
+        tlb_flush_resume();
     }
     if (ok && verify) {
         ok = cpr_snapshot_verify(s, errp);
