@@ -28,6 +28,7 @@
 #include "sysemu/kvm.h"
 #include "sysemu/reset.h"
 #include "sysemu/runstate.h"
+#include "sysemu/tcg.h"
 #include "migration/qemu-file.h"
 #include "migration/vmstate.h"
 #include "migration/savevm.h"
@@ -246,16 +247,17 @@ static int cpr_load_sections(const uint8_t *data, size_t len, Error **errp)
 }
 
 /*
- * Load @data's sections: by replaying *@plan if there is one, else from
- * the stream, recording a plan into *@plan if @plan is not NULL.  A
- * replay that fails drops the plan and leaves the devices half loaded.
+ * Load @data's sections: with @replay, by replaying *@plan; else from the
+ * stream, recording into *@plan (a new plan) if @plan is not NULL.  A
+ * plan that cannot be used is dropped; a replay that fails leaves the
+ * devices half loaded.
  */
 static bool cpr_load_planned(const uint8_t *data, size_t len, CprPlan **plan,
-                             Error **errp)
+                             bool replay, Error **errp)
 {
     bool ok;
 
-    if (plan && *plan && cpr_plan_usable(*plan)) {
+    if (replay) {
         ok = cpr_plan_replay(*plan, errp);
         if (!ok) {
             cpr_devices_half_loaded = true;
@@ -263,14 +265,9 @@ static bool cpr_load_planned(const uint8_t *data, size_t len, CprPlan **plan,
         }
         return ok;
     }
-    if (!plan) {
+    if (!plan || !*plan) {
         return cpr_load_sections(data, len, errp) >= 0;
     }
-    g_clear_pointer(plan, cpr_plan_free);
-    if (!cpr_devices_header_ok(data, len, errp)) {
-        return false;
-    }
-    *plan = cpr_plan_new();
     cpr_plan_record_start(*plan, data + 8, len - 8);
     ok = cpr_load_sections(data, len, errp) >= 0;
     if (!cpr_plan_record_end(*plan, ok)) {
@@ -280,16 +277,47 @@ static bool cpr_load_planned(const uint8_t *data, size_t len, CprPlan **plan,
     return ok;
 }
 
+/*
+ * Reset the machine for a load: by replaying the reset @plan recorded if
+ * it has one (@replay), else as usual, recording it into @plan
+ */
+static void cpr_reset_planned(CprPlan *plan, bool replay)
+{
+    MachineClass *mc = MACHINE_GET_CLASS(current_machine);
+    /*
+     * Only where all that the machine's reset does goes through what a
+     * recorder sees: pc and q35 under TCG (qemu_devices_reset(), then each
+     * APIC's reset; under KVM the CPUs' reset also calls into KVM)
+     */
+    bool recordable = tcg_enabled() &&
+        object_dynamic_cast(OBJECT(current_machine), "generic-pc-machine");
+
+    if (replay && cpr_plan_reset_usable(plan)) {
+        cpr_plan_reset_replay(plan);
+        return;
+    }
+    if (plan && recordable) {
+        cpr_plan_reset_record_start(plan);
+    }
+    if (mc->reset) {
+        mc->reset(current_machine, SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+    } else {
+        qemu_devices_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
+    }
+    if (plan && recordable) {
+        cpr_plan_reset_record_end(plan);
+    }
+}
+
 static bool cpr_load_devices_planned(const uint8_t *data, size_t len,
-                                     CprPlan **plan, int64_t *cpu_ns,
-                                     Error **errp);
+                                     CprPlan **plan, bool replay,
+                                     int64_t *cpu_ns, Error **errp);
 
 bool cpr_restore_machine(const uint8_t *data, size_t len,
                          CprRestoreRamFn *ram, void *opaque,
                          CprExclude *exclude, CprPlan **plan,
                          CprRestoreTimes *t, Error **errp)
 {
-    MachineClass *mc = MACHINE_GET_CLASS(current_machine);
     g_autoptr(GByteArray) kept = NULL;
     int64_t t0 = get_clock(), t1, t2, t3, t4, t5;
     Error *err = NULL;
@@ -321,31 +349,31 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
     if (!current_machine->cpr_restore_plan) {
         plan = NULL;
     }
+    replay = plan && *plan && cpr_plan_usable(*plan);
+    if (plan && !replay) {
+        /* What this restore does becomes the plan of the next ones */
+        g_clear_pointer(plan, cpr_plan_free);
+        *plan = cpr_plan_new();
+    }
     memory_region_transaction_begin();
     cpr_restoring_now = true;
     t1 = get_clock();
-    if (mc->reset) {
-        mc->reset(current_machine, SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
-    } else {
-        qemu_devices_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
-    }
+    cpr_reset_planned(plan ? *plan : NULL, replay);
     t2 = get_clock();
     t->pages = ram(opaque, false);
     t3 = get_clock();
-    replay = plan && *plan && cpr_plan_usable(*plan);
-    ok = cpr_load_devices_planned(data, len, plan, &t->cpu_ns, &err);
+    ok = cpr_load_devices_planned(data, len, plan, replay, &t->cpu_ns, &err);
     if (!ok && replay) {
         /* Once more from the stream, into a machine reset again */
         trace_cpr_plan_replay_failed(error_get_pretty(err));
         g_clear_pointer(&err, error_free);
-        if (mc->reset) {
-            mc->reset(current_machine, SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
-        } else {
-            qemu_devices_reset(SHUTDOWN_CAUSE_SNAPSHOT_LOAD);
-        }
+        g_clear_pointer(plan, cpr_plan_free);
+        *plan = cpr_plan_new();
+        cpr_reset_planned(*plan, false);
         cpr_devices_half_loaded = false;
         t->pages += ram(opaque, false);
-        ok = cpr_load_devices_planned(data, len, plan, &t->cpu_ns, &err);
+        ok = cpr_load_devices_planned(data, len, plan, false, &t->cpu_ns,
+                                      &err);
     }
     if (!ok) {
         error_propagate(errp, err);
@@ -367,12 +395,12 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
 bool cpr_load_devices(const uint8_t *data, size_t len, int64_t *cpu_ns,
                       Error **errp)
 {
-    return cpr_load_devices_planned(data, len, NULL, cpu_ns, errp);
+    return cpr_load_devices_planned(data, len, NULL, false, cpu_ns, errp);
 }
 
 static bool cpr_load_devices_planned(const uint8_t *data, size_t len,
-                                     CprPlan **plan, int64_t *cpu_ns,
-                                     Error **errp)
+                                     CprPlan **plan, bool replay,
+                                     int64_t *cpu_ns, Error **errp)
 {
     int64_t t;
     bool ok;
@@ -389,7 +417,7 @@ static bool cpr_load_devices_planned(const uint8_t *data, size_t len,
      * set up (AHCI's FIS buffer, virtio's rings).
      */
     memory_region_transaction_begin_batched();
-    ok = cpr_load_planned(data, len, plan, errp);
+    ok = cpr_load_planned(data, len, plan, replay, errp);
     memory_region_transaction_commit_batched();
     /*
      * A process that took a VM over has KVM's memory map held until now

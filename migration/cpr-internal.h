@@ -207,6 +207,15 @@ void cpr_plan_record_start(CprPlan *p, const uint8_t *stream, size_t len);
 bool cpr_plan_record_end(CprPlan *p, bool loaded);
 bool cpr_plan_usable(CprPlan *p);
 bool cpr_plan_replay(CprPlan *p, Error **errp);
+/*
+ * The machine reset before the load, recorded (only from a reset that
+ * goes through what a reset recorder sees) and replayed: the same
+ * functions on the same objects in the same order, no tree walked
+ */
+void cpr_plan_reset_record_start(CprPlan *p);
+void cpr_plan_reset_record_end(CprPlan *p);
+bool cpr_plan_reset_usable(CprPlan *p);
+void cpr_plan_reset_replay(CprPlan *p);
 CprRestorePlanInfo *cpr_plan_info(CprPlan *p);
 
 /* A QEMUFile reading @data where it is; cpr_buffer_input_close() ends it */

@@ -31,6 +31,7 @@
 #include "migration.h"
 #include "qemu-file.h"
 #include "savevm.h"
+#include "sysemu/reset.h"
 #include "cpr-internal.h"
 #include "trace.h"
 
@@ -64,6 +65,9 @@ struct CprPlan {
     GByteArray *sections;       /* sections loaded whole, each + EOF */
     GPtrArray *section_names;   /* ... their names */
     uint64_t generation;        /* qemu_savevm_handlers_generation() */
+    GArray *reset;              /* ResetStep: the machine reset, or NULL */
+    uint64_t reset_generation;  /* qemu_reset_generation() */
+    ResetRecorder reset_rec;
 
     /* While recording */
     VMStateLoadRecorder rec;
@@ -80,6 +84,13 @@ struct CprPlan {
 };
 
 #define CPR_PLAN(r) container_of(r, CprPlan, rec)
+
+static void cpr_plan_rec_reset_step(ResetRecorder *r, const ResetStep *step)
+{
+    CprPlan *p = container_of(r, CprPlan, reset_rec);
+
+    g_array_append_val(p->reset, *step);
+}
 
 static void cpr_plan_add(CprPlan *p, CprPlanStep step, void *target,
                          const void *what, int n, size_t off, size_t len)
@@ -217,6 +228,7 @@ CprPlan *cpr_plan_new(void)
         .pointer = cpr_plan_rec_pointer,
         .unrecordable = cpr_plan_rec_unrecordable,
     };
+    p->reset_rec.step = cpr_plan_rec_reset_step;
     return p;
 }
 
@@ -231,6 +243,9 @@ void cpr_plan_free(CprPlan *p)
         g_byte_array_free(p->gets, true);
         g_byte_array_free(p->sections, true);
         g_ptr_array_free(p->section_names, true);
+        if (p->reset) {
+            g_array_free(p->reset, true);
+        }
         g_free(p->sec_name);
         g_free(p);
     }
@@ -258,6 +273,40 @@ bool cpr_plan_record_end(CprPlan *p, bool loaded)
     trace_cpr_plan_recorded(p->ops->len, p->data->len, p->gets->len,
                             p->section_names->len);
     return true;
+}
+
+void cpr_plan_reset_record_start(CprPlan *p)
+{
+    assert(!reset_recorder);
+    if (p->reset) {
+        g_array_free(p->reset, true);
+    }
+    p->reset = g_array_new(false, false, sizeof(ResetStep));
+    p->reset_generation = qemu_reset_generation();
+    reset_recorder = &p->reset_rec;
+}
+
+void cpr_plan_reset_record_end(CprPlan *p)
+{
+    reset_recorder = NULL;
+    /* Nothing plugged or unplugged by the reset itself */
+    if (p->reset_generation != qemu_reset_generation()) {
+        g_clear_pointer(&p->reset, g_array_unref);
+    }
+}
+
+bool cpr_plan_reset_usable(CprPlan *p)
+{
+    return p->reset && p->reset_generation == qemu_reset_generation();
+}
+
+void cpr_plan_reset_replay(CprPlan *p)
+{
+    guint i;
+
+    for (i = 0; i < p->reset->len; i++) {
+        reset_step_run(&g_array_index(p->reset, ResetStep, i));
+    }
 }
 
 bool cpr_plan_usable(CprPlan *p)
@@ -362,6 +411,7 @@ CprRestorePlanInfo *cpr_plan_info(CprPlan *p)
         }
     }
     info->copy_bytes = p->data->len;
+    info->reset_steps = p->reset ? p->reset->len : 0;
     for (i = p->section_names->len; i-- > 0;) {
         QAPI_LIST_PREPEND(info->streamed,
                           g_strdup(g_ptr_array_index(p->section_names, i)));

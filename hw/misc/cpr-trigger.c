@@ -51,6 +51,7 @@
 #include "migration/cpr.h"
 #include "migration/vmstate.h"
 #include "qom/object.h"
+#include "sysemu/cpu-timers.h"
 #include "sysemu/runstate.h"
 #include "sysemu/tcg.h"
 #include "trace.h"
@@ -225,7 +226,8 @@ static void cpr_trigger_restore_here(CprTriggerState *s, CPUState *cpu)
 #ifdef CONFIG_TCG
     Error *err = NULL;
 
-    if (!s->in_vcpu || !tcg_enabled() || CPU_NEXT(first_cpu) ||
+    if (!s->in_vcpu || !tcg_enabled() || icount_enabled() ||
+        CPU_NEXT(first_cpu) ||
         qemu_chr_fe_backend_open(&s->doorbell) || !cpr_snapshot_exists()) {
         return;
     }

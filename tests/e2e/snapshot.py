@@ -120,8 +120,9 @@ def restore_plan(accel):
     device (its state loads through a getter that is more than a copy)
     and a USB keyboard is restored 10 times while paused with
     compare-paths and verify: restoring from the stream and replaying
-    the plan give the same device and CPU state, equal to the snapshot's,
-    and RAM is the snapshot's.  query-cpr reports the plan.  With the
+    the plan (and, under TCG, the machine reset it recorded) give the
+    same device and CPU state, equal to the snapshot's, and RAM is the
+    snapshot's.  query-cpr reports the plan.  With the
     machine property cpr-restore-plan off, compare-paths is refused.
     Once the keyboard is unplugged, the plan (which points into its
     state) is not replayed: the restore of the running VM fails (loading
@@ -178,6 +179,8 @@ def restore_plan(accel):
              "%s, then %s" % (accel, off, gone, status, events, stopped))
         return (same_ram and all(p == plan for p in plans) and
                 plan["hooks"] > 0 and plan["copies"] > 0 and
+                # TCG: the machine reset is replayed too
+                (plan["reset-steps"] > 0) == (accel == "tcg") and
                 plan["getters"] > 0 and "cpr-restore-plan" in off and
                 "cannot load device state" in gone and
                 status in ("paused", "restore-vm") and events == ["STOP", "RESUME"] * 10 and stopped == ["STOP"],
