@@ -261,7 +261,6 @@ static bool cpr_load_planned(const uint8_t *data, size_t len, CprPlan **plan,
         ok = cpr_plan_replay(*plan, errp);
         if (!ok) {
             cpr_devices_half_loaded = true;
-            g_clear_pointer(plan, cpr_plan_free);
         }
         return ok;
     }
@@ -350,7 +349,9 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
         plan = NULL;
     }
     replay = plan && *plan && cpr_plan_usable(*plan);
-    if (plan && !replay) {
+    if (plan && *plan && cpr_plan_given_up(*plan)) {
+        plan = NULL;
+    } else if (plan && !replay) {
         /* What this restore does becomes the plan of the next ones */
         g_clear_pointer(plan, cpr_plan_free);
         *plan = cpr_plan_new();
@@ -363,12 +364,19 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
     t->pages = ram(opaque, false);
     t3 = get_clock();
     ok = cpr_load_devices_planned(data, len, plan, replay, &t->cpu_ns, &err);
+    t->replayed = ok && replay;
+    if (t->replayed) {
+        cpr_plan_set_failures(*plan, 0);
+    }
     if (!ok && replay) {
         /* Once more from the stream, into a machine reset again */
+        unsigned failures = cpr_plan_failures(*plan) + 1;
+
         trace_cpr_plan_replay_failed(error_get_pretty(err));
         g_clear_pointer(&err, error_free);
         g_clear_pointer(plan, cpr_plan_free);
         *plan = cpr_plan_new();
+        cpr_plan_set_failures(*plan, failures);
         cpr_reset_planned(*plan, false);
         cpr_devices_half_loaded = false;
         t->pages += ram(opaque, false);

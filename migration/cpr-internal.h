@@ -181,6 +181,7 @@ typedef struct CprRestoreTimes {
     int64_t ram_ns;
     int64_t cpu_ns;
     int64_t devices_ns;         /* the rest */
+    bool replayed;              /* the device state came from a plan */
 } CprRestoreTimes;
 /*
  * @exclude (or NULL): devices whose state goes on as it is.  @plan (or
@@ -206,6 +207,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CprPlan, cpr_plan_free)
 void cpr_plan_record_start(CprPlan *p, const uint8_t *stream, size_t len);
 bool cpr_plan_record_end(CprPlan *p, bool loaded);
 bool cpr_plan_usable(CprPlan *p);
+/*
+ * Replays of plans of this stream failed CPR_PLAN_MAX_FAILURES times in
+ * a row (the plan recorded after the last is kept to say so), and no
+ * device came or went since: restores load the stream
+ */
+bool cpr_plan_given_up(CprPlan *p);
+unsigned cpr_plan_failures(CprPlan *p);
+void cpr_plan_set_failures(CprPlan *p, unsigned failures);
 bool cpr_plan_replay(CprPlan *p, Error **errp);
 /*
  * The machine reset before the load, recorded (only from a reset that

@@ -65,6 +65,7 @@ struct CprPlan {
     GByteArray *sections;       /* sections loaded whole, each + EOF */
     GPtrArray *section_names;   /* ... their names */
     uint64_t generation;        /* qemu_savevm_handlers_generation() */
+    unsigned failures;          /* replays in a row that failed */
     GArray *reset;              /* ResetStep: the machine reset, or NULL */
     uint64_t reset_generation;  /* qemu_reset_generation() */
     ResetRecorder reset_rec;
@@ -309,9 +310,29 @@ void cpr_plan_reset_replay(CprPlan *p)
     }
 }
 
+/* After this many failed replays in a row, restores load the stream */
+#define CPR_PLAN_MAX_FAILURES 2
+
 bool cpr_plan_usable(CprPlan *p)
 {
-    return p->generation == qemu_savevm_handlers_generation();
+    return p->generation == qemu_savevm_handlers_generation() &&
+           p->failures < CPR_PLAN_MAX_FAILURES;
+}
+
+bool cpr_plan_given_up(CprPlan *p)
+{
+    return p->generation == qemu_savevm_handlers_generation() &&
+           p->failures >= CPR_PLAN_MAX_FAILURES;
+}
+
+unsigned cpr_plan_failures(CprPlan *p)
+{
+    return p->failures;
+}
+
+void cpr_plan_set_failures(CprPlan *p, unsigned failures)
+{
+    p->failures = failures;
 }
 
 static int cpr_plan_load_section(CprPlan *p, CprPlanOp *op)
@@ -347,11 +368,12 @@ bool cpr_plan_replay(CprPlan *p, Error **errp)
             memcpy(op->target, p->data->data + op->off, op->len);
             break;
         case CPR_PLAN_PRE_LOAD:
-            ret = op->vmsd->pre_load(op->target);
+            /* As vmstate_load_state(): any value but 0 refuses */
+            ret = op->vmsd->pre_load(op->target) ? -EINVAL : 0;
             what = op->vmsd->name;
             break;
         case CPR_PLAN_POST_LOAD:
-            ret = op->vmsd->post_load(op->target, op->n);
+            ret = MIN(op->vmsd->post_load(op->target, op->n), 0);
             what = op->vmsd->name;
             break;
         case CPR_PLAN_GET:
@@ -359,7 +381,8 @@ bool cpr_plan_replay(CprPlan *p, Error **errp)
                 gets = p->gets_file = cpr_buffer_input(p->gets->data,
                                                        p->gets->len);
             }
-            ret = op->field->info->get(gets, op->target, op->n, op->field);
+            ret = MIN(op->field->info->get(gets, op->target, op->n,
+                                           op->field), 0);
             at += op->len;
             if (!ret && (qemu_file_get_error(gets) ||
                          qemu_file_read_offset(gets) != at ||
@@ -376,7 +399,7 @@ bool cpr_plan_replay(CprPlan *p, Error **errp)
             }
             break;
         case CPR_PLAN_SECTION:
-            ret = cpr_plan_load_section(p, op);
+            ret = MIN(cpr_plan_load_section(p, op), 0);
             what = "a section loaded from the stream";
             break;
         }
@@ -411,6 +434,7 @@ CprRestorePlanInfo *cpr_plan_info(CprPlan *p)
         }
     }
     info->copy_bytes = p->data->len;
+    info->failures = p->failures;
     info->reset_steps = p->reset ? p->reset->len : 0;
     for (i = p->section_names->len; i-- > 0;) {
         QAPI_LIST_PREPEND(info->streamed,

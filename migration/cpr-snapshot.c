@@ -453,7 +453,7 @@ static bool cpr_snapshot_compare_paths(CprSnapshot *s, CprRestoreTimes *t,
     if (!streamed) {
         return false;
     }
-    if (!plan) {
+    if (!plan || !cpr_plan_usable(plan)) {
         error_setg(errp, "no restore plan could be made of this snapshot");
         return false;
     }
@@ -462,12 +462,17 @@ static bool cpr_snapshot_compare_paths(CprSnapshot *s, CprRestoreTimes *t,
                              errp)) {
         return false;
     }
+    /* A replay that fails is done again from the stream, with a new plan */
+    if (!t->replayed) {
+        error_setg(errp, "the restore plan could not be replayed; see the "
+                   "cpr_plan_replay_failed trace event");
+        return false;
+    }
     replayed = cpr_save_devices_some(cpr_exclude_saves, s->exclude, true,
                                      errp);
     if (!replayed) {
         return false;
     }
-    s->plan = g_steal_pointer(&plan);
     for (i = 0; i < MIN(streamed->len, replayed->len); i++) {
         if (streamed->data[i] != replayed->data[i]) {
             break;
@@ -480,10 +485,25 @@ static bool cpr_snapshot_compare_paths(CprSnapshot *s, CprRestoreTimes *t,
                    streamed->len, where);
         return false;
     }
+    /* Only a plan that gave the same state is kept */
+    s->plan = g_steal_pointer(&plan);
     return true;
 }
 
-/* Restore @s into a stopped machine (or one stopped for all but us) */
+/*
+ * What can refuse the restore, before anything changes: excluded devices
+ * gone or out of step, disks no longer on their overlays
+ */
+static bool cpr_snapshot_restorable(CprSnapshot *s, Error **errp)
+{
+    return cpr_exclude_check(s->exclude, errp) &&
+           cpr_snapshot_disks_empty(s->disks, errp);
+}
+
+/*
+ * Restore @s into a stopped machine (or one whose only vCPU is ours),
+ * cpr_snapshot_restorable() checked
+ */
 static bool cpr_snapshot_restore_stopped(CprSnapshot *s, bool verify,
                                          bool compare, Error **errp)
 {
@@ -492,16 +512,6 @@ static bool cpr_snapshot_restore_stopped(CprSnapshot *s, bool verify,
     int64_t t0 = get_clock();
     bool ok;
 
-    /*
-     * What can refuse the restore, before anything changes: excluded
-     * devices gone or out of step, disks no longer on their overlays
-     */
-    if (!cpr_exclude_check(s->exclude, errp) ||
-        !cpr_snapshot_disks_empty(s->disks, errp)) {
-        error_append_hint(errp, "The VM stays paused; the snapshot is "
-                          "kept.\n");
-        return false;
-    }
     /*
      * The reset and the load set each CPU's control registers one by one,
      * each change flushing its whole TLB (at once, in a vCPU's thread):
@@ -572,6 +582,14 @@ bool cpr_snapshot_restore(bool verify, bool compare, Error **errp)
         vm_stop_quietly(RUN_STATE_RESTORE_VM);
     }
     t1 = get_clock();
+    if (!cpr_snapshot_restorable(s, errp)) {
+        error_append_hint(errp, "The VM stays paused; the snapshot is "
+                          "kept.\n");
+        if (running) {
+            qapi_event_send_stop();
+        }
+        return false;
+    }
     ok = cpr_snapshot_restore_stopped(s, verify, compare, errp);
     if (ok && running) {
         t2 = get_clock();
@@ -587,28 +605,33 @@ bool cpr_snapshot_restore(bool verify, bool compare, Error **errp)
     return ok;
 }
 
-bool cpr_snapshot_restore_in_vcpu(Error **errp)
+bool cpr_snapshot_restore_in_vcpu(bool *started, Error **errp)
 {
-    CprSnapshot *s = cpr_snapshot_for_restore(errp);
-    CPUState *cpu;
+    CprSnapshot *s;
     bool ok;
 
-    CPU_FOREACH(cpu) {
-        if (cpu != current_cpu && !cpu_is_stopped(cpu)) {
-            error_setg(errp, "a restore in a vCPU's thread needs the other "
-                       "vCPUs stopped");
-            return false;
-        }
-    }
-    if (!s) {
+    *started = false;
+    if (!current_cpu || CPU_NEXT(first_cpu) || !runstate_is_running() ||
+        current_cpu->stop) {
+        error_setg(errp, "a restore in a vCPU's thread needs a running VM "
+                   "with that one vCPU");
         return false;
     }
+    s = cpr_snapshot_for_restore(errp);
+    if (!s || !cpr_snapshot_restorable(s, errp)) {
+        return false;
+    }
+    *started = true;
     /*
-     * The guest's clock stands still meanwhile, as in vm_stop(); nothing
-     * else runs: this thread holds the BQL, and it is the only vCPU
+     * As for a pause: the guest's clock stands still, and what watches
+     * the run state is told it stops and runs again (the run state
+     * itself does not change).  Nothing else runs: this thread holds the
+     * BQL, and it is the only vCPU.
      */
     cpu_disable_ticks();
+    vm_state_notify(false, RUN_STATE_RESTORE_VM);
     ok = cpr_snapshot_restore_stopped(s, false, false, errp);
+    vm_state_notify(true, RUN_STATE_RUNNING);
     cpu_enable_ticks();
     trace_cpr_snapshot_restore(s->last_pages, s->last_ram_ns, s->last_cpu_ns,
                                s->last_devices_ns, s->last_reset_ns,

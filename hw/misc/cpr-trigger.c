@@ -224,25 +224,38 @@ static void cpr_trigger_receive(void *opaque, const uint8_t *buf, int size)
 static void cpr_trigger_restore_here(CprTriggerState *s, CPUState *cpu)
 {
 #ifdef CONFIG_TCG
+    uintptr_t io_pc = cpu->mem_io_pc;   /* the restore resets the CPU */
     Error *err = NULL;
+    bool started;
 
     if (!s->in_vcpu || !tcg_enabled() || icount_enabled() ||
-        CPU_NEXT(first_cpu) ||
+        CPU_NEXT(first_cpu) || !runstate_is_running() || cpu->stop ||
         qemu_chr_fe_backend_open(&s->doorbell) || !cpr_snapshot_exists()) {
         return;
     }
-    trace_cpr_trigger_command(CPR_TRIGGER_RESTORE);
-    if (cpr_snapshot_restore_in_vcpu(&err)) {
+    if (cpr_snapshot_restore_in_vcpu(&started, &err)) {
         s->restores_in_vcpu++;
         trace_cpr_trigger_restore(s->status);
+        /*
+         * Back to the top of the vCPU's loop, which looks at the state
+         * loaded (a snapshot of a halted vCPU stays halted)
+         */
+        if (cpu->exception_index < 0) {
+            cpu->exception_index = EXCP_INTERRUPT;
+        }
         cpu_loop_exit(cpu);
+    }
+    if (!started) {
+        /* Refused, nothing changed: the main loop refuses it as usual */
+        error_free(err);
+        return;
     }
     error_report_err(err);
     s->status = CPR_TRIGGER_ST_FAILED;
     trace_cpr_trigger_restore(s->status);
     vm_stop(RUN_STATE_PAUSED);
     s->replay = true;
-    cpu_loop_exit_restore(cpu, cpu->mem_io_pc);
+    cpu_loop_exit_restore(cpu, io_pc);
 #endif
 }
 
@@ -273,10 +286,10 @@ static void cpr_trigger_write(void *opaque, hwaddr addr, uint64_t val,
         s->status = CPR_TRIGGER_ST_FAILED;
         return;
     }
+    trace_cpr_trigger_command(val);
     if (val == CPR_TRIGGER_RESTORE) {
         cpr_trigger_restore_here(s, current_cpu);
     }
-    trace_cpr_trigger_command(val);
     s->pending = val;
     s->cpu = current_cpu;
     aio_bh_schedule_oneshot(qemu_get_aio_context(), cpr_trigger_bh, s);

@@ -313,11 +313,12 @@ bool cpr_snapshot_restore(bool verify, bool compare, Error **errp);
 
 /*
  * cpr_snapshot_restore_in_vcpu: the same for a running VM, from the
- * thread of its only running vCPU (TCG), which holds the BQL: the run
- * state does not change.  The caller then leaves the translated code
- * it runs (cpu_loop_exit()): the vCPU goes on from the snapshot's state.
+ * thread of its only vCPU (TCG), which holds the BQL: the run state does
+ * not change.  The caller then leaves the translated code it runs
+ * (cpu_loop_exit()): the vCPU goes on from the snapshot's state.
+ * @started is false if the restore was refused before anything changed.
  */
-bool cpr_snapshot_restore_in_vcpu(Error **errp);
+bool cpr_snapshot_restore_in_vcpu(bool *started, Error **errp);
 
 /* cpr_snapshot_drop: forget the snapshot, if any */
 void cpr_snapshot_drop(void);

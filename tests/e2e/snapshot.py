@@ -50,6 +50,17 @@ def ram_hash(vm, mem_mb):
     return digest
 
 
+def snapshot_after_passes(vm, mem):
+    """Let cpr-guest run two passes, snapshot it paused and resume it;
+    the hash of its RAM at the snapshot."""
+    vm.wait_passes(2)
+    vm.qmp.cmd("stop")
+    before = ram_hash(vm, mem)
+    vm.qmp.cmd("cpr-snapshot")
+    vm.qmp.cmd("cont")
+    return before
+
+
 def qmp_error(qmp, name, **args):
     """The error of a command expected to fail; "" if it did not."""
     try:
@@ -78,11 +89,7 @@ def host_trigger(accel):
     vm = cprlib.Vm(mem, machine="q35", accel=accel,
                    extra=["-rtc", "clock=vm"])
     try:
-        vm.wait_passes(2)
-        vm.qmp.cmd("stop")
-        before = ram_hash(vm, mem)
-        vm.qmp.cmd("cpr-snapshot")
-        vm.qmp.cmd("cont")
+        before = snapshot_after_passes(vm, mem)
         pages = []
         for i in range(20):
             vm.wait_passes(2)           # at least one whole pass
@@ -135,11 +142,7 @@ def restore_plan(accel):
                           "-device", "qemu-xhci", "-device",
                           "usb-kbd,id=kbd"])
     try:
-        vm.wait_passes(2)
-        vm.qmp.cmd("stop")
-        before = ram_hash(vm, mem)
-        vm.qmp.cmd("cpr-snapshot")
-        vm.qmp.cmd("cont")
+        before = snapshot_after_passes(vm, mem)
         plans = []
         since = len(vm.qmp.events)
         for i in range(10):
