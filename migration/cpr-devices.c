@@ -18,6 +18,7 @@
 #include "qemu/osdep.h"
 #include "exec/memory.h"
 #include "qemu/bswap.h"
+#include "qemu/main-loop.h"
 #include "qemu/timer.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
@@ -344,6 +345,10 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
      * kvmclock MSRs make KVM write the clock structures): @ram is called
      * again after the load.  One memory transaction for it all: the
      * memory map changes of the reset and the load are applied once.
+     * Likewise the main loop is told once that timers or bottom halves
+     * changed (a reset and a load rearm the PIT's and the HPET's timers
+     * several times), so that it does not wake up in the middle to wait
+     * for the BQL.
      */
     if (!current_machine->cpr_restore_plan) {
         plan = NULL;
@@ -357,6 +362,7 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
         *plan = cpr_plan_new();
     }
     memory_region_transaction_begin();
+    qemu_notify_event_defer();
     cpr_restoring_now = true;
     t1 = get_clock();
     cpr_reset_planned(plan ? *plan : NULL, replay);
@@ -394,6 +400,7 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
     cpr_restoring_now = false;
     t5 = get_clock();
     memory_region_transaction_commit();
+    qemu_notify_event_resume();
     t->reset_ns = t2 - t1;
     t->ram_ns = (t3 - t2) + (t5 - t4);
     t->devices_ns = (t2 - t0) + (t4 - t3) - t->cpu_ns + (get_clock() - t5);

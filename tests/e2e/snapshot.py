@@ -203,8 +203,14 @@ def guest_trigger(accel, in_vcpu=True):
     changes the number of pages to dirty as it runs.  Under TCG (one
     vCPU, no doorbell) the restores are done in the vCPU's thread, which
     the device counts; with restore-in-vcpu=off, and under KVM, none
-    are."""
+    are.  Under TCG a restore wakes the main loop at most when a timer
+    it restored expires before the main loop's poll would end (neither
+    the in-vCPU restore nor the main loop's own should, with this guest):
+    counted with the trace event of the end of a restore's notifications
+    held back."""
     extra = [] if in_vcpu else ["-global", "cpr-trigger.restore-in-vcpu=off"]
+    log = os.path.join(tempfile.mkdtemp(prefix="cpr-trigger-"), "trace.log")
+    extra += ["-trace", "qemu_notify_event_resume", "-D", log]
     vm = FuzzVm(accel, pages=16, extra=extra)
     try:
         vm.wait(lambda io: io["iterations"] >= 2000, timeout=300)
@@ -233,6 +239,15 @@ def guest_trigger(accel, in_vcpu=True):
             in_thread = here >= io["restored"] - 2
         else:
             in_thread = here == 0
+        vm.qmp.cmd("stop")
+        with open(log) as f:
+            ends = re.findall(r"qemu_notify_event_resume .* notified (\d)",
+                              f.read())
+        woken = ends.count("1")
+        diag("%s: %d restores held back notifications; %d then woke the "
+             "main loop" % (accel, len(ends), woken))
+        quiet = accel != "tcg" or (len(ends) >= io["restored"] - 2 and
+                                   woken <= len(ends) // 20)
         ok = (io["magic"] == IO_MAGIC and io["errors"] == 0 and
               # each iteration starts restored (one may be in flight)
               abs(io["restored"] - before["restored"] - ran) <= 1 and
@@ -242,13 +257,16 @@ def guest_trigger(accel, in_vcpu=True):
               # the 300 pages, and the harness's stack, data and routine;
               # ROMs rewritten by the reset would add 34 more
               300 < info["last-restore-pages"] < 320 and
-              info["excluded"] == ["io"] and in_thread)
+              info["excluded"] == ["io"] and in_thread and quiet)
         return ok, ("%s%s: guest-triggered snapshot and thousands of "
                     "restores; the excluded memory keeps what the host "
                     "writes" % (accel, "" if in_vcpu else
                                 " (restore-in-vcpu=off)"))
     finally:
         vm.kill()
+        if os.path.exists(log):
+            os.unlink(log)
+        os.rmdir(os.path.dirname(log))
 
 
 # The restores through the main loop
