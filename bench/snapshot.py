@@ -17,9 +17,10 @@ onto a qcow2 image and loaded again with loadvm (HMP) several times.
 
 The same at 16 pages with the doorbell: the host reads each iteration's
 end from the cpr-trigger's socket and answers before the restore, as a
-fuzzer's loop would; at 16 pages without kvm-tpr-opt
-(-global apic-common.vapic=off), which a fuzzing VM can do without; and
-at 16 pages with restores through the main loop
+fuzzer's loop would; and, side by side at 16 pages (one VM each, all paused but one, run in turn
+for several rounds so that a drift in the machine's speed treats them
+alike): this path, without kvm-tpr-opt (-global apic-common.vapic=off),
+which a fuzzing VM can do without, restores through the main loop
 (-global cpr-trigger.restore-in-vcpu=off; under KVM they always are),
 and the previous path (that, and -machine cpr-restore-plan=off: each
 restore loads the device state stream instead of replaying the plan).
@@ -90,6 +91,44 @@ def cpr_rates(accel, pages=PAGES, extra=()):
         vm.kill()
         os.unlink(log)
     return out
+
+
+def interleaved_rates(accel, configs, pages=16, rounds=5):
+    """The configurations @configs ({name: extra QEMU arguments}) side by
+    side: one VM each, all started (one after the other) and paused, then
+    @rounds rounds in which each runs alone for SECONDS / 2, so that a
+    machine whose speed drifts treats them alike.  {name: [restores/s of
+    each round], split of all its rounds as in trace_split}"""
+    vms, logs, rates = {}, {}, {}
+    try:
+        for name, extra in configs.items():
+            logs[name] = tempfile.NamedTemporaryFile(
+                prefix="cpr-bench-", suffix=".log", delete=False).name
+            vms[name] = FuzzVm(accel, pages=pages, mem_mb=MEM, fill=True,
+                               extra=["-trace", "cpr_snapshot_restore", "-D",
+                                      logs[name]] + list(extra))
+            vms[name].wait(lambda io: io["iterations"] > 100, timeout=300)
+            vms[name].qmp.cmd("stop")
+            rates[name] = []
+        pos = {name: os.path.getsize(log) for name, log in logs.items()}
+        for _ in range(rounds):
+            for name, vm in vms.items():
+                vm.qmp.cmd("cont")
+                time.sleep(0.2)
+                start, t0 = vm.io()["iterations"], time.monotonic()
+                time.sleep(SECONDS / 2)
+                io, t1 = vm.io(), time.monotonic()
+                vm.qmp.cmd("stop")
+                if io["errors"]:
+                    raise cprlib.QmpError("guest errors: %s" % io)
+                rates[name].append((io["iterations"] - start) / (t1 - t0))
+        return {name: (rates[name], trace_split(logs[name], pos[name])[:4])
+                for name in configs}
+    finally:
+        for vm in vms.values():
+            vm.kill()
+        for log in logs.values():
+            os.unlink(log)
 
 
 def doorbell_rate(accel, pages=16):
@@ -237,21 +276,22 @@ def main():
               "restores/s)" % (accel, lv, 1e3 / lv))
         print("%-5s with the doorbell (the host answers each iteration), "
               "16 pages: %.0f restores/s" % (accel, doorbell_rate(accel)))
-        rate, total, ram, cpu, dev = cpr_rates(accel, (16,), NO_VAPIC)[16]
-        print("%-5s without kvm-tpr-opt (%s), 16 pages: %.0f restores/s, "
-              "%.3f ms per restore (RAM %.3f, CPU %.3f, devices %.3f)" %
-              (accel, " ".join(NO_VAPIC), rate, total, ram, cpu, dev))
-        main = cpr_rates(accel, (16,), NO_VCPU)[16]
-        old = cpr_rates(accel, (16,), PREVIOUS)[16]
-        print("%-5s restores in the main loop (%s), 16 pages: %.0f "
-              "restores/s, %.3f ms per restore (RAM %.3f, CPU %.3f, devices "
-              "%.3f)" % ((accel, " ".join(NO_VCPU)) + tuple(main)))
-        print("%-5s the previous path (%s: in the main loop, every restore "
-              "loads the device state stream), 16 pages: %.0f restores/s, "
-              "%.3f ms per restore (RAM %.3f, CPU %.3f, devices %.3f); "
-              "now x%.2f the restores/s, x%.2f the devices time" %
-              ((accel, " ".join(PREVIOUS)) + tuple(old) +
-               (rates[16][0] / old[0], rates[16][4] / old[4])))
+        configs = {"this path": (), "no kvm-tpr-opt": NO_VAPIC,
+                   "in the main loop": NO_VCPU, "previous path": PREVIOUS}
+        side = interleaved_rates(accel, configs)
+        base = side["previous path"][0]
+        print("%-5s 16 pages, side by side (%d rounds of %.1f s each, "
+              "taken in turn):" % (accel, len(base), SECONDS / 2))
+        for name, extra in configs.items():
+            runs, (total, ram, cpu, dev) = side[name]
+            ratios = [r / b for r, b in zip(runs, base)]
+            print("%-5s   %-17s %6.0f restores/s (rounds %.0f-%.0f), x%.2f "
+                  "the previous path (rounds x%.2f-x%.2f); %.3f ms per "
+                  "restore (RAM %.3f, CPU %.3f, devices %.3f)%s" %
+                  (accel, name, statistics.median(runs), min(runs),
+                   max(runs), statistics.median(ratios), min(ratios),
+                   max(ratios), total, ram, cpu, dev,
+                   "  [%s]" % " ".join(extra) if extra else ""))
     if "tcg" in accels:
         (rate, total, ram, cpu, dev, pages), lv = linux_rates()
         print("Linux guest (%d MiB, TCG), restored over QMP back to back: "
