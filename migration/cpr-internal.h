@@ -14,6 +14,7 @@
 #include "qapi/qapi-types-run-state.h"
 #include "migration/cpr.h"
 #include "migration/vmstate.h"
+#include "sysemu/reset.h"
 
 /* One RAM block as recorded in a state file */
 typedef struct CprRamEntry {
@@ -225,6 +226,12 @@ void cpr_plan_reset_record_start(CprPlan *p);
 void cpr_plan_reset_record_end(CprPlan *p);
 bool cpr_plan_reset_usable(CprPlan *p);
 void cpr_plan_reset_replay(CprPlan *p);
+/*
+ * Whether the machine reset's @step is redundant before a load of the
+ * snapshot's device state, which then leaves it out
+ * (cpr-reset-redundant.c); *@type is then its device's QOM type
+ */
+bool cpr_reset_step_redundant(const ResetStep *step, const char **type);
 CprRestorePlanInfo *cpr_plan_info(CprPlan *p);
 
 /* A QEMUFile reading @data where it is; cpr_buffer_input_close() ends it */

@@ -67,6 +67,8 @@ struct CprPlan {
     uint64_t generation;        /* qemu_savevm_handlers_generation() */
     unsigned failures;          /* replays in a row that failed */
     GArray *reset;              /* ResetStep: the machine reset, or NULL */
+    GPtrArray *reset_left_out;  /* the types of the devices whose reset
+                                   steps it leaves out (static strings) */
     uint64_t reset_generation;  /* qemu_reset_generation() */
     ResetRecorder reset_rec;
 
@@ -89,7 +91,14 @@ struct CprPlan {
 static void cpr_plan_rec_reset_step(ResetRecorder *r, const ResetStep *step)
 {
     CprPlan *p = container_of(r, CprPlan, reset_rec);
+    const char *type;
 
+    if (cpr_reset_step_redundant(step, &type)) {
+        if (!g_ptr_array_find(p->reset_left_out, type, NULL)) {
+            g_ptr_array_add(p->reset_left_out, (gpointer)type);
+        }
+        return;
+    }
     g_array_append_val(p->reset, *step);
 }
 
@@ -230,6 +239,7 @@ CprPlan *cpr_plan_new(void)
         .unrecordable = cpr_plan_rec_unrecordable,
     };
     p->reset_rec.step = cpr_plan_rec_reset_step;
+    p->reset_left_out = g_ptr_array_new();
     return p;
 }
 
@@ -247,6 +257,7 @@ void cpr_plan_free(CprPlan *p)
         if (p->reset) {
             g_array_free(p->reset, true);
         }
+        g_ptr_array_free(p->reset_left_out, true);
         g_free(p->sec_name);
         g_free(p);
     }
@@ -283,6 +294,7 @@ void cpr_plan_reset_record_start(CprPlan *p)
         g_array_free(p->reset, true);
     }
     p->reset = g_array_new(false, false, sizeof(ResetStep));
+    g_ptr_array_set_size(p->reset_left_out, 0);
     p->reset_generation = qemu_reset_generation();
     reset_recorder = &p->reset_rec;
 }
@@ -436,6 +448,10 @@ CprRestorePlanInfo *cpr_plan_info(CprPlan *p)
     info->copy_bytes = p->data->len;
     info->failures = p->failures;
     info->reset_steps = p->reset ? p->reset->len : 0;
+    for (i = p->reset ? p->reset_left_out->len : 0; i-- > 0;) {
+        QAPI_LIST_PREPEND(info->reset_left_out,
+                          g_strdup(g_ptr_array_index(p->reset_left_out, i)));
+    }
     for (i = p->section_names->len; i-- > 0;) {
         QAPI_LIST_PREPEND(info->streamed,
                           g_strdup(g_ptr_array_index(p->section_names, i)));
