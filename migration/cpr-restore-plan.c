@@ -67,8 +67,8 @@ struct CprPlan {
     uint64_t generation;        /* qemu_savevm_handlers_generation() */
     unsigned failures;          /* replays in a row that failed */
     GArray *reset;              /* ResetStep: the machine reset, or NULL */
-    GPtrArray *reset_left_out;  /* the types of the devices whose reset
-                                   steps it leaves out (static strings) */
+    /* The types of the devices whose reset steps it leaves out */
+    GPtrArray *reset_left_out;
     uint64_t reset_generation;  /* qemu_reset_generation() */
     ResetRecorder reset_rec;
 
