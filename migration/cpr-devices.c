@@ -361,7 +361,7 @@ bool cpr_restore_machine(const uint8_t *data, size_t len,
         g_clear_pointer(plan, cpr_plan_free);
         *plan = cpr_plan_new();
     }
-    memory_region_transaction_begin();
+    memory_region_transaction_begin_restore();
     qemu_notify_event_defer();
     cpr_restoring_now = true;
     t1 = get_clock();

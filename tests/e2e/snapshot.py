@@ -276,6 +276,51 @@ def guest_trigger(accel, in_vcpu=True):
 # The restores through the main loop
 results.append(lambda: guest_trigger("tcg", in_vcpu=False))
 
+
+@case
+def memory_map():
+    """A restore maps the memory regions a reset unmaps and the load maps
+    again in one transaction, which renders no address space when every
+    region is back where it was (counted with its trace event).  When
+    the map changed after the snapshot, it is rendered: the host turns
+    the cpr-trigger's memory decoding off through the PCI configuration
+    ports, restores, and the guest goes on asking for restores through
+    the BAR that is mapped again."""
+    log = os.path.join(tempfile.mkdtemp(prefix="cpr-mmap-"), "trace.log")
+    vm = FuzzVm("tcg", pages=16, extra=[
+        "-trace", "memory_region_transaction_all_back", "-D", log])
+    try:
+        vm.wait(lambda io: io["iterations"] >= 1000, timeout=300)
+        restored = vm.io()["restored"]
+        with open(log) as f:
+            quiet = len(f.read().splitlines())
+        dev = [d for bus in vm.qmp.cmd("query-pci") for d in bus["devices"]
+               if d.get("qdev_id") == "trigger"][0]
+        command = 0x80000000 | (dev["bus"] << 16) | (dev["slot"] << 11) | \
+            (dev["function"] << 8) | 0x04
+        vm.qmp.cmd("stop")
+        hmp = lambda line: vm.qmp.cmd(  # noqa: E731
+            "human-monitor-command", **{"command-line": line})
+        hmp("o /w 0xcf8 0x%x" % command)        # 32 bits
+        hmp("o /h 0xcfc 0")                     # 16 bits
+        # The guest's next write to the trigger would go nowhere
+        off = "cpr-trigger-mmio" not in hmp("info mtree -f")
+        vm.qmp.cmd("cpr-restore")
+        mapped = "cpr-trigger-mmio" in hmp("info mtree -f")
+        vm.qmp.cmd("cont")
+        io = vm.wait(lambda io: io["restored"] >= restored + 1000 or
+                     io["errors"])
+        diag("%s; %d restores rendered nothing of %d; trigger unmapped %s, "
+             "mapped again %s" % (io, quiet, restored, off, mapped))
+        return (io["errors"] == 0 and quiet >= restored - 2 and off and
+                mapped, "a restore renders the memory map only when it "
+                "changed since the last rendering")
+    finally:
+        vm.kill()
+        if os.path.exists(log):
+            os.unlink(log)
+        os.rmdir(os.path.dirname(log))
+
 # KVM's dirty ring instead of its dirty bitmap
 if "kvm" in ACCELS:
     results.append(lambda: guest_trigger("kvm,dirty-ring-size=4096"))
