@@ -66,13 +66,25 @@ TRACE = re.compile(r"cpr_snapshot_restore (\d+) pages in (\d+) ns, CPUs "
                    r"(\d+) ns")
 
 
+def traced_split(vm, log, seconds=0.5):
+    """The split of the restores of the next @seconds (trace_split): the
+    trace event is on only then, as writing it costs a system call per
+    restore"""
+    pos = os.path.getsize(log)
+    vm.qmp.cmd("trace-event-set-state", name="cpr_snapshot_restore",
+               enable=True)
+    time.sleep(seconds)
+    vm.qmp.cmd("trace-event-set-state", name="cpr_snapshot_restore",
+               enable=False)
+    return trace_split(log, pos)[:4]
+
+
 def cpr_rates(accel, pages=PAGES, extra=()):
     """{pages: (restores/s, median ms of all, RAM, CPU, devices)}"""
     log = tempfile.NamedTemporaryFile(prefix="cpr-bench-", suffix=".log",
                                       delete=False).name
     vm = FuzzVm(accel, pages=pages[0], mem_mb=MEM, fill=True,
-                extra=["-trace", "cpr_snapshot_restore", "-D", log] +
-                list(extra))
+                extra=["-D", log] + list(extra))
     out = {}
     try:
         vm.wait(lambda io: io["iterations"] > 100, timeout=300)
@@ -80,13 +92,12 @@ def cpr_rates(accel, pages=PAGES, extra=()):
             vm.set("pages", n)
             time.sleep(0.5)
             start, t0 = vm.io()["iterations"], time.monotonic()
-            pos = os.path.getsize(log)
             time.sleep(SECONDS)
             io, t1 = vm.io(), time.monotonic()
             if io["errors"]:
                 raise cprlib.QmpError("guest errors: %s" % io)
             out[n] = [(io["iterations"] - start) / (t1 - t0)]
-            out[n] += trace_split(log, pos)[:4]
+            out[n] += traced_split(vm, log)
     finally:
         vm.kill()
         os.unlink(log)
@@ -105,12 +116,10 @@ def interleaved_rates(accel, configs, pages=16, rounds=5):
             logs[name] = tempfile.NamedTemporaryFile(
                 prefix="cpr-bench-", suffix=".log", delete=False).name
             vms[name] = FuzzVm(accel, pages=pages, mem_mb=MEM, fill=True,
-                               extra=["-trace", "cpr_snapshot_restore", "-D",
-                                      logs[name]] + list(extra))
+                               extra=["-D", logs[name]] + list(extra))
             vms[name].wait(lambda io: io["iterations"] > 100, timeout=300)
             vms[name].qmp.cmd("stop")
             rates[name] = []
-        pos = {name: os.path.getsize(log) for name, log in logs.items()}
         for _ in range(rounds):
             for name, vm in vms.items():
                 vm.qmp.cmd("cont")
@@ -122,8 +131,12 @@ def interleaved_rates(accel, configs, pages=16, rounds=5):
                 if io["errors"]:
                     raise cprlib.QmpError("guest errors: %s" % io)
                 rates[name].append((io["iterations"] - start) / (t1 - t0))
-        return {name: (rates[name], trace_split(logs[name], pos[name])[:4])
-                for name in configs}
+        splits = {}
+        for name, vm in vms.items():
+            vm.qmp.cmd("cont")
+            splits[name] = traced_split(vm, logs[name])
+            vm.qmp.cmd("stop")
+        return {name: (rates[name], splits[name]) for name in configs}
     finally:
         for vm in vms.values():
             vm.kill()

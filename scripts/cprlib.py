@@ -66,7 +66,7 @@ class Qmp:
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
 
-    def cmd(self, name, **args):
+    def cmd(self, name, /, **args):
         """Run a command; None if the connection ended (cprsave)."""
         msg = {"execute": name}
         if args:
