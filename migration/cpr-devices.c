@@ -237,7 +237,7 @@ static int cpr_load_sections(const uint8_t *data, size_t len, Error **errp)
         return -EINVAL;
     }
     f = cpr_buffer_input(data + 8, len - 8);
-    ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
+    ret = qemu_loadvm_device_sections(f, migration_incoming_get_current());
     if (ret < 0) {
         cpr_devices_half_loaded = true;
         error_setg(errp, "cannot load device state (%s); see the error "

@@ -350,7 +350,7 @@ void cpr_plan_set_failures(CprPlan *p, unsigned failures)
 static int cpr_plan_load_section(CprPlan *p, CprPlanOp *op)
 {
     QEMUFile *f = cpr_buffer_input(p->sections->data + op->off, op->len);
-    int ret = qemu_loadvm_state_main(f, migration_incoming_get_current());
+    int ret = qemu_loadvm_device_sections(f, migration_incoming_get_current());
 
     cpr_buffer_input_close(f);
     return ret;

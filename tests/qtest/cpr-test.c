@@ -1282,6 +1282,35 @@ static void write_refused_copy(const char *src, const char *dst)
     g_assert(g_file_set_contents(dst, data, len, NULL));
 }
 
+/*
+ * Write a copy of the state file @src to @dst whose checksum is right but
+ * whose device state starts with migration commands where a device
+ * section should be: open a return path, then ping on it.  Loading them
+ * as a migration would (a reply written into the file's own buffer)
+ * crashed QEMU; device state is whole sections only.
+ */
+static void write_command_copy(const char *src, const char *dst)
+{
+    static const uint8_t commands[] = {
+        0x08, 0x00, 0x01, 0x00, 0x00,                   /* OPEN_RETURN_PATH */
+        0x08, 0x00, 0x02, 0x00, 0x04, 0, 0, 0, 1,       /* PING 1 */
+    };
+    g_autofree char *data = NULL;
+    uint64_t envelope;
+    char *qevm;
+    gsize len;
+
+    g_assert(g_file_get_contents(src, &data, &len, NULL));
+    envelope = ldq_be_p(data + 16);
+    g_assert_cmpuint(envelope, <=, len);
+    qevm = memmem(data, envelope, "QEVM\0\0\0\3", 8);
+    g_assert(qevm && qevm + 8 + sizeof(commands) < data + envelope - 4);
+    memcpy(qevm + 8, commands, sizeof(commands));
+    stl_be_p(data + envelope - 4,
+             crc32_ieee((uint8_t *)data, envelope - 4));
+    g_assert(g_file_set_contents(dst, data, len, NULL));
+}
+
 /* The process other than @not whose arguments mention @vm's QMP socket */
 static pid_t find_qemu_once(CprVm *vm, pid_t not)
 {
@@ -1797,6 +1826,13 @@ static void test_bad_files(void)
     g_free(err);
     /* A device refuses its state: the load fails after RAM was taken */
     write_refused_copy(vm->state_path, bad);
+    err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
+                          " {'file': %s}}", bad));
+    g_assert(strstr(err, "cannot load device state"));
+    g_free(err);
+    g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+    /* Migration commands in the device state are refused, not run */
+    write_command_copy(vm->state_path, bad);
     err = vm_error(vm_qmp(vm, "{'execute': 'cprload', 'arguments':"
                           " {'file': %s}}", bad));
     g_assert(strstr(err, "cannot load device state"));
