@@ -8,8 +8,9 @@
  * Every CPR mode saves the device and CPU state of a stopped VM the same
  * way: qemu_save_device_state() into a memory buffer, which the mode then
  * writes into its state file or keeps in memory (snapshot).  Loading is
- * qemu_load_device_state() over that buffer, with the time spent putting
- * the CPUs' state back into the accelerator measured apart.
+ * qemu_loadvm_device_sections() over that buffer (device sections only),
+ * then the CPUs' state put back into the accelerator, its time measured
+ * apart.
  *
  * CPR's own records (the state file's header, the registry of kept
  * descriptors) are vmstate in memory buffers too, written and read here.
