@@ -17,9 +17,9 @@ onto a qcow2 image and loaded again with loadvm (HMP) several times.
 
 The same at 16 pages with the doorbell: the host reads each iteration's
 end from the cpr-trigger's socket and answers before the restore, as a
-fuzzer's loop would; and, side by side at 16 pages (one VM each, all paused but one, run in turn
-for several rounds so that a drift in the machine's speed treats them
-alike): this path, without kvm-tpr-opt (-global apic-common.vapic=off),
+fuzzer's loop would; and, side by side at 16 pages (one VM each, all
+paused but one, run in turn for several rounds so that a drift in the
+machine's speed treats them alike): this path, without kvm-tpr-opt (-global apic-common.vapic=off),
 which a fuzzing VM can do without, restores through the main loop
 (-global cpr-trigger.restore-in-vcpu=off; under KVM they always are),
 and the previous path (that, and -machine cpr-restore-plan=off: each
@@ -66,41 +66,41 @@ TRACE = re.compile(r"cpr_snapshot_restore (\d+) pages in (\d+) ns, CPUs "
                    r"(\d+) ns")
 
 
-def traced_split(vm, log, seconds=0.5):
+def window_rate(vm, seconds):
+    """Iterations per second of the running @vm over the next @seconds"""
+    start, t0 = vm.io()["iterations"], time.monotonic()
+    time.sleep(seconds)
+    io, t1 = vm.io(), time.monotonic()
+    if io["errors"]:
+        raise cprlib.QmpError("guest errors: %s" % io)
+    return (io["iterations"] - start) / (t1 - t0)
+
+
+def traced_split(vm, seconds=0.5):
     """The split of the restores of the next @seconds (trace_split): the
     trace event is on only then, as writing it costs a system call per
     restore"""
-    pos = os.path.getsize(log)
+    pos = os.path.getsize(vm.log)
     vm.qmp.cmd("trace-event-set-state", name="cpr_snapshot_restore",
                enable=True)
     time.sleep(seconds)
     vm.qmp.cmd("trace-event-set-state", name="cpr_snapshot_restore",
                enable=False)
-    return trace_split(log, pos)[:4]
+    return trace_split(vm.log, pos)[:4]
 
 
 def cpr_rates(accel, pages=PAGES, extra=()):
     """{pages: (restores/s, median ms of all, RAM, CPU, devices)}"""
-    log = tempfile.NamedTemporaryFile(prefix="cpr-bench-", suffix=".log",
-                                      delete=False).name
-    vm = FuzzVm(accel, pages=pages[0], mem_mb=MEM, fill=True,
-                extra=["-D", log] + list(extra))
+    vm = FuzzVm(accel, pages=pages[0], mem_mb=MEM, fill=True, extra=extra)
     out = {}
     try:
         vm.wait(lambda io: io["iterations"] > 100, timeout=300)
         for n in pages:
             vm.set("pages", n)
             time.sleep(0.5)
-            start, t0 = vm.io()["iterations"], time.monotonic()
-            time.sleep(SECONDS)
-            io, t1 = vm.io(), time.monotonic()
-            if io["errors"]:
-                raise cprlib.QmpError("guest errors: %s" % io)
-            out[n] = [(io["iterations"] - start) / (t1 - t0)]
-            out[n] += traced_split(vm, log)
+            out[n] = [window_rate(vm, SECONDS)] + traced_split(vm)
     finally:
         vm.kill()
-        os.unlink(log)
     return out
 
 
@@ -110,13 +110,11 @@ def interleaved_rates(accel, configs, pages=16, rounds=5):
     @rounds rounds in which each runs alone for SECONDS / 2, so that a
     machine whose speed drifts treats them alike.  {name: [restores/s of
     each round], split of all its rounds as in trace_split}"""
-    vms, logs, rates = {}, {}, {}
+    vms, rates = {}, {}
     try:
         for name, extra in configs.items():
-            logs[name] = tempfile.NamedTemporaryFile(
-                prefix="cpr-bench-", suffix=".log", delete=False).name
             vms[name] = FuzzVm(accel, pages=pages, mem_mb=MEM, fill=True,
-                               extra=["-D", logs[name]] + list(extra))
+                               extra=extra)
             vms[name].wait(lambda io: io["iterations"] > 100, timeout=300)
             vms[name].qmp.cmd("stop")
             rates[name] = []
@@ -124,24 +122,17 @@ def interleaved_rates(accel, configs, pages=16, rounds=5):
             for name, vm in vms.items():
                 vm.qmp.cmd("cont")
                 time.sleep(0.2)
-                start, t0 = vm.io()["iterations"], time.monotonic()
-                time.sleep(SECONDS / 2)
-                io, t1 = vm.io(), time.monotonic()
+                rates[name].append(window_rate(vm, SECONDS / 2))
                 vm.qmp.cmd("stop")
-                if io["errors"]:
-                    raise cprlib.QmpError("guest errors: %s" % io)
-                rates[name].append((io["iterations"] - start) / (t1 - t0))
         splits = {}
         for name, vm in vms.items():
             vm.qmp.cmd("cont")
-            splits[name] = traced_split(vm, logs[name])
+            splits[name] = traced_split(vm)
             vm.qmp.cmd("stop")
         return {name: (rates[name], splits[name]) for name in configs}
     finally:
         for vm in vms.values():
             vm.kill()
-        for log in logs.values():
-            os.unlink(log)
 
 
 def doorbell_rate(accel, pages=16):

@@ -86,6 +86,10 @@ class Qmp:
                 raise QmpError("%s: %s" % (name, resp["error"]["desc"]))
             return resp["return"]
 
+    def hmp(self, line):
+        """Run a human monitor command; its output."""
+        return self.cmd("human-monitor-command", **{"command-line": line})
+
     def event_time(self, name):
         for ev, t in reversed(self.events):
             if ev == name:

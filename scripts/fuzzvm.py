@@ -25,11 +25,14 @@ class FuzzVm:
     """@pages: pages each iteration dirties; @doorbell: a unix socket
     chardev for the trigger; @trigger: False leaves the device out (the
     guest then halts at start); @fill: the guest writes all of its RAM
-    before the snapshot."""
+    before the snapshot; @trace: trace events to turn on, written to
+    self.log (also where events turned on later over QMP go)."""
 
     def __init__(self, accel, pages=16, doorbell=False, mem_mb=256,
-                 machine="q35", trigger=True, fill=False, extra=()):
+                 machine="q35", trigger=True, fill=False, extra=(),
+                 trace=()):
         self.dir = tempfile.mkdtemp(prefix="cpr-snap-")
+        self.log = os.path.join(self.dir, "trace.log")
         self.io_path = "/dev/shm/cpr-fuzz-%d-%d" % (os.getpid(), id(self))
         with open(self.io_path, "wb") as f:
             f.truncate(IO_SIZE)
@@ -46,7 +49,10 @@ class FuzzVm:
                 "-object", "memory-backend-file,id=io,mem-path=%s,"
                 "size=%d,share=on" % (self.io_path, IO_SIZE),
                 "-device", "ivshmem-plain,memdev=io,master=on",
-                "-qmp", "unix:%s,server=on,wait=off" % qmp_path]
+                "-qmp", "unix:%s,server=on,wait=off" % qmp_path,
+                "-D", self.log]
+        for event in trace:
+            args += ["-trace", event]
         if doorbell:
             self.bell_path = os.path.join(self.dir, "bell.sock")
             args += ["-chardev", "socket,id=bell,path=%s,server=on,"

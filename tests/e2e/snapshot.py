@@ -213,9 +213,8 @@ def guest_trigger(accel, in_vcpu=True):
     counted with the trace event of the end of a restore's notifications
     held back."""
     extra = [] if in_vcpu else ["-global", "cpr-trigger.restore-in-vcpu=off"]
-    log = os.path.join(tempfile.mkdtemp(prefix="cpr-trigger-"), "trace.log")
-    extra += ["-trace", "qemu_notify_event_resume", "-D", log]
-    vm = FuzzVm(accel, pages=16, extra=extra)
+    vm = FuzzVm(accel, pages=16, extra=extra,
+                trace=["qemu_notify_event_resume"])
     try:
         vm.wait(lambda io: io["iterations"] >= 2000, timeout=300)
         vm.set("pages", 300)
@@ -244,7 +243,7 @@ def guest_trigger(accel, in_vcpu=True):
         else:
             in_thread = here == 0
         vm.qmp.cmd("stop")
-        with open(log) as f:
+        with open(vm.log) as f:
             ends = re.findall(r"qemu_notify_event_resume .* notified (\d)",
                               f.read())
         woken = ends.count("1")
@@ -268,9 +267,6 @@ def guest_trigger(accel, in_vcpu=True):
                                 " (restore-in-vcpu=off)"))
     finally:
         vm.kill()
-        if os.path.exists(log):
-            os.unlink(log)
-        os.rmdir(os.path.dirname(log))
 
 
 # The restores through the main loop
@@ -286,21 +282,19 @@ def memory_map():
     the cpr-trigger's memory decoding off through the PCI configuration
     ports, restores, and the guest goes on asking for restores through
     the BAR that is mapped again."""
-    log = os.path.join(tempfile.mkdtemp(prefix="cpr-mmap-"), "trace.log")
-    vm = FuzzVm("tcg", pages=16, extra=[
-        "-trace", "memory_region_transaction_all_back", "-D", log])
+    vm = FuzzVm("tcg", pages=16,
+                trace=["memory_region_transaction_all_back"])
+    hmp = vm.qmp.hmp
     try:
         vm.wait(lambda io: io["iterations"] >= 1000, timeout=300)
         restored = vm.io()["restored"]
-        with open(log) as f:
+        with open(vm.log) as f:
             quiet = len(f.read().splitlines())
         dev = [d for bus in vm.qmp.cmd("query-pci") for d in bus["devices"]
                if d.get("qdev_id") == "trigger"][0]
         command = 0x80000000 | (dev["bus"] << 16) | (dev["slot"] << 11) | \
             (dev["function"] << 8) | 0x04
         vm.qmp.cmd("stop")
-        hmp = lambda line: vm.qmp.cmd(  # noqa: E731
-            "human-monitor-command", **{"command-line": line})
         hmp("o /w 0xcf8 0x%x" % command)        # 32 bits
         hmp("o /h 0xcfc 0")                     # 16 bits
         # The guest's next write to the trigger would go nowhere
@@ -317,9 +311,7 @@ def memory_map():
                 "changed since the last rendering")
     finally:
         vm.kill()
-        if os.path.exists(log):
-            os.unlink(log)
-        os.rmdir(os.path.dirname(log))
+
 
 # KVM's dirty ring instead of its dirty bitmap
 if "kvm" in ACCELS:
@@ -438,10 +430,7 @@ def bad_requests():
 def hmp():
     """The human monitor commands do the same."""
     vm = FuzzVm("tcg", trigger=False)
-
-    def run(line):
-        return vm.qmp.cmd("human-monitor-command",
-                          **{"command-line": line})
+    run = vm.qmp.hmp
     try:
         vm.wait(lambda io: io["magic"] == 0 and io["pages"] == 16)
         out = [run("cpr_snapshot io"), run("cpr_restore"),
