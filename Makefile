@@ -11,7 +11,7 @@ QEMU      := build/qemu-system-x86_64
 
 LINUX_GUEST := build/guest/linux/stamp
 
-.PHONY: all deps build build-b guest linux-guest vfio-l1 demo check bench deb \
+.PHONY: all deps build build-b build-san guest linux-guest vfio-l1 demo check bench deb \
         clean
 
 all: build
@@ -24,6 +24,11 @@ build: deps
 
 build-b: build
 	bash scripts/build.sh b
+
+# clang with ASan, UBSan and libFuzzer: the fuzz targets and the
+# sanitizer suite of make check (build/obj-san)
+build-san: build-b
+	bash scripts/build.sh san
 
 guest: deps $(GUEST_IMG) $(FUZZ_GUEST) $(SYZ_GUEST) $(SYZ_HOST)
 
@@ -70,7 +75,7 @@ deb: build
 demo: build guest
 	bash scripts/demo.sh
 
-check: build build-b guest linux-guest vfio-l1
+check: build build-b build-san guest linux-guest vfio-l1
 	bash scripts/check.sh
 
 bench: build guest linux-guest

@@ -38,8 +38,13 @@
 #include "trace.h"
 
 #define CPR_CHANNEL_HEADER 16
-/* Larger than any message: a bad length is refused, not allocated */
+/* Larger than any message: a bad length is refused */
 #define CPR_CHANNEL_MAX_PAYLOAD (1 * GiB)
+/*
+ * A payload's buffer grows by at most this much ahead of the bytes that
+ * came: a header alone cannot make this process allocate a gigabyte
+ */
+#define CPR_CHANNEL_GROW (16 * MiB)
 
 static const char *const cpr_msg_names[] = {
     [CPR_MSG_STATE] = "state",
@@ -353,7 +358,7 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
     g_autoptr(GByteArray) payload = NULL;
     uint8_t header[CPR_CHANNEL_HEADER];
     uint32_t got_type, nfds;
-    uint64_t len;
+    uint64_t len, step;
     ssize_t n;
 
     n = cpr_channel_read(fd, header, sizeof(header), got, errp);
@@ -372,11 +377,15 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
         goto fail;
     }
     /* A state envelope is big: into the buffer prepared for it, if any */
-    payload = got_type == CPR_MSG_DEVICES ? cpr_devices_buffer(len + 1) :
-              g_byte_array_sized_new(len + 1);
-    g_byte_array_set_size(payload, len);
-    if (len) {
-        n = cpr_channel_read(fd, payload->data, len, got, errp);
+    step = MIN(len, CPR_CHANNEL_GROW) + 1;
+    payload = got_type == CPR_MSG_DEVICES ? cpr_devices_buffer(step) :
+              g_byte_array_sized_new(step);
+    while (payload->len < len) {
+        guint at = payload->len;
+
+        step = MIN(len - at, CPR_CHANNEL_GROW);
+        g_byte_array_set_size(payload, at + step);
+        n = cpr_channel_read(fd, payload->data + at, step, got, errp);
         if (n == 0) {
             error_setg(errp, "it closed the connection");
         }

@@ -36,7 +36,6 @@
 
 #define CPR_FILE_MAGIC "QEMUCPRF"
 #define CPR_FILE_VERSION 2
-#define CPR_FILE_PREFIX 28      /* magic, version, mode, length, H */
 /* Larger than any device state: a bad length is refused, not allocated */
 #define CPR_FILE_MAX_ENVELOPE (1 * GiB)
 
@@ -44,10 +43,17 @@
 #define CPR_FILE_MAX_NAME       256     /* RAM block ids, machine types */
 #define CPR_FILE_MAX_RAM        4096
 
+/*
+ * The RAM entries a load of a header has begun: vmstate does not zero
+ * the array it allocates, so only these may be freed after a failed load
+ */
+static int cpr_ram_entries_begun;
+
 /* An element of the array vmstate allocates: start from zero */
 static int cpr_ram_entry_pre_load(void *opaque)
 {
     memset(opaque, 0, sizeof(CprRamEntry));
+    cpr_ram_entries_begun++;
     return 0;
 }
 
@@ -129,6 +135,7 @@ static int cpr_file_header_pre_load(void *opaque)
 
     /* The fields are loaded over what the file had */
     g_clear_pointer(&cf->machine, g_free);
+    cpr_ram_entries_begun = 0;
     return 0;
 }
 
@@ -403,7 +410,7 @@ static bool cpr_file_parse_header(CprFile *cf, size_t hlen, Error **errp)
     if (!cpr_vmstate_load(&vmstate_cpr_file, cf, cf->data + CPR_FILE_PREFIX,
                           hlen)) {
         /* RAM entries a failed load did not reach are not initialised */
-        cf->nr_ram = 0;
+        cf->nr_ram = cf->ram ? cpr_ram_entries_begun : 0;
         error_setg(errp, "'%s' is corrupt: its header cannot be read",
                    cf->path);
         return false;

@@ -27,6 +27,13 @@ typedef struct CprRamEntry {
     bool own;                   /* fork: not given, each child has its own */
 } CprRamEntry;
 
+/*
+ * A state file's envelope starts with a prefix of 28 bytes (big-endian):
+ * magic (8), version (4), mode (4), the envelope's length (8, at offset
+ * 16) and its header's (4); it ends with the CRC-32 of the rest (4)
+ */
+#define CPR_FILE_PREFIX 28
+
 /* The header of a state file (cpr-file.c); vmstate "cpr-file" */
 typedef struct CprFile {
     CprMode mode;

@@ -314,11 +314,20 @@ typedef struct CprStateRecord {
 #define CPR_STATE_MAX_ENTRIES   65536
 #define CPR_STATE_MAX_NAME      4096
 #define CPR_STATE_MAX_VALUE     (16 * MiB)
+/* Much more than the registry of any VM: a bad descriptor is refused */
+#define CPR_STATE_MAX_SIZE      (256 * MiB)
+
+/*
+ * The records a load has begun: vmstate does not zero the array it
+ * allocates, so only these may be freed after a failed load
+ */
+static int cpr_fd_records_begun;
 
 /* An element of the array vmstate allocates: start from zero */
 static int cpr_fd_record_pre_load(void *opaque)
 {
     memset(opaque, 0, sizeof(CprFdRecord));
+    cpr_fd_records_begun++;
     return 0;
 }
 
@@ -464,10 +473,12 @@ static bool cpr_state_parse(const uint8_t *p, size_t size, Error **errp)
                    "says %u", size - CPR_STATE_PREFIX, ldl_be_p(p + 16));
         return false;
     }
+    cpr_fd_records_begun = 0;
     if (!cpr_vmstate_load(&vmstate_cpr_state, &rec, p + CPR_STATE_PREFIX,
                           size - CPR_STATE_PREFIX)) {
         /* The entries a failed load did not reach are not initialised */
-        g_free(rec.fds);
+        rec.count = rec.fds ? cpr_fd_records_begun : 0;
+        cpr_state_record_free(&rec);
         error_setg(errp, "inherited CPR state is corrupt");
         return false;
     }
@@ -495,6 +506,11 @@ static bool cpr_state_read(int fd, Error **errp)
 
     if (fstat(fd, &st) < 0) {
         error_setg_errno(errp, errno, "cannot inspect inherited CPR state");
+        return false;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > CPR_STATE_MAX_SIZE) {
+        error_setg(errp, "inherited CPR state is not a memfd of at most %"
+                   PRId64 " bytes", (int64_t)CPR_STATE_MAX_SIZE);
         return false;
     }
     buf = g_malloc(st.st_size + 1);

@@ -78,8 +78,8 @@ void monitor_fdset_cpr_restore(void)
         int64_t set;
         int fd;
 
-        if (qemu_strtoi64(sets[i], NULL, 10, &set) < 0) {
-            warn_report("CPR state names fd set '%s', which is not a "
+        if (qemu_strtoi64(sets[i], NULL, 10, &set) < 0 || set < 0) {
+            warn_report("CPR state names fd set '%s', which is not a set "
                         "number; its descriptors are not restored", sets[i]);
             continue;
         }
@@ -88,10 +88,16 @@ void monitor_fdset_cpr_restore(void)
         for (pos = 0; (fd = cpr_take_fd(name, pos)) >= 0; pos++) {
             g_autofree char *str = g_strdup_printf("%s:%d", name, pos);
             g_autofree char *fd_opaque = cpr_take_str(str);
+            Error *err = NULL;
             AddfdInfo *info;
 
             info = monitor_fdset_add_fd(fd, true, set, !!fd_opaque,
-                                        fd_opaque, &error_abort);
+                                        fd_opaque, &err);
+            if (!info) {
+                warn_reportf_err(err, "fd set %" PRId64 " loses a "
+                                 "descriptor: ", set);
+                close(fd);
+            }
             qapi_free_AddfdInfo(info);
         }
     }

@@ -17,7 +17,7 @@ elif [ -w /dev/kvm ] && echo quit | timeout 20 "$QTEST_QEMU_BINARY" -accel kvm \
 fi
 
 suites=(cpr_test qemu_unit linux_e2e libvirt_e2e vfio_e2e reboot_e2e vhost_e2e
-        snapshot_e2e syzkaller_e2e fork_e2e package_e2e style)
+        snapshot_e2e syzkaller_e2e fork_e2e package_e2e fuzz sanitized style)
 n=0
 failed=0
 
@@ -112,6 +112,18 @@ syzkaller_e2e() {
 # (tests/e2e/package-upgrade.py).
 package_e2e() {
     in_session package-e2e python3 "$top/tests/e2e/package-upgrade.py"
+}
+
+# The libFuzzer targets of the CPR parsers, 60 s each, after their
+# regression inputs (scripts/fuzz.sh, build/obj-san).
+fuzz() {
+    in_session fuzz bash "$top/scripts/fuzz.sh"
+}
+
+# cpr-test and the snapshot suite on the ASan/UBSan build
+# (scripts/sanitized.sh): no sanitizer report.
+sanitized() {
+    in_session sanitized bash "$top/scripts/sanitized.sh"
 }
 
 # QEMU coding style on our C files and on every patch.

@@ -14,7 +14,9 @@ import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QEMU = os.path.join(TOP, "build", "qemu-system-x86_64")
+# CPR_QEMU: another build of QEMU to test (the sanitizer suite's)
+QEMU = os.environ.get("CPR_QEMU") or os.path.join(TOP, "build",
+                                                  "qemu-system-x86_64")
 GUEST = os.path.join(TOP, "build", "guest", "cpr-guest.img")
 COUNTER_START = 2 << 20
 

@@ -67,5 +67,6 @@ apt-get install -y -qq --no-install-recommends \
     seabios ipxe-qemu qemu-system-data qemu-system-x86 \
     binutils socat iproute2 procps cpio kmod gzip \
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dbus \
+    clang-14 libclang-rt-14-dev llvm-14 \
     >/dev/null
 echo "$want" >"$stamp"
