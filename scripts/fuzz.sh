@@ -50,9 +50,11 @@ for t in "${targets[@]}"; do
 
     n=$((n + 1))
     rm -f "$out"/crash-* "$out"/leak-* "$out"/timeout-* "$out"/oom-*
+    # (-runs=0: the corpus kept from earlier runs, and the seeds, run once)
     if ! CPR_FUZZ_SEEDS=$out/corpus "$fuzzer" "--fuzz-target=$t" -runs=0 \
-            "$out/corpus" >"$log" 2>&1; then
-        echo "not ok $n - $t: cannot write its seeds"
+            "${limits[@]}" -artifact_prefix="$out/" "$out/corpus" \
+            >"$log" 2>&1; then
+        echo "not ok $n - $t: its seeds or its kept corpus fail"
         tail -40 "$log" | sed 's/^/# /'
         failed=1
         continue

@@ -24,7 +24,12 @@ export CPR_GUEST_IMG=$top/build/guest/cpr-guest.img
 
 failed=0
 echo "1..3"
-if CPR_TEST_ACCEL=tcg "$obj/tests/qtest/cpr-test" --tap -k >"$logs/cpr-test.tap" 2>&1; then
+# Left out: -daemonize, whose fork() in a process with threads deadlocks
+# clang 14's ASan allocator in the child (the runtime takes no lock
+# around fork); build/cpr-test runs that case
+skip=(-s /cpr/tcg/restart/daemonize-blocked)
+if CPR_TEST_ACCEL=tcg "$obj/tests/qtest/cpr-test" --tap -k "${skip[@]}" \
+        >"$logs/cpr-test.tap" 2>&1; then
     echo "ok 1 - cpr-test under the sanitizers ($(grep -c '^ok' "$logs/cpr-test.tap") cases)"
 else
     echo "not ok 1 - cpr-test under the sanitizers"
@@ -38,7 +43,9 @@ else
     grep -E '^not ok' "$logs/snapshot.tap" | head -20 | sed 's/^/# /'
     failed=1
 fi
-reports=$(ls "$logs"/asan.* "$logs"/ubsan.* 2>/dev/null)
+# (ASan also warns there that coroutines switch stacks: not a report)
+reports=$(grep -l -E 'ERROR: |runtime error: ' "$logs"/asan.* "$logs"/ubsan.* \
+          2>/dev/null)
 if [ -z "$reports" ]; then
     echo "ok 3 - no sanitizer report"
 else
