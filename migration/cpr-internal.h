@@ -483,10 +483,17 @@ void cpr_set_saving(bool saving);
 /* Blockers from devices, migration blockers and blocker functions */
 void cpr_hooks_add_blockers(CprBlockerList ***tail);
 
-/* cpr-mm.c */
 /* cpr-binary.c: @path is a binary that can take this VM over */
 bool cpr_binary_check(const char *path, Error **errp);
 
+/*
+ * cpr-step.c: this process reaches step @name of an update (a trace
+ * event; a stop there for tests: CPR_STOP_AT_ENV)
+ */
+#define CPR_STOP_AT_ENV "QEMU_CPR_STOP_AT"
+void cpr_step(const char *name);
+
+/* cpr-mm.c */
 bool cpr_mm_prepare(Error **errp);
 pid_t cpr_mm_start(Error **errp);
 void cpr_mm_release(pid_t pid);

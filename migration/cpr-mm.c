@@ -18,10 +18,11 @@
  * process inherits as "cpr-mm":
  *
  * - 'r': the new process answered the pending cprsave; keep waiting.
- * - 'k': cprload resumed the guest in the new process (or 'x': the old
- *   process could not execve).  The helper exits; the kernel tears the
- *   old address space down in it, at idle priority, after the pause
- *   instead of inside it.
+ * - 'k': cprload loaded the state in the new process, which resumes the
+ *   guest next (or 'x': the old process could not execve, or the new one
+ *   ends on a termination signal, which asks for the end of the VM).
+ *   The helper exits; the kernel tears the old address space down in
+ *   it, at idle priority, after the pause instead of inside it.
  * - end of file: the new process ended before cprload (its binary is
  *   missing a library, crashed, refused its arguments or the CPR state,
  *   or was told to quit because cprload refused the state).  The helper
@@ -34,10 +35,10 @@
  *   had answered it, and cprload with the same state file resumes the
  *   guest.  Its PID is the helper's.
  *
- * With cprsave's auto-load the new process sends 'k' as soon as its own
- * load has resumed the guest, before it answers cprsave: from then on
- * the guest has run in the new process, and only the new process can go
- * on with it.
+ * 'k' goes before the guest runs again: once it has run in the new
+ * process, the state file is older than its RAM, and only the new
+ * process can go on with it.  With cprsave's auto-load that is before
+ * the new process answers cprsave.
  *
  * The new process reaps the helper; its pid travels in the CPR state.
  */
@@ -70,6 +71,9 @@ typedef struct CprMmHelper {
 } CprMmHelper;
 
 static CprMmHelper cpr_mm;
+static const char cpr_mm_lost[] = "qemu: cprsave restart: the new QEMU "
+    "ended before cprload and the old binary cannot be executed again: "
+    "the VM is lost\n";
 static void *cpr_mm_stack;
 static int cpr_mm_pipe = -1;       /* write end, kept across execve */
 
@@ -115,6 +119,7 @@ static int cpr_mm_helper(void *opaque)
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &h->sigmask, NULL,
                 _NSIG / 8);
         syscall(SYS_execve, "/proc/self/exe", h->argv, h->envp);
+        syscall(SYS_write, 2, cpr_mm_lost, sizeof(cpr_mm_lost) - 1);
     }
     /*
      * The new process has the VM: let go of the kept descriptors (a VFIO
@@ -157,6 +162,7 @@ pid_t cpr_mm_start(Error **errp)
     int ready[2];
     sigset_t all;
     pid_t pid;
+    ssize_t n;
     guint i;
     char c;
 
@@ -178,6 +184,8 @@ pid_t cpr_mm_start(Error **errp)
     }
     cpr_mm.argv = g_strdupv(cpr_get_argv());
     env = g_environ_setenv(env, CPR_RECOVERY_ENV, "1", true);
+    /* A test's stop is for the update, not for the process taking back */
+    env = g_environ_unsetenv(env, CPR_STOP_AT_ENV);
     cpr_mm.envp = g_steal_pointer(&env);
     for (i = 0; cpr_mm.envp[i]; i++) {
         if (g_str_has_prefix(cpr_mm.envp[i], CPR_RECOVERY_ENV "=")) {
@@ -198,16 +206,26 @@ pid_t cpr_mm_start(Error **errp)
         return -1;
     }
     /* Wait until the helper holds what it should, and no more. */
-    while (read(ready[0], &c, 1) < 0 && errno == EINTR) {
+    while ((n = read(ready[0], &c, 1)) < 0 && errno == EINTR) {
         /* retry */
     }
     close(ready[0]);
+    if (n != 1) {
+        /* Killed before it was ready: nothing could take the VM back */
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+            /* retry */
+        }
+        error_setg(errp, "the address space helper ended before it was "
+                   "ready");
+        return -1;
+    }
     trace_cpr_mm_hold(pid);
     return pid;
 }
 
 static void cpr_mm_tell(int fd, char what)
 {
+    trace_cpr_mm_tell(what);
     while (write(fd, &what, 1) < 0 && errno == EINTR) {
         /* retry */
     }
@@ -239,9 +257,11 @@ void cpr_mm_reply_sent(void)
     char c = 'r';
 
     if (cpr_mm_pipe >= 0) {
+        trace_cpr_mm_tell(c);
         while (write(cpr_mm_pipe, &c, 1) < 0 && errno == EINTR) {
             /* retry */
         }
+        cpr_step("restart-replied");
     }
 }
 
@@ -250,6 +270,18 @@ static bool cpr_mm_shutting_down;
 
 static void cpr_mm_shutdown(Notifier *n, void *opaque)
 {
+    ShutdownCause cause = *(ShutdownCause *)opaque;
+
+    /*
+     * A termination signal (SIGTERM, SIGINT, SIGHUP: virsh destroy,
+     * systemctl stop, a terminal closed) asks for the end of the VM, not
+     * for the old binary to take it back: the helper lets it go
+     */
+    if (cause == SHUTDOWN_CAUSE_HOST_SIGNAL && cpr_mm_pipe >= 0) {
+        cpr_mm_tell(cpr_mm_pipe, 'x');
+        cpr_mm_pipe = -1;
+        return;
+    }
     cpr_mm_shutting_down = true;
 }
 
@@ -258,9 +290,26 @@ static Notifier cpr_mm_shutdown_notifier = { .notify = cpr_mm_shutdown };
 /* Main thread: pending, or taken by the main loop already */
 bool cpr_mm_handing_back(void)
 {
+    ShutdownCause cause = qemu_shutdown_requested_get();
+
     return cpr_mm_pipe >= 0 &&
-           (qemu_shutdown_requested_get() != SHUTDOWN_CAUSE_NONE ||
-            cpr_mm_shutting_down);
+           ((cause != SHUTDOWN_CAUSE_NONE &&
+             cause != SHUTDOWN_CAUSE_HOST_SIGNAL) || cpr_mm_shutting_down);
+}
+
+/*
+ * A termination signal before QEMU has its own handlers (early in the
+ * start-up of the new process): the VM ends, as it would later
+ */
+static void cpr_mm_early_term(int sig)
+{
+    char c = 'x';
+
+    if (write(cpr_mm_pipe, &c, 1) != 1) {
+        /* the helper is gone: nothing to tell */
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
 }
 
 static void *cpr_mm_reap_thread(void *opaque)
@@ -285,7 +334,13 @@ void cpr_mm_incoming(pid_t pid)
     }
     cpr_mm_pipe = cpr_take_fd(CPR_MM_FD_NAME, 0);
     if (cpr_mm_pipe >= 0) {
+        struct sigaction act = { .sa_handler = cpr_mm_early_term };
+
         qemu_register_shutdown_notifier(&cpr_mm_shutdown_notifier);
+        /* Until os_setup_signal_handling() puts QEMU's own in place */
+        sigaction(SIGTERM, &act, NULL);
+        sigaction(SIGINT, &act, NULL);
+        sigaction(SIGHUP, &act, NULL);
     }
     if (pid > 0) {
         qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,

@@ -18,6 +18,7 @@
 #include "qemu/option.h"
 #include "block/block.h"
 #include "qapi/qapi-commands-cpr.h"
+#include "qapi/qapi-events-cpr.h"
 #include "migration/cpr.h"
 #include "sysemu/runstate.h"
 #include "sysemu/sysemu.h"
@@ -77,6 +78,7 @@ static bool cpr_restart_finish(const CprSaveArgs *args, Error **errp)
     Error *err = NULL;
     pid_t helper;
 
+    cpr_step("restart-saved");
     cpr_keep_str(CPR_AUTO_LOAD_NAME, args->file, args->auto_load);
     if (!cpr_notify(CPR_EVENT_EXEC, errp) || !cpr_mm_prepare(errp)) {
         goto undo;
@@ -94,6 +96,12 @@ static bool cpr_restart_finish(const CprSaveArgs *args, Error **errp)
     }
     if (bdrv_inactivate_all() < 0) {
         error_setg(errp, "cannot hand over block devices");
+        goto activate;
+    }
+    cpr_step("restart-exec");
+    /* A termination signal came during the save: it ends the VM here */
+    if (qemu_shutdown_requested_get() != SHUTDOWN_CAUSE_NONE) {
+        error_setg(errp, "QEMU is shutting down");
         goto activate;
     }
     trace_cpr_exec(exec_path);
@@ -152,6 +160,12 @@ static void cpr_restart_started(void)
     g_autofree char *file = NULL;
     Error *err = NULL;
 
+    if (cpr_restart_load_pending() && cpr_is_recovery()) {
+        cpr_step("restart-taken-back");
+        qapi_event_send_cpr_taken_back(getpid(), cpr_recovery_replied());
+    } else if (cpr_restart_load_pending()) {
+        cpr_step("restart-started");
+    }
     if (!cpr_auto_load_coming()) {
         return;
     }
@@ -178,13 +192,19 @@ static void cpr_restart_loaded(void)
     if (!cpr_notify(CPR_EVENT_LOADED, &err)) {
         warn_report_err(err);
     }
+    /*
+     * The old address space goes (the helper exits, outside the pause)
+     * before the guest runs here: from then on only this process can go
+     * on with the VM, and a take-back would load the state file over
+     * newer RAM
+     */
+    cpr_mm_done();
+    cpr_step("restart-loaded");
 }
 
 static void cpr_restart_load_done(void)
 {
     cpr_ram_load_done();
-    /* Only now let the old address space go, outside the pause. */
-    cpr_mm_done();
     cpr_state_incoming_done();
 }
 

@@ -65,6 +65,7 @@ void cpr_init(int argc, char **argv, Error **errp)
     }
     if (!*errp && cpr_is_incoming()) {
         cpr_mm_incoming(cpr_state_get_helper());
+        cpr_step("inherited");
     }
 }
 
@@ -504,6 +505,7 @@ bool cpr_load_state(CprMode mode, CprFile *cf, Error **errp)
         return false;
     }
     trace_cpr_load_start(cf->path);
+    cpr_step("load-started");
 
     cpr_load_devices_prepare();
     if (!cpr_ram_resize(cf, errp)) {

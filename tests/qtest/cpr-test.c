@@ -57,6 +57,7 @@ typedef struct CprVm {
     GQueue msgs;
     int resumes;                /* RESUME events seen */
     QDict *checkpoint_done;     /* CPR_CHECKPOINT_COMPLETED's data, if seen */
+    int64_t taken_back;         /* CPR_TAKEN_BACK's pid, if seen */
 } CprVm;
 
 static const char *test_accel;     /* accelerator of the running case */
@@ -130,6 +131,9 @@ static void vm_note_event(CprVm *vm, QDict *ev)
     const char *name = qdict_get_str(ev, "event");
 
     vm->resumes += !strcmp(name, "RESUME");
+    if (!strcmp(name, "CPR_TAKEN_BACK")) {
+        vm->taken_back = qdict_get_int(qdict_get_qdict(ev, "data"), "pid");
+    }
     if (!strcmp(name, "CPR_CHECKPOINT_COMPLETED")) {
         g_assert(!vm->checkpoint_done);
         vm->checkpoint_done = qdict_get_qdict(ev, "data");
@@ -1398,6 +1402,259 @@ static void test_new_binary_dies(void)
     after = check_kept(vm, before);
     unlink(bad);
     vm_kill(vm);
+}
+
+/* What becomes of the VM when a process of an update is killed at a step */
+typedef enum {
+    KILL_LOST,          /* nothing is left: no process, no RAM held */
+    KILL_TAKEN_BACK,    /* the old binary has it, waiting for cprload */
+    KILL_RUNS,          /* the update goes on */
+} KillOutcome;
+
+typedef struct KillCase {
+    const char *step;   /* where a process stops (QEMU_CPR_STOP_AT) */
+    bool replied;       /* cprsave is answered before the stop */
+    bool loading;       /* cprload is sent before the stop */
+    int victim;         /* 0: SIGKILL to the stopped process; 'h': SIGKILL
+                         * to the helper, the stopped process goes on;
+                         * 't': SIGTERM to the stopped process */
+    KillOutcome outcome;
+} KillCase;
+
+/* The process state letter of @pid ('T': stopped), or 0 if it is gone */
+static char proc_state(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/stat", pid);
+    g_autofree char *stat = NULL;
+    char *end;
+
+    if (!g_file_get_contents(path, &stat, NULL, NULL)) {
+        return 0;
+    }
+    end = strrchr(stat, ')');
+    return end && end[1] == ' ' ? end[2] : 0;
+}
+
+/* The process of @vm that stopped itself at a step (pid, or -1) */
+static pid_t find_stopped_once(CprVm *vm)
+{
+    g_autoptr(GDir) proc = g_dir_open("/proc", 0, NULL);
+    const char *name;
+
+    while ((name = g_dir_read_name(proc))) {
+        g_autofree char *path = g_strdup_printf("/proc/%s/cmdline", name);
+        g_autofree char *cmdline = NULL;
+        pid_t pid = atoi(name);
+        gsize len;
+
+        if (pid > 0 && proc_state(pid) == 'T' &&
+            g_file_get_contents(path, &cmdline, &len, NULL) &&
+            memmem(cmdline, len, vm->qmp_path, strlen(vm->qmp_path))) {
+            return pid;
+        }
+    }
+    return -1;
+}
+
+static pid_t wait_stopped(CprVm *vm)
+{
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+    pid_t pid;
+
+    while ((pid = find_stopped_once(vm)) < 0) {
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(10 * 1000);
+    }
+    return pid;
+}
+
+/* No process is left with @vm's arguments, which hold its RAM */
+static void wait_vm_gone(CprVm *vm)
+{
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+
+    while (find_qemu_once(vm, 0) >= 0) {
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(10 * 1000);
+    }
+}
+
+/* Read QMP messages until CPR_TAKEN_BACK has come */
+static void vm_wait_taken_back(CprVm *vm)
+{
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+    struct pollfd pfd = { .fd = vm->qmp_fd, .events = POLLIN };
+    QDict *msg;
+
+    while (!vm->taken_back) {
+        g_assert(g_get_monotonic_time() < deadline);
+        while ((msg = g_queue_pop_head(&vm->msgs))) {
+            g_assert(qdict_haskey(msg, "event"));
+            vm_note_event(vm, msg);
+        }
+        if (!vm->taken_back && poll(&pfd, 1, 100) == 1) {
+            char buf[4096];
+            ssize_t n = read(vm->qmp_fd, buf, sizeof(buf));
+
+            g_assert(n > 0);
+            json_message_parser_feed(&vm->parser, buf, n);
+        }
+    }
+}
+
+/* The first child of @pid (the address space helper of an update), or 0 */
+static pid_t first_child(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/task/%d/children",
+                                            pid, pid);
+    g_autofree char *data = NULL;
+
+    g_assert(g_file_get_contents(path, &data, NULL, NULL));
+    return atoi(data);
+}
+
+/* Wait until process @pid, not a child of ours, is gone (or a zombie) */
+static void wait_gone(pid_t pid)
+{
+    gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
+
+    while (proc_state(pid) && proc_state(pid) != 'Z') {
+        g_assert(g_get_monotonic_time() < deadline);
+        g_usleep(10 * 1000);
+    }
+}
+
+static void run_kill_case(const char *machine, const KillCase *c)
+{
+    CprVm *vm;
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *err = NULL;
+    QDict *resp;
+    pid_t stopped, helper;
+    int status;
+
+    g_test_message("killed at %s (%s)", c->step,
+                   c->victim == 'h' ? "the helper" :
+                   c->victim == 't' ? "SIGTERM" : "SIGKILL");
+    g_setenv("QEMU_CPR_STOP_AT", c->step, true);
+    vm = vm_start(machine, -1);
+    g_unsetenv("QEMU_CPR_STOP_AT");
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    before = vm_counters(vm);
+    resp = qdict_new();
+    qdict_put_str(resp, "execute", "cprsave");
+    qdict_put(resp, "arguments",
+              qobject_from_jsonf_nofail("{'file': %s, 'mode': 'restart'}",
+                                        vm->state_path));
+    vm_send(vm, resp);
+    qobject_unref(resp);
+    if (c->loading) {
+        resp = vm_reply_within(vm, WAIT_SECONDS);
+        g_assert(qdict_haskey(resp, "return"));
+        qobject_unref(resp);
+        resp = qdict_new();
+        qdict_put_str(resp, "execute", "cprload");
+        qdict_put(resp, "arguments",
+                  qobject_from_jsonf_nofail("{'file': %s}", vm->state_path));
+        vm_send(vm, resp);
+        qobject_unref(resp);
+    }
+    stopped = wait_stopped(vm);
+    g_assert_cmpint(stopped, ==, vm->pid);
+    helper = first_child(stopped);
+    switch (c->victim) {
+    case 'h':
+        g_assert_cmpint(helper, >, 0);
+        kill(helper, SIGKILL);
+        wait_gone(helper);
+        kill(stopped, SIGCONT);
+        break;
+    case 't':
+        kill(stopped, SIGTERM);
+        kill(stopped, SIGCONT);
+        break;
+    default:
+        kill(stopped, SIGKILL);
+        break;
+    }
+
+    switch (c->outcome) {
+    case KILL_RUNS:
+        resp = vm_reply_within(vm, WAIT_SECONDS);
+        g_assert(qdict_haskey(resp, "return"));
+        qobject_unref(resp);
+        vm_cprload(vm, vm->state_path);
+        g_assert_cmpstr(vm_status(vm), ==, "paused");
+        break;
+    case KILL_LOST:
+        g_assert(waitpid(vm->pid, &status, 0) == vm->pid);
+        vm->pid = -1;
+        /* A process taking the VM back would be the helper, in its PID */
+        if (helper > 0) {
+            wait_gone(helper);
+        }
+        wait_vm_gone(vm);
+        break;
+    case KILL_TAKEN_BACK:
+        vm_follow_taken_back(vm);
+        if (c->loading) {
+            /* cprload went to the process killed: no reply */
+        } else if (c->replied) {
+            resp = vm_reply_within(vm, WAIT_SECONDS);
+            g_assert(qdict_haskey(resp, "return"));
+            qobject_unref(resp);
+        } else {
+            err = vm_error(vm_reply_within(vm, WAIT_SECONDS));
+            g_assert(strstr(err, "the new QEMU did not come up"));
+        }
+        vm_wait_taken_back(vm);
+        g_assert_cmpint(vm->taken_back, ==, vm->pid);
+        g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+        vm_cprload(vm, vm->state_path);
+        g_assert_cmpstr(vm_status(vm), ==, "paused");
+        break;
+    }
+    if (c->outcome != KILL_LOST) {
+        g_autofree uint64_t *after = vm_counters(vm);
+
+        g_assert(!memcmp(before, after, COUNTER_PAGES * sizeof(uint64_t)));
+        qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+        check_moving(vm, after);
+    }
+    vm_kill(vm);
+}
+
+/*
+ * A kill at each step of cprsave restart (each process stops itself at
+ * its step first, QEMU_CPR_STOP_AT, so that the step is reached for
+ * sure).  Before the helper exists the VM dies with the old process, as
+ * any VM whose QEMU is killed; from the helper's start until the new
+ * process has loaded the state, the old binary takes the VM back, says
+ * so (CPR_TAKEN_BACK) and cprload resumes it with nothing lost; once
+ * loaded, the VM is the new process's alone.  A helper killed changes
+ * nothing to an update that goes on; SIGTERM to the new process (virsh
+ * destroy) ends the VM, as it would have without an update.
+ */
+static void test_kill_at_steps(void)
+{
+    static const KillCase cases[] = {
+        { "restart-saved", false, false, 0, KILL_LOST },
+        { "restart-exec", false, false, 0, KILL_TAKEN_BACK },
+        { "inherited", false, false, 0, KILL_TAKEN_BACK },
+        { "restart-started", true, false, 0, KILL_TAKEN_BACK },
+        { "restart-replied", true, false, 0, KILL_TAKEN_BACK },
+        { "load-started", true, true, 0, KILL_TAKEN_BACK },
+        { "restart-loaded", true, true, 0, KILL_LOST },
+        { "inherited", false, false, 'h', KILL_RUNS },
+        { "restart-replied", true, false, 't', KILL_LOST },
+    };
+    g_autofree char *machine = memfd_machine();
+    int i;
+
+    for (i = 0; i < ARRAY_SIZE(cases); i++) {
+        run_kill_case(machine, &cases[i]);
+    }
 }
 
 /*
@@ -4356,6 +4613,7 @@ int main(int argc, char **argv)
     add_test("restart/during-migration", test_during_migration);
     add_test("restart/during-job", test_during_job);
     add_test("restart/new-binary-dies", test_new_binary_dies);
+    add_test("restart/kill-at-steps", test_kill_at_steps);
     add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("qmp/not-an-object", test_qmp_not_object);
