@@ -1415,9 +1415,11 @@ typedef struct KillCase {
     const char *step;   /* where a process stops (QEMU_CPR_STOP_AT) */
     bool replied;       /* cprsave is answered before the stop */
     bool loading;       /* cprload is sent before the stop */
-    int victim;         /* 0: SIGKILL to the stopped process; 'h': SIGKILL
-                         * to the helper, the stopped process goes on;
-                         * 't': SIGTERM to the stopped process */
+    /*
+     * 0: SIGKILL to the stopped process; 'h': SIGKILL to the helper, the
+     * stopped process goes on; 't': SIGTERM to the stopped process
+     */
+    int victim;
     KillOutcome outcome;
 } KillCase;
 
