@@ -45,6 +45,8 @@
  * came: a header alone cannot make this process allocate a gigabyte
  */
 #define CPR_CHANNEL_GROW (16 * MiB)
+/* An error message: a line or two */
+#define CPR_CHANNEL_MAX_ERROR (64 * KiB)
 
 static const char *const cpr_msg_names[] = {
     [CPR_MSG_STATE] = "state",
@@ -371,7 +373,8 @@ bool cpr_channel_recv(int fd, CprMsg type, GByteArray **data, GArray **fds,
     got_type = ldl_be_p(header);
     nfds = ldl_be_p(header + 4);
     len = ldq_be_p(header + 8);
-    if (len > CPR_CHANNEL_MAX_PAYLOAD || nfds != got->len) {
+    if (len > (got_type == CPR_MSG_ERROR ? CPR_CHANNEL_MAX_ERROR :
+               CPR_CHANNEL_MAX_PAYLOAD) || nfds != got->len) {
         error_setg(errp, "it sent a malformed %s message",
                    cpr_msg_name(got_type));
         goto fail;

@@ -499,6 +499,9 @@ pid_t cpr_mm_start(Error **errp);
 void cpr_mm_release(pid_t pid);
 void cpr_mm_done(void);
 void cpr_mm_incoming(pid_t pid);
+/* Hold termination signals back across execve / take them again */
+void cpr_mm_block_term(void);
+void cpr_mm_unblock_term(void);
 
 /* cpr-reboot.c: what a checkpoint (cpr-checkpoint.c) writes as reboot does */
 /* Place every RAM block after the envelope, none left in its backend */

@@ -46,6 +46,7 @@
 #include "qemu/osdep.h"
 #include <sched.h>
 #include <sys/syscall.h>
+#include "qemu/lockable.h"
 #include "qemu/thread.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
@@ -76,6 +77,8 @@ static const char cpr_mm_lost[] = "qemu: cprsave restart: the new QEMU "
     "the VM is lost\n";
 static void *cpr_mm_stack;
 static int cpr_mm_pipe = -1;       /* write end, kept across execve */
+/* In the new process: the main thread and the monitor I/O thread use it */
+static QemuMutex cpr_mm_lock;
 
 /*
  * Runs in the helper, on its own stack in the shared address space, with
@@ -212,6 +215,7 @@ pid_t cpr_mm_start(Error **errp)
     close(ready[0]);
     if (n != 1) {
         /* Killed before it was ready: nothing could take the VM back */
+        kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
             /* retry */
         }
@@ -244,11 +248,25 @@ void cpr_mm_release(pid_t pid)
     cpr_mm_free();
 }
 
+/* New process: tell the helper @what, its last word */
+static void cpr_mm_tell_last(char what)
+{
+    int fd;
+
+    WITH_QEMU_LOCK_GUARD(&cpr_mm_lock) {
+        /* No longer ours before it is closed (cpr_mm_early_term) */
+        fd = cpr_mm_pipe;
+        cpr_mm_pipe = -1;
+        if (fd >= 0) {
+            cpr_mm_tell(fd, what);
+        }
+    }
+}
+
 void cpr_mm_done(void)
 {
     if (cpr_mm_pipe >= 0) {
-        cpr_mm_tell(cpr_mm_pipe, 'k');
-        cpr_mm_pipe = -1;
+        cpr_mm_tell_last('k');
     }
 }
 
@@ -256,13 +274,18 @@ void cpr_mm_reply_sent(void)
 {
     char c = 'r';
 
-    if (cpr_mm_pipe >= 0) {
-        trace_cpr_mm_tell(c);
-        while (write(cpr_mm_pipe, &c, 1) < 0 && errno == EINTR) {
-            /* retry */
-        }
-        cpr_step("restart-replied");
+    if (cpr_mm_pipe < 0) {
+        return;
     }
+    WITH_QEMU_LOCK_GUARD(&cpr_mm_lock) {
+        if (cpr_mm_pipe >= 0) {
+            trace_cpr_mm_tell(c);
+            while (write(cpr_mm_pipe, &c, 1) < 0 && errno == EINTR) {
+                /* retry */
+            }
+        }
+    }
+    cpr_step("restart-replied");
 }
 
 /* This process has taken a shutdown request (quit, a signal) */
@@ -278,8 +301,7 @@ static void cpr_mm_shutdown(Notifier *n, void *opaque)
      * for the old binary to take it back: the helper lets it go
      */
     if (cause == SHUTDOWN_CAUSE_HOST_SIGNAL && cpr_mm_pipe >= 0) {
-        cpr_mm_tell(cpr_mm_pipe, 'x');
-        cpr_mm_pipe = -1;
+        cpr_mm_tell_last('x');
         return;
     }
     cpr_mm_shutting_down = true;
@@ -297,15 +319,45 @@ bool cpr_mm_handing_back(void)
              cause != SHUTDOWN_CAUSE_HOST_SIGNAL) || cpr_mm_shutting_down);
 }
 
+static void cpr_mm_term_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
+/*
+ * Old process, before it checks for a shutdown request and executes the
+ * new binary: a termination signal from then on stays pending across
+ * execve, and the new process takes it (cpr_mm_incoming())
+ */
+void cpr_mm_block_term(void)
+{
+    sigset_t set;
+
+    cpr_mm_term_signals(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+void cpr_mm_unblock_term(void)
+{
+    sigset_t set;
+
+    cpr_mm_term_signals(&set);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 /*
  * A termination signal before QEMU has its own handlers (early in the
  * start-up of the new process): the VM ends, as it would later
  */
 static void cpr_mm_early_term(int sig)
 {
+    int fd = qatomic_read(&cpr_mm_pipe);
     char c = 'x';
 
-    if (write(cpr_mm_pipe, &c, 1) != 1) {
+    if (fd >= 0 && write(fd, &c, 1) != 1) {
         /* the helper is gone: nothing to tell */
     }
     signal(sig, SIG_DFL);
@@ -332,6 +384,7 @@ void cpr_mm_incoming(pid_t pid)
         cpr_forget_fd(CPR_MM_FD_NAME, 0);
         return;
     }
+    qemu_mutex_init(&cpr_mm_lock);
     cpr_mm_pipe = cpr_take_fd(CPR_MM_FD_NAME, 0);
     if (cpr_mm_pipe >= 0) {
         struct sigaction act = { .sa_handler = cpr_mm_early_term };
@@ -342,6 +395,8 @@ void cpr_mm_incoming(pid_t pid)
         sigaction(SIGINT, &act, NULL);
         sigaction(SIGHUP, &act, NULL);
     }
+    /* Held back across execve (cpr_mm_block_term()): delivered now */
+    cpr_mm_unblock_term();
     if (pid > 0) {
         qemu_thread_create(&thread, "cpr-reap", cpr_mm_reap_thread,
                            (void *)(uintptr_t)pid, QEMU_THREAD_DETACHED);

@@ -99,14 +99,20 @@ static bool cpr_restart_finish(const CprSaveArgs *args, Error **errp)
         goto activate;
     }
     cpr_step("restart-exec");
-    /* A termination signal came during the save: it ends the VM here */
+    /*
+     * A termination signal that came during the save ends the VM here; one
+     * that comes from now on is held back, and taken by the new process
+     */
+    cpr_mm_block_term();
     if (qemu_shutdown_requested_get() != SHUTDOWN_CAUSE_NONE) {
         error_setg(errp, "QEMU is shutting down");
+        cpr_mm_unblock_term();
         goto activate;
     }
     trace_cpr_exec(exec_path);
     execv(exec_path, cpr_get_argv());
     error_setg_errno(errp, errno, "cannot execute '%s'", exec_path);
+    cpr_mm_unblock_term();
 activate:
     bdrv_activate_all(&err);
     if (err) {

@@ -50,7 +50,8 @@ for t in "${targets[@]}"; do
 
     n=$((n + 1))
     rm -f "$out"/crash-* "$out"/leak-* "$out"/timeout-* "$out"/oom-*
-    # (-runs=0: the corpus kept from earlier runs, and the seeds, run once)
+    # (-runs=0: the corpus kept from earlier runs runs once, and the target
+    # writes its seeds, which the fuzzing run below starts from)
     if ! CPR_FUZZ_SEEDS=$out/corpus "$fuzzer" "--fuzz-target=$t" -runs=0 \
             "${limits[@]}" -artifact_prefix="$out/" "$out/corpus" \
             >"$log" 2>&1; then

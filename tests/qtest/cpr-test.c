@@ -1644,12 +1644,13 @@ static void test_kill_at_steps(void)
         { "restart-saved", false, false, 0, KILL_LOST },
         { "restart-exec", false, false, 0, KILL_TAKEN_BACK },
         { "inherited", false, false, 0, KILL_TAKEN_BACK },
-        { "restart-started", true, false, 0, KILL_TAKEN_BACK },
         { "restart-replied", true, false, 0, KILL_TAKEN_BACK },
         { "load-started", true, true, 0, KILL_TAKEN_BACK },
         { "restart-loaded", true, true, 0, KILL_LOST },
         { "inherited", false, false, 'h', KILL_RUNS },
         { "restart-replied", true, false, 't', KILL_LOST },
+        { "inherited", false, false, 't', KILL_LOST },
+        { "restart-exec", false, false, 't', KILL_LOST },
     };
     g_autofree char *machine = memfd_machine();
     int i;

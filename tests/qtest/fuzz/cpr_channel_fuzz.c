@@ -8,10 +8,11 @@
  * An input is what the old process (or the fork parent) writes into the
  * channel's socket, cut into writes: each write is a byte, the number
  * (modulo 4) of descriptors of /dev/null sent with it, a big-endian
- * 16-bit length, and that many bytes.  The harness writes them all into
- * a socket pair, closes its end, and reads as the new process does: the
- * CPR state and its descriptors (cpr_channel_recv_state()), then the
- * state envelope (a "devices" message, cpr_file_parse()).
+ * 16-bit length, and that many bytes.  The harness writes them into a
+ * socket pair, as many as its buffers take (many small writes fill them
+ * before their bytes do), closes its end, and reads as the new process
+ * does: the CPR state and its descriptors (cpr_channel_recv_state()),
+ * then the state envelope (a "devices" message, cpr_file_parse()).
  */
 
 #include "qemu/osdep.h"
