@@ -15,10 +15,12 @@
  * With cprsave's auto-load, the reply waits until the new process has
  * loaded the state, and carries the error if that failed.
  *
- * In transfer mode the old process stops reading its QMP connections
- * before it hands them over, so that a request sent behind cprsave stays
- * in the socket for the new process; one it had already read refuses
- * the transfer (it would be lost with the old process).
+ * The old process stops reading its QMP connections before it hands them
+ * over, so that a request sent behind cprsave stays in the socket for the
+ * new process.  What it had read and not answered yet (the requests
+ * queued behind the one being dispatched, and the bytes of one still
+ * being read) goes to the new process as text, which it reads before the
+ * socket; in restart mode, so does the output not sent yet.
  */
 
 #include "qemu/osdep.h"
@@ -33,6 +35,7 @@
 #include "sysemu/iothread.h"
 #include "migration/cpr.h"
 #include "monitor-internal.h"
+#include "trace.h"
 
 static char *qmp_cpr_name(MonitorQMP *mon, const char *what)
 {
@@ -69,35 +72,85 @@ static char *qmp_cpr_reply(MonitorQMP *mon)
     return g_strdup(json->str);
 }
 
-static bool qmp_cpr_relayed(MonitorQMP *mon, bool *oob, char **reply);
+typedef struct QmpCprCarried {
+    bool oob;                   /* the capability the client negotiated */
+    char *reply;                /* cprsave's answer (JSON), or NULL */
+    char *input;                /* read, not answered yet */
+    char *output;               /* not sent yet */
+} QmpCprCarried;
+
+static bool qmp_cpr_relayed(MonitorQMP *mon, QmpCprCarried *c);
+static void qmp_cpr_stop_reading(void);
+static void qmp_cpr_resume_quiet(void);
+
+/* The QMP monitors this process stopped reading for cprsave */
+static GSList *qmp_cpr_quiet;   /* MonitorQMP * */
+/* A transfer is under way: the monitors' output is still sent from here */
+static bool qmp_cpr_transfer;
+
+/* What @mon read and did not answer, and did not send yet */
+static void qmp_cpr_pending(MonitorQMP *mon, QmpCprCarried *c)
+{
+    g_autoptr(GString) in = monitor_qmp_cpr_unread(mon);
+
+    if (in->len) {
+        c->input = g_strndup(in->str, in->len);
+    }
+    if (!qmp_cpr_transfer) {
+        QEMU_LOCK_GUARD(&mon->common.mon_lock);
+        if (mon->common.outbuf->len) {
+            c->output = g_strndup(mon->common.outbuf->str,
+                                  mon->common.outbuf->len);
+        }
+    }
+}
 
 /* The capabilities and the pending reply of every QMP monitor */
 static void monitor_qmp_cpr_keep(bool keep)
 {
     Monitor *m;
 
+    if (!keep) {
+        qmp_cpr_resume_quiet();
+    } else if (!qmp_cpr_quiet) {
+        qmp_cpr_stop_reading();
+    }
     QTAILQ_FOREACH(m, &mon_list, entry) {
         MonitorQMP *mon = container_of(m, MonitorQMP, common);
-        g_autofree char *caps = NULL, *reply_name = NULL, *reply = NULL;
-        bool keep_mon, oob;
+        g_autofree char *caps = NULL, *reply_name = NULL;
+        g_autofree char *input_name = NULL, *output_name = NULL;
+        QmpCprCarried c = { 0 };
+        bool keep_mon;
 
         if (!monitor_is_qmp(m) || !qemu_chr_fe_backend_open(&m->chr)) {
             continue;
         }
         caps = qmp_cpr_name(mon, "caps");
         reply_name = qmp_cpr_name(mon, "reply");
+        input_name = qmp_cpr_name(mon, "input");
+        output_name = qmp_cpr_name(mon, "output");
         if (!caps) {
             continue;
         }
         /* Only a monitor past capabilities negotiation stays so */
         keep_mon = keep && mon->commands == &qmp_commands;
-        oob = mon->capab[QMP_CAPABILITY_OOB];
         /* A relay passes on what it took over and never attached */
-        if (!keep_mon || !qmp_cpr_relayed(mon, &oob, &reply)) {
-            reply = keep_mon ? qmp_cpr_reply(mon) : NULL;
+        if (keep_mon && !qmp_cpr_relayed(mon, &c)) {
+            c.oob = mon->capab[QMP_CAPABILITY_OOB];
+            c.reply = qmp_cpr_reply(mon);
+            qmp_cpr_pending(mon, &c);
         }
-        cpr_keep_str(caps, oob ? "oob" : "", keep_mon);
-        cpr_keep_str(reply_name, reply, reply != NULL);
+        cpr_keep_str(caps, c.oob ? "oob" : "", keep_mon);
+        cpr_keep_str(reply_name, c.reply, c.reply != NULL);
+        cpr_keep_str(input_name, c.input, c.input != NULL);
+        cpr_keep_str(output_name, c.output, c.output != NULL);
+        if (c.input || c.output) {
+            trace_qmp_cpr_carry(caps, c.input ? strlen(c.input) : 0,
+                                c.output ? strlen(c.output) : 0);
+        }
+        g_free(c.reply);
+        g_free(c.input);
+        g_free(c.output);
     }
 }
 CPR_KEEPER(monitor_qmp_cpr_keep)
@@ -113,6 +166,8 @@ typedef struct QmpCprKept {
     MonitorQMP *mon;
     bool oob;                   /* the capability the client negotiated */
     QDict *reply;               /* cprsave's answer, or NULL */
+    char *input;                /* read by the old process, not answered */
+    char *output;               /* not sent by the old process */
     bool held;                  /* the answer waits for auto-load */
     bool opened;                /* the kept connection is attached */
 } QmpCprKept;
@@ -128,6 +183,8 @@ static void __attribute__((constructor)) qmp_cpr_init(void)
 static void qmp_cpr_kept_free(QmpCprKept *k)
 {
     qobject_unref(k->reply);
+    g_free(k->input);
+    g_free(k->output);
     g_free(k);
 }
 
@@ -184,6 +241,8 @@ void monitor_qmp_cpr_claim(MonitorQMP *mon)
 {
     g_autofree char *caps_name = qmp_cpr_name(mon, "caps");
     g_autofree char *reply_name = qmp_cpr_name(mon, "reply");
+    g_autofree char *input_name = qmp_cpr_name(mon, "input");
+    g_autofree char *output_name = qmp_cpr_name(mon, "output");
     g_autofree char *caps = NULL, *reply = NULL;
     QmpCprKept *k;
 
@@ -197,6 +256,8 @@ void monitor_qmp_cpr_claim(MonitorQMP *mon)
     }
     k = g_new0(QmpCprKept, 1);
     k->mon = mon;
+    k->input = cpr_take_str(input_name);
+    k->output = cpr_take_str(output_name);
     k->oob = !strcmp(caps, "oob");
     if (reply && !cpr_recovery_replied()) {
         k->reply = qobject_to(QDict, qobject_from_json(reply, NULL));
@@ -220,7 +281,7 @@ void monitor_qmp_cpr_claim(MonitorQMP *mon)
  * A relay of cprsave restart: the client's capabilities and cprsave's
  * reply as the relay took them over for @mon, if it did
  */
-static bool qmp_cpr_relayed(MonitorQMP *mon, bool *oob, char **reply)
+static bool qmp_cpr_relayed(MonitorQMP *mon, QmpCprCarried *c)
 {
     GSList *l;
 
@@ -232,9 +293,11 @@ static bool qmp_cpr_relayed(MonitorQMP *mon, bool *oob, char **reply)
             g_autoptr(GString) json = k->reply ?
                 qobject_to_json(QOBJECT(k->reply)) : NULL;
 
-            *oob = k->oob;
-            *reply = json ? g_string_free(g_steal_pointer(&json), false) :
-                     NULL;
+            c->oob = k->oob;
+            c->reply = json ? g_string_free(g_steal_pointer(&json), false) :
+                       NULL;
+            c->input = g_strdup(k->input);
+            c->output = g_strdup(k->output);
             return true;
         }
     }
@@ -260,6 +323,8 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
 {
     QmpCprKept *k = NULL;
     QDict *reply = NULL;
+    g_autofree char *input = NULL, *output = NULL;
+    const char *p;
     bool oob;
     GSList *l;
 
@@ -278,6 +343,8 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
         }
         k->opened = true;
         oob = k->oob;
+        input = g_steal_pointer(&k->input);
+        output = g_steal_pointer(&k->output);
         if (k->held) {
             k = NULL;           /* qmp_cpr_auto_loaded() sends and frees */
         } else {
@@ -291,39 +358,19 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
     if (k) {
         qmp_cpr_kept_free(k);
     }
+    if (output) {
+        monitor_puts(&mon->common, output);
+    }
     if (reply) {
         qmp_cpr_send_reply(mon, reply);
         qobject_unref(reply);
     }
-    return true;
-}
-
-/* Transfer mode: the QMP monitors this process stopped reading */
-static GSList *qmp_cpr_quiet;   /* MonitorQMP * */
-
-typedef struct QmpCprUnread {
-    bool io_thread;             /* look at the monitors of this thread */
-    bool pending;
-} QmpCprUnread;
-
-/* Whether requests were read behind cprsave (in the monitors' thread) */
-static void qmp_cpr_find_unread(void *opaque)
-{
-    QmpCprUnread *u = opaque;
-    GSList *l;
-
-    for (l = qmp_cpr_quiet; l; l = l->next) {
-        MonitorQMP *mon = l->data;
-
-        if (mon->common.use_io_thread != u->io_thread) {
-            continue;
-        }
-        WITH_QEMU_LOCK_GUARD(&mon->qmp_queue_lock) {
-            u->pending |= !g_queue_is_empty(mon->qmp_requests);
-        }
-        u->pending |= !g_queue_is_empty(&mon->parser.tokens) ||
-                      mon->parser.lexer.token->len;
+    /* As if read from the socket, a byte at a time (monitor_qmp_read()) */
+    for (p = input; p && *p; p++) {
+        g_string_append_c(mon->cpr_unparsed, *p);
+        json_message_parser_feed(&mon->parser, p, 1);
     }
+    return true;
 }
 
 static void qmp_cpr_resume_quiet(void)
@@ -336,15 +383,15 @@ static void qmp_cpr_resume_quiet(void)
     g_clear_pointer(&qmp_cpr_quiet, g_slist_free);
 }
 
-/*
- * Stop reading every open QMP connection, in the monitor I/O thread too.
- * Returns whether requests were read and not yet dispatched.
- */
-static bool qmp_cpr_stop_reading(void)
+static void qmp_cpr_nothing(void *opaque)
+{
+}
+
+/* Stop reading every open QMP connection, in the monitor I/O thread too */
+static void qmp_cpr_stop_reading(void)
 {
     AioContext *ctx = mon_iothread ? iothread_get_aio_context(mon_iothread)
                                    : NULL;
-    QmpCprUnread in_main = { .io_thread = false }, io = { .io_thread = true };
     Monitor *m;
 
     QTAILQ_FOREACH(m, &mon_list, entry) {
@@ -355,25 +402,12 @@ static bool qmp_cpr_stop_reading(void)
                                                          common));
         }
     }
-    qmp_cpr_find_unread(&in_main);
     if (ctx) {
-        /* In the monitor I/O thread: after any read it was doing */
+        /* After any read the monitor I/O thread was doing */
         aio_context_acquire(ctx);
-        aio_wait_bh_oneshot(ctx, qmp_cpr_find_unread, &io);
+        aio_wait_bh_oneshot(ctx, qmp_cpr_nothing, NULL);
         aio_context_release(ctx);
     }
-    return in_main.pending || io.pending;
-}
-
-static bool qmp_cpr_quiesce(Error **errp)
-{
-    if (qmp_cpr_stop_reading()) {
-        qmp_cpr_resume_quiet();
-        error_setg(errp, "a QMP client sent requests behind cprsave, which "
-                   "this process would lose; send them after it returns");
-        return false;
-    }
-    return true;
 }
 
 /*
@@ -422,8 +456,11 @@ static int qmp_cpr_notify(NotifierWithReturn *n, void *data)
 
     switch (d->event) {
     case CPR_EVENT_TRANSFER:
-        return qmp_cpr_quiesce(d->errp) ? 0 : -1;
+        qmp_cpr_transfer = true;
+        qmp_cpr_stop_reading();
+        break;
     case CPR_EVENT_TRANSFER_FAILED:
+        qmp_cpr_transfer = false;
         qmp_cpr_resume_quiet();
         break;
     case CPR_EVENT_RELAY_KEPT:

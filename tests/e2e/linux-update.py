@@ -2,15 +2,18 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Live update of a running Linux guest (build/guest/linux) with tap
 networking, raw and qcow2 virtio disks, a unix-socket and a pty serial
-console and a QMP client that stays connected.  One guest goes through
+console, a QMP client that stays connected and a second one that sends
+commands back to back.  One guest goes through
 every case in order (exec-mode updates, then transfers to new processes,
 one of them under libvirt's default sandbox, then exec-mode updates
 through a relay process); the host checks heartbeats,
 TCP records and status lines all along and the disk images at the end.
 Prints TAP.
 
-Needs root (network namespace, tap).  Environment: CPR_TEST_ACCEL (tcg),
-CPR_SOAK (number of updates in the soak, 50), CPR_TRANSFER_SOAK (number
+Arguments: the cases to run (their TAP names; boot is always run), or
+none for all.  Needs root (network namespace, tap).  Environment:
+CPR_TEST_ACCEL (tcg), CPR_SOAK (number of updates in the soak, exec and
+transfer mixed, 50), CPR_TRANSFER_SOAK (number
 of transfers in the transfer soak, 10), CPR_RELAY_SOAK (number of
 relayed updates, 10)."""
 
@@ -22,11 +25,14 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "..", "scripts"))
 import cprlib  # noqa: E402
+import fuzzvm  # noqa: E402
 import linuxvm  # noqa: E402
 
 QEMU_A = cprlib.QEMU
@@ -40,6 +46,9 @@ EXTRA = ["-device", RNG,
 HOT_TAP = "cprtap5"
 TUNSETIFF = 0x400454ca
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
+# A second QMP monitor, for the soak's busy client
+BUSY_QMP = os.path.join(tempfile.mkdtemp(prefix="cpr-busy-"), "qmp.sock")
+EXTRA += ["-qmp", "unix:%s,server=on,wait=off" % BUSY_QMP]
 SANDBOX = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,"
            "spawn=deny,resourcecontrol=deny"]
 
@@ -65,7 +74,16 @@ def case(fn):
     return fn
 
 
-def run():
+def run(names):
+    """Run the cases, or only those in @names (their TAP names) and
+    boot, which starts the VM."""
+    if names:
+        unknown = set(names) - {fn.__name__.replace("_", "-")
+                                for fn in results}
+        if unknown:
+            sys.exit("no such case: %s" % ", ".join(sorted(unknown)))
+        results[:] = [fn for fn in results if fn is boot or
+                      fn.__name__.replace("_", "-") in names]
     print("TAP version 14")
     print("1..%d" % len(results), flush=True)
     failed = 0
@@ -256,23 +274,47 @@ def refused_during_migration():
     vm.wait_progress()
 
 
-def soak_with(move, n, what):
-    """@n updates with @move (vm.update or vm.transfer), A<->B: no
-    heartbeat, record or disk write lost or repeated; the QEMU process's
-    descriptors the same after each; its anonymous memory flat once the
-    heap has settled."""
-    pauses, gaps, fds, anon, rss = [], [], [], [], []
+def shmem_kb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1])
+    raise AssertionError("no Shmem in /proc/meminfo")
+
+
+def check_flat(what, values, band):
+    """After the first few updates, @values (KiB) stay within @band of
+    the first third: none above its top by @band or more, and the floor
+    of the last third not above that of the first by @band or more."""
+    n = len(values)
+    start = min(5, n - 1)
+    k = max(3, (n - start) // 3)
+    first, last = values[start:start + k], values[-k:]
+    assert (max(values[start:]) - max(first) < band and
+            min(last) - min(first) < band), "%s grows: %s" % (what, values)
+
+
+def soak_with(move, n, what, after=None):
+    """@n updates, each by @move(binary) (vm.update, vm.transfer or a
+    mix), A<->B: no heartbeat, record or disk write lost or repeated;
+    the QEMU process's descriptors the same after each; its anonymous
+    memory and the host's Shmem flat once the heap has settled; @after(i)
+    checks more after each."""
+    pauses, gaps, fds, anon, rss, shmem = [], [], [], [], [], []
     hb0 = vm.watch.snapshot()["hb"]
     for i in range(n):
-        pause, gap = move(QEMU_B if i % 2 == 0 else QEMU_A)
+        pause, gap = move(QEMU_B if i % 2 == 0 else QEMU_A, i)
         pauses.append(pause * 1e3)
         gaps.append(gap * 1e3)
         fds.append(vm.fd_count())
         a, r = vm.rss_kb()
         anon.append(a)
         rss.append(r)
+        shmem.append(shmem_kb())
         errs = vm.watch.snapshot()["errors"][seen_errors:]
         assert not errs, "%s %d: %s" % (what, i + 1, "; ".join(errs[:5]))
+        if after:
+            after(i)
     st = vm.watch.snapshot()
     diag("%d %ss (A<->B), %d heartbeats in order, none lost or repeated"
          % (n, what, st["hb"] - hb0))
@@ -282,22 +324,124 @@ def soak_with(move, n, what):
     diag("open fds per %s: %s" % (what, sorted(set(fds))))
     diag("RssAnon KiB first/last/max: %d/%d/%d; VmRSS KiB first/last: %d/%d"
          % (anon[0], anon[-1], max(anon), rss[0], rss[-1]))
+    diag("host Shmem KiB first/last/min/max: %d/%d/%d/%d"
+         % (shmem[0], shmem[-1], min(shmem), max(shmem)))
     assert len(set(fds)) == 1, "open fd count changed: %s" % fds
     # The heap settles after a few updates; after that it only wobbles
     # (the malloc arenas of the vCPU threads: in steps of 2 MiB, up to
-    # 4 MiB, with four vCPUs), and must not grow by more than that: no
-    # update above the band of the first third, and the floor of the
-    # last third not above that of the first.
-    start = min(5, n - 1)
-    k = max(3, (n - start) // 3)
-    first, last = anon[start:start + k], anon[-k:]
-    assert (max(anon[start:]) - max(first) < 4096 and
-            min(last) - min(first) < 4096), "RssAnon grows: %s" % anon
+    # 4 MiB, with four vCPUs).  Guest RAM is 1 GiB of memfds in Shmem: a
+    # copy of it, or of a RAM block, left behind by an update shows.
+    check_flat("RssAnon", anon, 4096)
+    check_flat("Shmem", shmem, 16384)
+
+
+class BusyClient:
+    """A second QMP client, on its own monitor, that sends commands back
+    to back for as long as it runs, across every update: each gets
+    exactly one answer, in order, and none is an error."""
+
+    COMMANDS = ("query-status", "query-cpr", "query-cpus-fast",
+                "query-block")
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.f = self.sock.makefile("rb")
+        json.loads(self.f.readline())
+        self.sent = self.answered = 0
+        self.slowest = 0.0
+        self.problem = None
+        self.stop = False
+        self.send("qmp_capabilities")
+        self.wait_answer()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def send(self, name):
+        self.sent += 1
+        self.sock.sendall(json.dumps({"execute": name,
+                                      "id": self.sent}).encode() + b"\n")
+
+    def wait_answer(self):
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise AssertionError("the connection ended after %d "
+                                     "commands" % self.sent)
+            msg = json.loads(line)
+            if "event" in msg:
+                continue
+            if msg.get("id") != self.sent:
+                raise AssertionError("answer %r to command %d" %
+                                     (msg, self.sent))
+            if "error" in msg:
+                raise AssertionError("command %d: %s" %
+                                     (self.sent, msg["error"]["desc"]))
+            self.answered += 1
+            return
+
+    def run(self):
+        try:
+            while not self.stop:
+                t0 = time.monotonic()
+                self.send(self.COMMANDS[self.sent % len(self.COMMANDS)])
+                self.wait_answer()
+                self.slowest = max(self.slowest, time.monotonic() - t0)
+        except Exception as e:  # reported by finish()
+            self.problem = "second QMP client: %s" % e
+
+    def progress(self, what, timeout=30):
+        """The client goes on: new answers within @timeout s."""
+        base = self.answered
+        deadline = time.monotonic() + timeout
+        while self.answered < base + 2:
+            assert self.problem is None, self.problem
+            assert time.monotonic() < deadline, \
+                "second QMP client: command %d not answered %d s after %s" \
+                % (self.sent, timeout, what)
+            time.sleep(0.01)
+
+    def finish(self):
+        self.stop = True
+        self.thread.join(60)
+        self.sock.close()
+        assert not self.thread.is_alive(), \
+            "second QMP client: command %d not answered" % self.sent
+        assert self.problem is None, self.problem
+        diag("second QMP client: %d commands, each answered once, in order; "
+             "slowest answer %.1f ms" % (self.answered, self.slowest * 1e3))
+
+
+def mixed_move(binary, i):
+    """Updates in turn by exec (restart) and by transfer, two of each in
+    a row so that both go A->B and B->A."""
+    return (vm.update if (i // 2) % 2 == 0 else vm.transfer)(binary)
 
 
 @case
 def soak():
-    soak_with(vm.update, int(os.environ.get("CPR_SOAK", "50")), "update")
+    """CPR_SOAK (50) updates mixing exec and transfer, A<->B, with the
+    guest's network and disk traffic, a second QMP client busy all along,
+    and another VM restoring snapshots in a loop meanwhile."""
+    n = int(os.environ.get("CPR_SOAK", "50"))
+    busy = BusyClient(BUSY_QMP)
+    fuzz = fuzzvm.FuzzVm("tcg", pages=16)
+    try:
+        io0 = fuzz.wait(lambda io: io["iterations"] >= 100)
+        soak_with(mixed_move, n, "update", lambda i: busy.progress(
+            "update %d (%s)" % (i + 1, "exec" if (i // 2) % 2 == 0
+                                else "transfer")))
+        io = fuzz.io()
+    except Exception:
+        busy.stop = True
+        raise
+    finally:
+        fuzz.kill()
+    busy.finish()
+    ran = io["iterations"] - io0["iterations"]
+    diag("the other VM: %d snapshot restores meanwhile, %d errors"
+         % (io["restored"] - io0["restored"], io["errors"]))
+    assert io["errors"] == 0 and ran > 0, "the other VM: %s" % io
 
 
 def drop_rng_script():
@@ -374,7 +518,7 @@ def transfer_under_sandbox():
 
 @case
 def transfer_soak():
-    soak_with(vm.transfer, int(os.environ.get("CPR_TRANSFER_SOAK", "10")),
+    soak_with(lambda binary, i: vm.transfer(binary), int(os.environ.get("CPR_TRANSFER_SOAK", "10")),
               "transfer")
 
 @case
@@ -410,7 +554,7 @@ def relay_refused_stays():
 
 @case
 def relay_soak():
-    soak_with(vm.relay, int(os.environ.get("CPR_RELAY_SOAK", "10")),
+    soak_with(lambda binary, i: vm.relay(binary), int(os.environ.get("CPR_RELAY_SOAK", "10")),
               "relayed update")
 
 
@@ -572,7 +716,7 @@ def powerdown_and_disks_intact():
 if __name__ == "__main__":
     linuxvm.in_netns("cpr-e2e")
     try:
-        failed = run()
+        failed = run(sys.argv[1:])
     finally:
         if vm:
             vm.kill()
