@@ -12,10 +12,10 @@ Prints TAP.
 
 Arguments: the cases to run (their TAP names; boot is always run), or
 none for all.  Needs root (network namespace, tap).  Environment:
-CPR_TEST_ACCEL (tcg), CPR_SOAK (number of updates in the soak, exec and
-transfer mixed, 50), CPR_TRANSFER_SOAK (number
-of transfers in the transfer soak, 10), CPR_RELAY_SOAK (number of
-relayed updates, 10)."""
+CPR_TEST_ACCEL (tcg), CPR_QEMU and CPR_QEMU_B (builds A and B),
+CPR_SOAK (number of updates in the soak, exec and transfer mixed, 50),
+CPR_TRANSFER_SOAK (number of transfers in the transfer soak, 10),
+CPR_RELAY_SOAK (number of relayed updates, 10)."""
 
 import fcntl
 import json
@@ -36,7 +36,8 @@ import fuzzvm  # noqa: E402
 import linuxvm  # noqa: E402
 
 QEMU_A = cprlib.QEMU
-QEMU_B = os.path.join(cprlib.TOP, "build", "qemu-system-x86_64-b")
+QEMU_B = os.environ.get("CPR_QEMU_B") or os.path.join(cprlib.TOP, "build",
+                                                  "qemu-system-x86_64-b")
 RNG = "virtio-rng-pci,id=rng0"
 # The VM's devices beyond linuxvm's: the rng, which a build without it
 # refuses, and two PCIe root ports for hot-plug
