@@ -593,6 +593,7 @@ resume:
     } else {
         trace_cpr_checkpoint_paused(c->pause_ns / SCALE_US,
                                     c->dirty_at_pause);
+        cpr_step("checkpoint-paused");
     }
     qemu_sem_post(&c->paused);
     if (c->checkpointed) {

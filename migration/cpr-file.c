@@ -324,6 +324,7 @@ bool cpr_file_commit(int fd, const char *tmp, const char *path, bool durable,
         error_setg_errno(errp, errno, "cannot write '%s'", path);
         goto fail;
     }
+    cpr_step("file-written");
     if (rename(tmp, path) < 0) {
         error_setg_errno(errp, errno, "cannot rename '%s' to '%s'", tmp, path);
         goto fail;

@@ -91,6 +91,9 @@ static void cpr_fork_serve(void *opaque)
     cpr_channel_send(fd, CPR_MSG_DEVICES, cpr_fork_state->data,
                      cpr_fork_state->len, NULL, 0, &err);
     trace_cpr_fork_served(ram.fds->len);
+    if (!err) {
+        cpr_step("fork-served");
+    }
 out:
     if (err) {
         warn_reportf_err(err, "cpr-fork: a child did not get the VM: ");

@@ -168,6 +168,10 @@ static void cpr_restart_started(void)
 
     if (cpr_restart_load_pending() && cpr_is_recovery()) {
         cpr_step("restart-taken-back");
+        warn_report("cprsave restart: the new QEMU ended before it had "
+                    "loaded the VM; this process %d (the previous binary) "
+                    "took the VM back, paused, and waits for cprload",
+                    getpid());
         qapi_event_send_cpr_taken_back(getpid(), cpr_recovery_replied());
     } else if (cpr_restart_load_pending()) {
         cpr_step("restart-started");

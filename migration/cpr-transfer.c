@@ -199,6 +199,7 @@ static bool coroutine_fn cpr_transfer_prepare(const CprSaveArgs *args,
         goto fail;
     }
     trace_cpr_transfer_sent(args->channel);
+    cpr_step("transfer-sent");
     if (!cpr_transfer_shutdown.notify) {
         cpr_transfer_shutdown.notify = cpr_transfer_shutting_down;
         qemu_register_shutdown_notifier(&cpr_transfer_shutdown);
@@ -256,6 +257,7 @@ static bool cpr_transfer_finish(const CprSaveArgs *args, Error **errp)
         error_prepend(errp, "cannot hand the VM over to the new QEMU: ");
         goto activate;
     }
+    cpr_step("transfer-devices-sent");
     if (!cpr_channel_recv(cpr_transfer_out, CPR_MSG_COMMIT, NULL, NULL,
                           errp)) {
         error_prepend(errp, "the new QEMU did not take the VM: ");
@@ -351,6 +353,7 @@ static void cpr_transfer_started(void)
         error_prepend(&err, "the old QEMU: ");
         cpr_transfer_refuse(err);
     }
+    cpr_step("transfer-ready");
     /* The old QEMU now stops the VM and saves it: about a millisecond */
     cpr_channel_spin(cpr_transfer_in, CPR_TRANSFER_SPIN_NS);
     if (!cpr_channel_recv(cpr_transfer_in, CPR_MSG_DEVICES, &b, NULL,
@@ -386,10 +389,13 @@ static void cpr_transfer_loaded(void)
                              "get the commit, this process runs the VM: ");
         }
         err = NULL;
-    } else if (cpr_transfer_relaying()) {
-        /* The same socket takes the VM back to the old QEMU's PID */
-        cpr_transfer_back = cpr_transfer_in;
-        cpr_transfer_in = -1;
+    } else {
+        cpr_step("transfer-committed");
+        if (cpr_transfer_relaying()) {
+            /* The same socket takes the VM back to the old QEMU's PID */
+            cpr_transfer_back = cpr_transfer_in;
+            cpr_transfer_in = -1;
+        }
     }
     if (cpr_transfer_in >= 0) {
         close(cpr_transfer_in);

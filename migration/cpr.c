@@ -105,6 +105,7 @@ CprInfo *qmp_query_cpr(Error **errp)
     }
     info->blockers = cpr_blockers();
     info->load_pending = cpr_is_incoming();
+    info->taken_back = cpr_is_incoming() && cpr_is_recovery();
     info->snapshot = cpr_snapshot_info();
     info->has_snapshot = info->snapshot != NULL;
     info->checkpoint = cpr_checkpoint_info();

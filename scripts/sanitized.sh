@@ -21,6 +21,8 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan
 export QTEST_QEMU_BINARY=$obj/qemu-system-x86_64
 export CPR_QEMU=$obj/qemu-system-x86_64
 export CPR_GUEST_IMG=$top/build/guest/cpr-guest.img
+# qemu-img of the main build (this one has none): the kill cases check images
+export CPR_QEMU_IMG=$top/build/obj/qemu-img
 
 failed=0
 echo "1..3"

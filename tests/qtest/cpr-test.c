@@ -1526,6 +1526,16 @@ static void wait_gone(pid_t pid)
     }
 }
 
+/* query-cpr's taken-back */
+static bool vm_taken_back(CprVm *vm)
+{
+    QDict *info = qobject_to(QDict, vm_ok(vm, "{'execute': 'query-cpr'}"));
+    bool back = qdict_get_bool(info, "taken-back");
+
+    qobject_unref(info);
+    return back;
+}
+
 static void run_kill_case(const char *machine, const KillCase *c)
 {
     CprVm *vm;
@@ -1586,6 +1596,7 @@ static void run_kill_case(const char *machine, const KillCase *c)
         resp = vm_reply_within(vm, WAIT_SECONDS);
         g_assert(qdict_haskey(resp, "return"));
         qobject_unref(resp);
+        g_assert(!vm_taken_back(vm));
         vm_cprload(vm, vm->state_path);
         g_assert_cmpstr(vm_status(vm), ==, "paused");
         break;
@@ -1613,7 +1624,9 @@ static void run_kill_case(const char *machine, const KillCase *c)
         vm_wait_taken_back(vm);
         g_assert_cmpint(vm->taken_back, ==, vm->pid);
         g_assert_cmpstr(vm_status(vm), ==, "inmigrate");
+        g_assert(vm_taken_back(vm));
         vm_cprload(vm, vm->state_path);
+        g_assert(!vm_taken_back(vm));
         g_assert_cmpstr(vm_status(vm), ==, "paused");
         break;
     }
@@ -2918,6 +2931,326 @@ static void vm_transfer(CprVm *vm, pid_t new_pid)
     qobject_unref(info);
 }
 
+/* qemu-img: CPR_QEMU_IMG, or the one next to the QEMU under test */
+static char *qemu_img_path(void)
+{
+    g_autofree char *dir = g_path_get_dirname(getenv("QTEST_QEMU_BINARY"));
+    char *path = getenv("CPR_QEMU_IMG") ? g_strdup(getenv("CPR_QEMU_IMG")) :
+                 g_build_filename(dir, "qemu-img", NULL);
+
+    g_assert(g_file_test(path, G_FILE_TEST_IS_EXECUTABLE));
+    return path;
+}
+
+/* Run qemu-img with @args (and @image last, if not NULL); its status */
+static int qemu_img(const char *args, const char *image)
+{
+    g_autofree char *img = qemu_img_path();
+    g_autofree char *cmd = g_strdup_printf("%s %s %s", img, args,
+                                           image ?: "");
+    g_autofree char *out = NULL, *err = NULL;
+    int status;
+
+    g_assert(g_spawn_command_line_sync(cmd, &out, &err, &status, NULL));
+    if (status) {
+        g_test_message("%s: %s%s", cmd, out, err);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* -drive and -device arguments for the qcow2 image @img */
+static const char **qcow2_args(const char *img)
+{
+    const char **args = g_new0(const char *, 5);
+
+    g_autofree char *create = g_strdup_printf("create -q -f qcow2 %s 16M",
+                                              img);
+
+    g_assert_cmpint(qemu_img(create, NULL), ==, 0);
+    args[0] = "-drive";
+    args[1] = g_strdup_printf("file=%s,format=qcow2,if=none,id=q0", img);
+    args[2] = "-device";
+    args[3] = "virtio-blk-pci,drive=q0";
+    return args;
+}
+
+static void qcow2_args_free(const char **args)
+{
+    g_free((char *)args[1]);
+    g_free(args);
+}
+
+/* Send @vm the request @fmt (JSON with % interpolation), answered later */
+static void G_GNUC_PRINTF(2, 3) vm_sendf(CprVm *vm, const char *fmt, ...)
+{
+    QObject *cmd;
+    va_list ap;
+
+    va_start(ap, fmt);
+    cmd = qobject_from_vjsonf_nofail(fmt, ap);
+    va_end(ap);
+    vm_send(vm, qobject_to(QDict, cmd));
+    qobject_unref(cmd);
+}
+
+typedef struct TransferKill {
+    const char *step;
+    bool in_new;        /* the new process stops at @step, else the old */
+    /* KILL_RUNS: the new process runs the VM; KILL_TAKEN_BACK: the old */
+    KillOutcome outcome;
+} TransferKill;
+
+static void run_transfer_kill(const char *machine, const TransferKill *c)
+{
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *img = g_build_filename(dir, "disk.qcow2", NULL);
+    const char **extra = qcow2_args(img);
+    g_autofree uint64_t *before = NULL;
+    g_autofree char *channel = NULL, *sock = NULL;
+    g_autofree char *err = NULL;
+    pid_t old, new_pid, stopped;
+    CprVm *vm;
+    QDict *resp;
+    int status;
+
+    g_test_message("transfer: the %s process killed at %s",
+                   c->in_new ? "new" : "old", c->step);
+    if (!c->in_new) {
+        g_setenv("QEMU_CPR_STOP_AT", c->step, true);
+    }
+    vm = vm_start_args(machine, -1, extra, CONSOLE_FILE);
+    g_unsetenv("QEMU_CPR_STOP_AT");
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    before = vm_counters(vm);
+    if (c->in_new) {
+        g_setenv("QEMU_CPR_STOP_AT", c->step, true);
+    }
+    new_pid = vm_start_incoming(vm, NULL);
+    g_unsetenv("QEMU_CPR_STOP_AT");
+    sock = vm_channel_path(vm);
+    channel = g_strdup_printf("unix:%s", sock);
+    vm_sendf(vm, "{'execute': 'cprsave', 'arguments': {'mode': 'transfer',"
+             " 'channel': %s}}", channel);
+    old = vm->pid;
+    stopped = wait_stopped(vm);
+    g_assert_cmpint(stopped, ==, c->in_new ? new_pid : old);
+    kill(stopped, SIGKILL);
+
+    switch (c->outcome) {
+    case KILL_TAKEN_BACK:
+        /* Never left the old process, which says why and goes on */
+        g_assert(waitpid(new_pid, &status, 0) == new_pid);
+        err = vm_error(vm_reply_within(vm, WAIT_SECONDS));
+        g_assert(strstr(err, "the new QEMU"));
+        break;
+    case KILL_RUNS:
+        /* Handed over: the new process answers cprsave and has the VM */
+        g_assert(waitpid(old, &status, 0) == old);
+        vm->pid = new_pid;
+        resp = vm_reply_within(vm, WAIT_SECONDS);
+        g_assert(qdict_haskey(resp, "return"));
+        qobject_unref(resp);
+        break;
+    case KILL_LOST:
+        g_assert(waitpid(old, &status, 0) == old);
+        g_assert(waitpid(new_pid, &status, 0) == new_pid);
+        vm->pid = -1;
+        wait_vm_gone(vm);
+        break;
+    }
+    if (c->outcome != KILL_LOST) {
+        g_autofree uint64_t *after = vm_counters(vm);
+
+        g_assert_cmpstr(vm_status(vm), ==, "paused");
+        g_assert(!memcmp(before, after, COUNTER_PAGES * sizeof(uint64_t)));
+        qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+        check_moving(vm, after);
+    }
+    vm_kill(vm);
+    /* Both processes had the image open; one was killed */
+    g_assert_cmpint(qemu_img("check -q", img), ==, 0);
+    qcow2_args_free(extra);
+    unlink(img);
+    rmdir(dir);
+}
+
+/*
+ * A kill at each step of cprsave transfer, in the old or the new
+ * process: until the old process has sent the devices' state, the VM
+ * never left it (the new process dies, the old one says why and goes
+ * on; the old one dies, the VM is gone and the new one exits); after, it
+ * is the new process's (killed after its commit: gone; the old one
+ * killed after sending: the new one runs it).  The qcow2 image the two
+ * processes share is clean each time.
+ */
+static void test_transfer_kill_at_steps(void)
+{
+    static const TransferKill cases[] = {
+        { "transfer-sent", false, KILL_LOST },
+        { "inherited", true, KILL_TAKEN_BACK },
+        { "transfer-ready", true, KILL_TAKEN_BACK },
+        { "load-started", true, KILL_TAKEN_BACK },
+        { "transfer-devices-sent", false, KILL_RUNS },
+        { "transfer-committed", true, KILL_LOST },
+    };
+    g_autofree char *machine = memfd_machine();
+    int i;
+
+    for (i = 0; i < ARRAY_SIZE(cases); i++) {
+        run_transfer_kill(machine, &cases[i]);
+    }
+}
+
+/*
+ * Remove the temporary files a save into @file left ("FILE.XXXXXX"), as
+ * docs/cpr.rst tells an operator to; how many there were
+ */
+static int remove_temp_files(const char *file)
+{
+    g_autofree char *dir = g_path_get_dirname(file);
+    g_autofree char *base = g_path_get_basename(file);
+    g_autofree char *prefix = g_strdup_printf("%s.", base);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    int n = 0;
+
+    while ((name = g_dir_read_name(d))) {
+        if (g_str_has_prefix(name, prefix) &&
+            strlen(name) == strlen(prefix) + 6) {
+            g_autofree char *path = g_build_filename(dir, name, NULL);
+
+            g_assert(!unlink(path));
+            n++;
+        }
+    }
+    return n;
+}
+
+/*
+ * A fresh QEMU (with @extra) that loads @file, paused there; stopped at
+ * @step if not NULL
+ */
+static CprVm *vm_load_fresh(const char *machine, const char **extra,
+                            const char *file, const char *step)
+{
+    CprVm *vm;
+
+    if (step) {
+        g_setenv("QEMU_CPR_STOP_AT", step, true);
+    }
+    vm = vm_start_defer(machine, extra);
+    g_unsetenv("QEMU_CPR_STOP_AT");
+    if (!step) {
+        vm_cprload(vm, file);
+        g_assert_cmpstr(vm_status(vm), ==, "paused");
+    }
+    return vm;
+}
+
+/* Kill @vm, stopped at a step, with @sig; wait until it is gone */
+static void vm_kill_stopped(CprVm *vm, int sig)
+{
+    g_assert_cmpint(wait_stopped(vm), ==, vm->pid);
+    kill(vm->pid, sig);
+    kill(vm->pid, SIGCONT);
+    g_assert(waitpid(vm->pid, NULL, 0) == vm->pid);
+    vm->pid = -1;
+    wait_vm_gone(vm);
+    vm_kill(vm);
+}
+
+/*
+ * Reboot mode and checkpoints, killed while they write or load a file:
+ * the file written before stays whole and loads (the new one is left as
+ * FILE.XXXXXX after SIGKILL, removed by a QEMU that exits on SIGTERM),
+ * a load killed midway is done again by another fresh QEMU, and the qcow2
+ * image is clean each time.
+ */
+static void test_reboot_kill_at_steps(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *file = g_build_filename(dir, "vm.cpr", NULL);
+    g_autofree char *img = g_build_filename(dir, "disk.qcow2", NULL);
+    g_autofree char *ckpt = NULL;
+    const char **extra = qcow2_args(img);
+    g_autofree uint64_t *saved = NULL, *after = NULL;
+    g_autoptr(GDir) d = NULL;
+    const char *name;
+    CprVm *vm;
+    int sig;
+
+    /* The file written before: the VM as it was at its save */
+    vm = vm_start_args(machine, -1, extra, CONSOLE_FILE);
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
+    saved = vm_counters(vm);
+    vm_cprsave_reboot(vm, file);
+    vm_quit(vm);
+
+    /* A save killed before its file is whole (file-written: not renamed) */
+    g_test_message("reboot: killed at file-written");
+    g_setenv("QEMU_CPR_STOP_AT", "file-written", true);
+    vm = vm_start_defer(machine, extra);
+    g_unsetenv("QEMU_CPR_STOP_AT");
+    vm_cprload(vm, file);
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    vm_wait_passes(vm, 1);
+    vm_sendf(vm, "{'execute': 'cprsave', 'arguments': {'mode': 'reboot',"
+             " 'file': %s}}", file);
+    vm_kill_stopped(vm, SIGKILL);
+    g_assert_cmpint(remove_temp_files(file), ==, 1);
+    g_assert_cmpint(qemu_img("check -q", img), ==, 0);
+
+    /* A load killed midway; the next fresh QEMU loads the same file */
+    g_test_message("reboot: killed at load-started");
+    vm = vm_load_fresh(machine, extra, file, "load-started");
+    vm_sendf(vm, "{'execute': 'cprload', 'arguments': {'file': %s}}", file);
+    vm_kill_stopped(vm, SIGKILL);
+    vm = vm_load_fresh(machine, extra, file, NULL);
+    after = vm_counters(vm);
+    g_assert(!memcmp(saved, after, COUNTER_PAGES * sizeof(uint64_t)));
+    vm_kill(vm);
+    g_assert_cmpint(qemu_img("check -q", img), ==, 0);
+
+    /* A checkpoint being written: SIGKILL leaves FILE.XXXXXX, SIGTERM not */
+    ckpt = g_build_filename(dir, "vm.ckpt", NULL);
+    for (sig = SIGKILL; sig; sig = sig == SIGKILL ? SIGTERM : 0) {
+        g_test_message("checkpoint: %s at checkpoint-paused",
+                       sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+        g_setenv("QEMU_CPR_STOP_AT", "checkpoint-paused", true);
+        vm = vm_start_defer(machine, extra);
+        g_unsetenv("QEMU_CPR_STOP_AT");
+        vm_cprload(vm, file);
+        qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+        vm_sendf(vm, "{'execute': 'cpr-checkpoint', 'arguments':"
+                 " {'file': %s}}", ckpt);
+        vm_kill_stopped(vm, sig);
+        g_assert_cmpint(remove_temp_files(ckpt), ==, sig == SIGKILL);
+        g_assert(!g_file_test(ckpt, G_FILE_TEST_EXISTS));
+        g_assert_cmpint(qemu_img("check -q", img), ==, 0);
+    }
+
+    /* The file written before is whole still */
+    vm = vm_load_fresh(machine, extra, file, NULL);
+    g_free(after);
+    after = vm_counters(vm);
+    g_assert(!memcmp(saved, after, COUNTER_PAGES * sizeof(uint64_t)));
+    qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
+    check_moving(vm, after);
+    vm_kill(vm);
+
+    d = g_dir_open(dir, 0, NULL);
+    while ((name = g_dir_read_name(d))) {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+
+        unlink(path);
+    }
+    rmdir(dir);
+    qcow2_args_free(extra);
+}
+
 /* cprsave transfer fails with an error starting with @prefix */
 static void vm_transfer_fails(CprVm *vm, const char *prefix)
 {
@@ -4166,6 +4499,49 @@ static int listen_unix(const char *path)
 }
 
 /*
+ * The fork parent killed right after it served a child (fork-served):
+ * the child runs on without it, and cpr-fork-reset still takes it back
+ * to the fork point, which the child's own descriptors keep.
+ */
+static void test_fork_parent_killed(void)
+{
+    g_autofree char *machine = memfd_machine();
+    g_autofree uint64_t *point = NULL, *before = NULL, *now = NULL;
+    g_autofree char *channel = NULL;
+    CprVm *vm, *a;
+    int i;
+
+    g_setenv("QEMU_CPR_STOP_AT", "fork-served", true);
+    vm = vm_start(machine, -1);
+    g_unsetenv("QEMU_CPR_STOP_AT");
+    channel = g_strdup_printf("unix:%s/fork.sock", vm->dir);
+    vm_wait_passes(vm, 2);
+    qobject_unref(vm_ok(vm, "{'execute': 'cpr-fork', 'arguments':"
+                        " {'channel': %s}}", channel));
+    point = vm_counters(vm);
+    a = vm_start_fork_child(channel, false);
+    g_assert_cmpint(wait_stopped(vm), ==, vm->pid);
+    kill(vm->pid, SIGKILL);
+    g_assert(waitpid(vm->pid, NULL, 0) == vm->pid);
+    vm->pid = -1;
+
+    g_assert_cmpstr(vm_status(a), ==, "running");
+    for (i = 0; i < 2; i++) {
+        vm_wait_passes(a, 2);
+        g_free(before);
+        before = vm_counters(a);
+        qobject_unref(vm_ok(a, "{'execute': 'cpr-fork-reset'}"));
+        g_free(now);
+        now = vm_counters(a);
+        check_not_behind(point, now);
+        g_assert_cmpuint(now[0], <, before[0]);
+        check_moving(a, now);
+    }
+    vm_kill(a);
+    vm_kill(vm);
+}
+
+/*
  * Children started before the fork wait for the parent with their
  * monitor answering, even on a socket file an earlier parent left behind;
  * a child that finds something else than a fork parent, or is given a
@@ -4677,6 +5053,9 @@ int main(int argc, char **argv)
     add_test("restart/during-job", test_during_job);
     add_test("restart/new-binary-dies", test_new_binary_dies);
     add_test("restart/kill-at-steps", test_kill_at_steps);
+    add_test("transfer/kill-at-steps", test_transfer_kill_at_steps);
+    add_test("reboot/kill-at-steps", test_reboot_kill_at_steps);
+    add_test("fork/parent-killed", test_fork_parent_killed);
     add_test("restart/back-out", test_back_out);
     add_test("restart/bad-state-files", test_bad_files);
     add_test("qmp/not-an-object", test_qmp_not_object);
