@@ -88,20 +88,68 @@ static GSList *qmp_cpr_quiet;   /* MonitorQMP * */
 /* A transfer is under way: the monitors' output is still sent from here */
 static bool qmp_cpr_transfer;
 
+/*
+ * Restart mode: output the monitors had not sent, taken out of their
+ * buffers (the monitor I/O thread would send it between here and
+ * execve, and the new process again), put back if execve fails
+ */
+typedef struct QmpCprOutput {
+    MonitorQMP *mon;
+    char *text;
+} QmpCprOutput;
+
+static GSList *qmp_cpr_outputs;         /* QmpCprOutput * */
+
+static void qmp_cpr_output_put_back(void)
+{
+    GSList *l;
+
+    for (l = qmp_cpr_outputs; l; l = l->next) {
+        QmpCprOutput *o = l->data;
+
+        WITH_QEMU_LOCK_GUARD(&o->mon->common.mon_lock) {
+            g_string_prepend(o->mon->common.outbuf, o->text);
+        }
+        monitor_flush(&o->mon->common);
+        g_free(o->text);
+        g_free(o);
+    }
+    g_clear_pointer(&qmp_cpr_outputs, g_slist_free);
+}
+
 /* What @mon read and did not answer, and did not send yet */
 static void qmp_cpr_pending(MonitorQMP *mon, QmpCprCarried *c)
 {
     g_autoptr(GString) in = monitor_qmp_cpr_unread(mon);
+    QmpCprOutput *o;
+    GSList *l;
 
     if (in->len) {
         c->input = g_strndup(in->str, in->len);
     }
-    if (!qmp_cpr_transfer) {
-        QEMU_LOCK_GUARD(&mon->common.mon_lock);
+    if (qmp_cpr_transfer) {
+        return;
+    }
+    /* Once, the first time the keepers run for this cprsave */
+    for (l = qmp_cpr_outputs; l; l = l->next) {
+        o = l->data;
+        if (o->mon == mon) {
+            c->output = g_strdup(o->text);
+            return;
+        }
+    }
+    WITH_QEMU_LOCK_GUARD(&mon->common.mon_lock) {
         if (mon->common.outbuf->len) {
             c->output = g_strndup(mon->common.outbuf->str,
                                   mon->common.outbuf->len);
+            g_string_truncate(mon->common.outbuf, 0);
         }
+    }
+    if (c->output) {
+        o = g_new0(QmpCprOutput, 1);
+        o->mon = mon;
+        o->text = g_strdup(c->output);
+        qmp_cpr_outputs = g_slist_prepend(qmp_cpr_outputs, o);
     }
 }
 
@@ -111,6 +159,7 @@ static void monitor_qmp_cpr_keep(bool keep)
     Monitor *m;
 
     if (!keep) {
+        qmp_cpr_output_put_back();
         qmp_cpr_resume_quiet();
     } else if (!qmp_cpr_quiet) {
         qmp_cpr_stop_reading();
@@ -145,7 +194,7 @@ static void monitor_qmp_cpr_keep(bool keep)
         cpr_keep_str(input_name, c.input, c.input != NULL);
         cpr_keep_str(output_name, c.output, c.output != NULL);
         if (c.input || c.output) {
-            trace_qmp_cpr_carry(caps, c.input ? strlen(c.input) : 0,
+            trace_qmp_cpr_carry(input_name, c.input ? strlen(c.input) : 0,
                                 c.output ? strlen(c.output) : 0);
         }
         g_free(c.reply);

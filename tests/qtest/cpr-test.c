@@ -3942,8 +3942,14 @@ static void test_transfer_pipelined(void)
 /*
  * A second QMP client in the middle of sending a request when cprsave
  * (@mode restart or transfer) runs on the first: the old process read
- * part of it, the new one reads the rest, and answers it once.
+ * part of it, the new one reads the rest, and answers it once.  In
+ * restart mode, the client also sent requests with long answers and
+ * read none yet: what the old process could not send comes from the new
+ * one, in order, whole.
  */
+/* Requests whose answers (100 KiB each) fill the socket */
+#define HALF_LONG_ANSWERS 40
+
 static void qmp_half_request(const char *mode)
 {
     static const char *const extra[] = {
@@ -3963,6 +3969,14 @@ static void qmp_half_request(const char *mode)
     g_queue_init(&mon2->msgs);
     vm_connect(mon2);
     vm_wait_passes(vm, 1);
+    if (!strcmp(mode, "restart")) {
+        for (i = 0; i < HALF_LONG_ANSWERS; i++) {
+            g_autofree char *req = g_strdup_printf(
+                "{\"execute\": \"query-qmp-schema\", \"id\": %d}\n", i);
+
+            g_assert(write(mon2->qmp_fd, req, strlen(req)) == strlen(req));
+        }
+    }
     for (i = 0; i < 2; i++) {
         /* Twice: the second update carries what the first carried */
         if (i == 0) {
@@ -3979,6 +3993,12 @@ static void qmp_half_request(const char *mode)
         }
     }
     g_assert(write(mon2->qmp_fd, rest, strlen(rest)) == strlen(rest));
+    for (i = 0; !strcmp(mode, "restart") && i < HALF_LONG_ANSWERS; i++) {
+        resp = vm_reply_within(mon2, WAIT_SECONDS);
+        g_assert_cmpint(qdict_get_try_int(resp, "id", -1), ==, i);
+        g_assert(qdict_haskey(resp, "return"));
+        qobject_unref(resp);
+    }
     resp = vm_reply_within(mon2, WAIT_SECONDS);
     g_assert_cmpstr(qdict_get_try_str(resp, "id"), ==, "half");
     g_assert(qdict_haskey(resp, "return"));
