@@ -1404,6 +1404,11 @@ static void test_new_binary_dies(void)
     vm_kill(vm);
 }
 
+static char *reboot_dir(void);
+static int qemu_img(const char *args, const char *image);
+static const char **qcow2_args(const char *img);
+static void qcow2_args_free(const char **args);
+
 /* What becomes of the VM when a process of an update is killed at a step */
 typedef enum {
     KILL_LOST,          /* nothing is left: no process, no RAM held */
@@ -1515,12 +1520,30 @@ static pid_t first_child(pid_t pid)
     return atoi(data);
 }
 
-/* Wait until process @pid, not a child of ours, is gone (or a zombie) */
+/* How many threads process @pid has left (0: it is gone) */
+static int proc_threads(pid_t pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/task", pid);
+    g_autoptr(GDir) d = g_dir_open(path, 0, NULL);
+    int n = 0;
+
+    while (d && g_dir_read_name(d)) {
+        n++;
+    }
+    return n;
+}
+
+/*
+ * Wait until process @pid, not a child of ours, is gone (or a zombie
+ * whose threads have all ended: the first thread of a process may be a
+ * zombie while the others still hold its descriptors)
+ */
 static void wait_gone(pid_t pid)
 {
     gint64 deadline = g_get_monotonic_time() + WAIT_SECONDS * G_USEC_PER_SEC;
 
-    while (proc_state(pid) && proc_state(pid) != 'Z') {
+    while (proc_state(pid) &&
+           (proc_state(pid) != 'Z' || proc_threads(pid) > 1)) {
         g_assert(g_get_monotonic_time() < deadline);
         g_usleep(10 * 1000);
     }
@@ -1538,6 +1561,9 @@ static bool vm_taken_back(CprVm *vm)
 
 static void run_kill_case(const char *machine, const KillCase *c)
 {
+    g_autofree char *dir = reboot_dir();
+    g_autofree char *img = g_build_filename(dir, "disk.qcow2", NULL);
+    const char **extra = qcow2_args(img);
     CprVm *vm;
     g_autofree uint64_t *before = NULL;
     g_autofree char *err = NULL;
@@ -1549,7 +1575,7 @@ static void run_kill_case(const char *machine, const KillCase *c)
                    c->victim == 'h' ? "the helper" :
                    c->victim == 't' ? "SIGTERM" : "SIGKILL");
     g_setenv("QEMU_CPR_STOP_AT", c->step, true);
-    vm = vm_start(machine, -1);
+    vm = vm_start_args(machine, -1, extra, CONSOLE_FILE);
     g_unsetenv("QEMU_CPR_STOP_AT");
     vm_wait_passes(vm, 2);
     qobject_unref(vm_ok(vm, "{'execute': 'stop'}"));
@@ -1637,7 +1663,16 @@ static void run_kill_case(const char *machine, const KillCase *c)
         qobject_unref(vm_ok(vm, "{'execute': 'cont'}"));
         check_moving(vm, after);
     }
+    /* A process that took the VM back is not our child: wait for it */
+    if (vm->pid > 0) {
+        kill(vm->pid, SIGKILL);
+        wait_gone(vm->pid);
+    }
     vm_kill(vm);
+    g_assert_cmpint(qemu_img("check -q", img), ==, 0);
+    qcow2_args_free(extra);
+    unlink(img);
+    rmdir(dir);
 }
 
 /*
