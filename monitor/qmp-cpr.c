@@ -307,6 +307,11 @@ void monitor_qmp_cpr_claim(MonitorQMP *mon)
     k->mon = mon;
     k->input = cpr_take_str(input_name);
     k->output = cpr_take_str(output_name);
+    if (cpr_recovery_replied()) {
+        /* The new process that died had answered them and sent it */
+        g_clear_pointer(&k->input, g_free);
+        g_clear_pointer(&k->output, g_free);
+    }
     k->oob = !strcmp(caps, "oob");
     if (reply && !cpr_recovery_replied()) {
         k->reply = qobject_to(QDict, qobject_from_json(reply, NULL));
@@ -408,7 +413,11 @@ bool monitor_qmp_cpr_resume(MonitorQMP *mon)
         qmp_cpr_kept_free(k);
     }
     if (output) {
-        monitor_puts(&mon->common, output);
+        /* As it was: monitor_puts() would add a '\r' before each '\n' */
+        WITH_QEMU_LOCK_GUARD(&mon->common.mon_lock) {
+            g_string_append(mon->common.outbuf, output);
+        }
+        monitor_flush(&mon->common);
     }
     if (reply) {
         qmp_cpr_send_reply(mon, reply);
@@ -452,8 +461,13 @@ static void qmp_cpr_stop_reading(void)
         }
     }
     if (ctx) {
-        /* After any read the monitor I/O thread was doing */
+        /*
+         * After any read the monitor I/O thread was doing: twice, since a
+         * chardev's read in the same pass of its loop as the first would
+         * still take the byte it was told it could (before the suspend)
+         */
         aio_context_acquire(ctx);
+        aio_wait_bh_oneshot(ctx, qmp_cpr_nothing, NULL);
         aio_wait_bh_oneshot(ctx, qmp_cpr_nothing, NULL);
         aio_context_release(ctx);
     }

@@ -20,6 +20,7 @@ CPR_RELAY_SOAK (number of relayed updates, 10)."""
 import fcntl
 import json
 import os
+import shutil
 import socket
 import statistics
 import struct
@@ -731,4 +732,5 @@ if __name__ == "__main__":
     finally:
         if vm:
             vm.kill()
+        shutil.rmtree(os.path.dirname(BUSY_QMP), ignore_errors=True)
     sys.exit(1 if failed else 0)

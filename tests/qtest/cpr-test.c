@@ -4001,6 +4001,7 @@ static void qmp_half_request(const char *mode)
 
     mon2->qmp_path = g_build_filename(vm->dir, "qmp2.sock", NULL);
     mon2->qmp_fd = -1;
+    mon2->pid = vm->pid;        /* vm_connect() checks that it lives */
     g_queue_init(&mon2->msgs);
     vm_connect(mon2);
     vm_wait_passes(vm, 1);
@@ -4044,6 +4045,7 @@ static void qmp_half_request(const char *mode)
     qobject_unref(resp);
     g_assert_cmpstr(vm_status(vm), ==, "running");
     vm_disconnect(mon2);
+    unlink(mon2->qmp_path);
     g_free(mon2->qmp_path);
     g_free(mon2);
     vm_kill(vm);
@@ -4562,14 +4564,15 @@ static void test_fork_parent_killed(void)
 {
     g_autofree char *machine = memfd_machine();
     g_autofree uint64_t *point = NULL, *before = NULL, *now = NULL;
-    g_autofree char *channel = NULL;
+    g_autofree char *channel = NULL, *sock = NULL;
     CprVm *vm, *a;
     int i;
 
     g_setenv("QEMU_CPR_STOP_AT", "fork-served", true);
     vm = vm_start(machine, -1);
     g_unsetenv("QEMU_CPR_STOP_AT");
-    channel = g_strdup_printf("unix:%s/fork.sock", vm->dir);
+    sock = g_build_filename(vm->dir, "fork.sock", NULL);
+    channel = g_strdup_printf("unix:%s", sock);
     vm_wait_passes(vm, 2);
     qobject_unref(vm_ok(vm, "{'execute': 'cpr-fork', 'arguments':"
                         " {'channel': %s}}", channel));
@@ -4593,6 +4596,7 @@ static void test_fork_parent_killed(void)
         check_moving(a, now);
     }
     vm_kill(a);
+    unlink(sock);
     vm_kill(vm);
 }
 
