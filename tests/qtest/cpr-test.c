@@ -1407,7 +1407,8 @@ static void test_new_binary_dies(void)
 static char *reboot_dir(void);
 static int qemu_img(const char *args, const char *image);
 static const char **qcow2_args(const char *img);
-static void qcow2_args_free(const char **args);
+static void qcow2_check_remove(const char *dir, const char *img,
+                               const char **args);
 
 /* What becomes of the VM when a process of an update is killed at a step */
 typedef enum {
@@ -1669,10 +1670,7 @@ static void run_kill_case(const char *machine, const KillCase *c)
         wait_gone(vm->pid);
     }
     vm_kill(vm);
-    g_assert_cmpint(qemu_img("check -q", img), ==, 0);
-    qcow2_args_free(extra);
-    unlink(img);
-    rmdir(dir);
+    qcow2_check_remove(dir, img, extra);
 }
 
 /*
@@ -3015,6 +3013,16 @@ static void qcow2_args_free(const char **args)
     g_free(args);
 }
 
+/* The image @img in @dir, which nothing has open now, is clean: remove */
+static void qcow2_check_remove(const char *dir, const char *img,
+                               const char **args)
+{
+    g_assert_cmpint(qemu_img("check -q", img), ==, 0);
+    qcow2_args_free(args);
+    unlink(img);
+    rmdir(dir);
+}
+
 /* Send @vm the request @fmt (JSON with % interpolation), answered later */
 static void G_GNUC_PRINTF(2, 3) vm_sendf(CprVm *vm, const char *fmt, ...)
 {
@@ -3104,10 +3112,7 @@ static void run_transfer_kill(const char *machine, const TransferKill *c)
     }
     vm_kill(vm);
     /* Both processes had the image open; one was killed */
-    g_assert_cmpint(qemu_img("check -q", img), ==, 0);
-    qcow2_args_free(extra);
-    unlink(img);
-    rmdir(dir);
+    qcow2_check_remove(dir, img, extra);
 }
 
 /*
