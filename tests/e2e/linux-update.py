@@ -17,8 +17,10 @@ CPR_SOAK (number of updates in the soak, exec and transfer mixed, 50),
 CPR_TRANSFER_SOAK (number of transfers in the transfer soak, 10),
 CPR_RELAY_SOAK (number of relayed updates, 10)."""
 
+import ctypes
 import fcntl
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -284,13 +286,52 @@ def kb_field(path, name):
     raise AssertionError("no %s in %s" % (name, path))
 
 
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.mmap.restype = ctypes.c_void_p
+LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_int, ctypes.c_long]
+LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+LIBC.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def memfd_resident_kb(pid):
+    """KiB in memory of the memfds process @pid holds (guest RAM), counted
+    with mincore(): mapped by it or not yet."""
+    seen, total = set(), 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        path = "/proc/%d/fd/%s" % (pid, fd)
+        try:
+            if not os.readlink(path).startswith("/memfd:"):
+                continue
+            f = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(f)
+            if (st.st_dev, st.st_ino) in seen or not st.st_size:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            addr = LIBC.mmap(None, st.st_size, mmap.PROT_READ,
+                             mmap.MAP_SHARED, f, 0)
+            assert addr not in (None, ctypes.c_void_p(-1).value), \
+                "mmap: %s" % os.strerror(ctypes.get_errno())
+            pages = (st.st_size + 4095) // 4096
+            vec = (ctypes.c_ubyte * pages)()
+            rc = LIBC.mincore(addr, st.st_size, vec)
+            LIBC.munmap(addr, st.st_size)
+            assert rc == 0, "mincore: %s" % os.strerror(ctypes.get_errno())
+            total += sum(bytes(vec)) * 4
+        finally:
+            os.close(f)
+    return total
+
+
 def shmem_kb():
-    """The host's shared memory (/proc/meminfo Shmem) that the QEMU
-    running the VM does not map: guest RAM the guest touches for the
-    first time is in both, a memfd left behind by an update only in the
+    """The host's shared memory (/proc/meminfo Shmem) but the memfds of
+    the QEMU running the VM: guest RAM the guest touches for the first
+    time is in both, a memfd left behind by an update only in the
     host's."""
-    return (kb_field("/proc/meminfo", "Shmem") -
-            kb_field("/proc/%d/status" % vm.pid, "RssShmem"))
+    return kb_field("/proc/meminfo", "Shmem") - memfd_resident_kb(vm.pid)
 
 
 def check_flat(what, values, band):
@@ -335,7 +376,7 @@ def soak_with(move, n, what, after=None):
     diag("open fds per %s: %s" % (what, sorted(set(fds))))
     diag("RssAnon KiB first/last/max: %d/%d/%d; VmRSS KiB first/last: %d/%d"
          % (anon[0], anon[-1], max(anon), rss[0], rss[-1]))
-    diag("host Shmem not mapped by QEMU, KiB first/last/min/max: "
+    diag("host Shmem but the QEMU's memfds, KiB first/last/min/max: "
          "%d/%d/%d/%d"
          % (shmem[0], shmem[-1], min(shmem), max(shmem)))
     assert len(set(fds)) == 1, "open fd count changed: %s" % fds
