@@ -562,7 +562,9 @@ bool cpr_state_receive(const uint8_t *p, size_t len, GArray *fds,
         error_setg(errp, "the CPR state names other descriptors than the "
                    "%u sent", fds->len);
         /* The entries keep the sender's numbers: not ours to close */
-        g_ptr_array_set_size(cpr_incoming, 0);
+        if (cpr_incoming) {
+            g_ptr_array_set_size(cpr_incoming, 0);
+        }
         return false;
     }
     cpr_incoming_pending = true;

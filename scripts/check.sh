@@ -18,6 +18,13 @@ fi
 
 suites=(cpr_test qemu_unit linux_e2e libvirt_e2e vfio_e2e reboot_e2e vhost_e2e
         snapshot_e2e syzkaller_e2e fork_e2e package_e2e fuzz sanitized style)
+# Arguments: only these suites (make check runs them all)
+if [ $# -gt 0 ]; then
+    for s in "$@"; do
+        [[ " ${suites[*]} " == *" $s "* ]] || { echo "no suite '$s'" >&2; exit 2; }
+    done
+    suites=("$@")
+fi
 n=0
 failed=0
 

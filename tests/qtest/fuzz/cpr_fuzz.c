@@ -10,13 +10,25 @@
 #include "qemu/memfd.h"
 #include "cpr_fuzz.h"
 
+/*
+ * A GLib critical made fatal (G_DEBUG=fatal-criticals) stops at a
+ * breakpoint, SIGTRAP, which libFuzzer does not catch: abort instead, so
+ * that it saves the input that did it
+ */
+static void cpr_fuzz_trap(int sig)
+{
+    abort();
+}
+
 void cpr_fuzz_pre(void)
 {
+    struct sigaction sa = { .sa_handler = cpr_fuzz_trap };
     sigset_t set;
 
     sigemptyset(&set);
     sigaddset(&set, SIGALRM);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    sigaction(SIGTRAP, &sa, NULL);
 }
 
 int cpr_fuzz_memfd(const void *data, size_t len)
