@@ -122,21 +122,13 @@ static void qmp_cpr_pending(MonitorQMP *mon, QmpCprCarried *c)
 {
     g_autoptr(GString) in = monitor_qmp_cpr_unread(mon);
     QmpCprOutput *o;
-    GSList *l;
 
     if (in->len) {
         c->input = g_strndup(in->str, in->len);
     }
+    /* Restart mode runs the keepers once, just before execve */
     if (qmp_cpr_transfer) {
         return;
-    }
-    /* Once, the first time the keepers run for this cprsave */
-    for (l = qmp_cpr_outputs; l; l = l->next) {
-        o = l->data;
-        if (o->mon == mon) {
-            c->output = g_strdup(o->text);
-            return;
-        }
     }
     WITH_QEMU_LOCK_GUARD(&mon->common.mon_lock) {
         if (mon->common.outbuf->len) {
